@@ -1,0 +1,42 @@
+# Two commands set up a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint format proto system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+## serve: start the server on the embedded default model (port 50051)
+serve: $(STAMP)
+	$(BIN)/lstm-server $(ARGS)
+
+## test: install what the tests need, then run the whole suite
+test: $(STAMP) system-deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## lint: ruff and mypy
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## proto: regenerate client/lstm_client/v1 from proto/
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+## system-deps: Debian packages the tests run for real
+system-deps:
+	bash scripts/system-deps.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,31 @@
+"""lstm-serving client SDK: call a served Keras LSTM over gRPC and get numpy arrays back.
+
+Carries the generated lstm.v1 protobuf modules (``lstm_client.v1``); never imports TensorFlow.
+"""
+
+from lstm_client.aio import AsyncLstmClient, AsyncSession
+from lstm_client.client import LstmClient, Session
+from lstm_client.errors import FieldViolation, LstmError
+from lstm_client.results import (
+    FinalState,
+    ModelMetadata,
+    PredictResult,
+    SessionInfo,
+    StepResult,
+    StreamChunk,
+)
+
+__all__ = [
+    "AsyncLstmClient",
+    "AsyncSession",
+    "FieldViolation",
+    "FinalState",
+    "LstmClient",
+    "LstmError",
+    "ModelMetadata",
+    "PredictResult",
+    "Session",
+    "SessionInfo",
+    "StepResult",
+    "StreamChunk",
+]

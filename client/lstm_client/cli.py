@@ -1,0 +1,133 @@
+"""``lstm-client``: call a running lstm-server from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from lstm_client.client import LstmClient
+from lstm_client.errors import LstmError
+
+TUTORIAL_INPUT = [0.1, 0.2, 0.3]
+
+
+def _fmt(array: np.ndarray) -> str:
+    return np.array2string(np.asarray(array), precision=6, suppress_small=True, separator=", ")
+
+
+def _sequence(values: list[float], features: int) -> np.ndarray:
+    if len(values) % features:
+        raise SystemExit(f"{len(values)} values do not split into timesteps of {features} features")
+    return np.asarray(values, np.float32).reshape(-1, features)
+
+
+def cmd_metadata(client: LstmClient, args: argparse.Namespace) -> None:
+    meta = client.metadata()
+    for key, value in vars(meta).items():
+        print(f"{key}: {value}")
+
+
+def cmd_predict(client: LstmClient, args: argparse.Namespace) -> None:
+    result = client.predict(_sequence(args.values, args.features))
+    print(f"hidden sequence (one row per timestep):\n{_fmt(result.sequence)}")
+    print(f"h: {_fmt(result.h)}")
+    print(f"c: {_fmt(result.c)}")
+
+
+def cmd_stream(client: LstmClient, args: argparse.Namespace) -> None:
+    x = _sequence(args.values, args.features)
+    for item in client.stream(x, timesteps_per_message=args.per_message):
+        print(item)
+
+
+def cmd_demo(client: LstmClient, args: argparse.Namespace) -> None:
+    meta = client.metadata()
+    x = np.asarray(TUTORIAL_INPUT, np.float32).reshape(-1, 1).repeat(meta.input_features, axis=1)
+    result = client.predict(x)
+    print(
+        f"model {meta.name} {meta.version}: {meta.input_features} feature(s), {meta.units} unit(s)"
+    )
+    print(f"input: {_fmt(x)}")
+    print("\n1. return_sequences=True: the hidden output of every timestep")
+    print(_fmt(result.sequence))
+    print("\n2. return_state=True: the final hidden state h and cell state c")
+    print(f"h: {_fmt(result.h)}\nc: {_fmt(result.c)}")
+    print("\n3. both: [sequence, h, c]")
+    print(f"sequence: {_fmt(result.sequence)}\nh: {_fmt(result.h)}\nc: {_fmt(result.c)}")
+    same = np.allclose(result.sequence[-1], result.h, atol=1e-6)
+    print(f"\nthe last hidden output equals h: {same}")
+    if not same:
+        raise SystemExit(1)
+
+
+def cmd_session(client: LstmClient, args: argparse.Namespace) -> None:
+    x = _sequence(args.values, args.features)
+    whole = client.predict(x)
+    outputs = []
+    with client.session() as session:
+        print(f"session {session.session_id}")
+        for start in range(0, len(x), args.chunk):
+            step = session.step(x[start : start + args.chunk])
+            outputs.append(step.sequence)
+            print(
+                f"step {step.step_number}: hidden {_fmt(step.sequence)} "
+                f"h {_fmt(step.h)} c {_fmt(step.c)}"
+            )
+    stepped = np.concatenate(outputs)
+    same = bool(
+        np.allclose(stepped, whole.sequence, atol=1e-5) and np.allclose(step.c, whole.c, atol=1e-5)
+    )
+    print(f"equals predict over the whole sequence: {same}")
+    if not same:
+        raise SystemExit(1)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lstm-client", description="Call an lstm-serving server.")
+    p.add_argument(
+        "--target",
+        default=os.environ.get("LSTM_TARGET", "localhost:50051"),
+        help="server address [env LSTM_TARGET]",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("metadata", help="show the served model and limits").set_defaults(
+        run=cmd_metadata
+    )
+    sub.add_parser("demo", help="replay the return_sequences/return_state tutorial").set_defaults(
+        run=cmd_demo
+    )
+    for name, run, text in (
+        ("predict", cmd_predict, "run one sequence; print the hidden sequence, h and c"),
+        ("stream", cmd_stream, "stream the hidden outputs of one sequence"),
+        ("session", cmd_session, "step a server-held session through one sequence"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("values", nargs="+", type=float, help="input values, timestep by timestep")
+        cmd.add_argument("--features", type=int, default=1, help="values per timestep")
+        cmd.set_defaults(run=run)
+        if name == "stream":
+            cmd.add_argument("--per-message", type=int, default=1, help="timesteps per message")
+        if name == "session":
+            cmd.add_argument("--chunk", type=int, default=1, help="timesteps per step")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        with LstmClient(args.target, timeout=args.timeout) as client:
+            args.run(client, args)
+    except LstmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        for violation in error.violations:
+            print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The composition root: wires runtime, core, store and transport; owns start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lstm_client.v1 import lstm_service_pb2, lstm_service_pb2_grpc
+
+from lstm_server.config import Settings
+from lstm_server.core.inference import InferenceService
+from lstm_server.core.scheduler import BatchScheduler, Runtime
+from lstm_server.core.sessions import SessionService
+from lstm_server.sessions import MemorySessionStore, SessionStore
+from lstm_server.transport.interceptors import ErrorMappingInterceptor
+from lstm_server.transport.servicer import LstmServicer, Services
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = lstm_service_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    """Load and warm the TensorFlow runtime (imported here: it takes seconds)."""
+    from lstm_server.runtime.tf_runtime import load_runtime as load
+
+    runtime = load(
+        model_path=settings.model,
+        features=settings.features,
+        units=settings.units,
+        seed=settings.seed,
+        save_path=settings.save_model,
+        chunk_timesteps=max(settings.stream_chunk_timesteps, 1),
+        max_rows=settings.max_batch_rows,
+        xla=settings.xla,
+    )
+    runtime.warm_up()
+    return runtime
+
+
+class LstmServer:
+    """One server process's worth of lstm-serving.
+
+    ``start()`` binds, reports NOT_SERVING, loads and warms the model, then reports SERVING and
+    returns the bound port. ``stop()`` drains in-flight calls within the grace period.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runtime: Runtime | None = None,
+        store: SessionStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.store: SessionStore = store if store is not None else MemorySessionStore()
+        self.health = health.aio.HealthServicer()
+        self.servicer = LstmServicer()
+        self.scheduler: BatchScheduler | None = None
+        self.sessions: SessionService | None = None
+        self.port: int | None = None
+        self._server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()],
+            # One process per port: a second server on a busy port must fail, not split traffic.
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Bind, load and warm the model, report SERVING; return the bound port."""
+        s = self.settings
+        lstm_service_pb2_grpc.add_LstmServiceServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if s.reflection:
+            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self._server)
+        try:
+            self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind {s.host}:{s.port}: {exc}") from exc
+        await self._set_health(NOT_SERVING)
+        await self._server.start()
+        log.info("listening on %s:%d; loading the model", s.host, self.port)
+        if self.runtime is None:
+            self.runtime = await asyncio.to_thread(load_runtime, s)
+        self.scheduler = BatchScheduler(
+            self.runtime, max_batch_rows=s.max_batch_rows, batching=s.batching
+        )
+        self.scheduler.start()
+        self.sessions = SessionService(self.store, self.scheduler, s.limits)
+        inference = InferenceService(
+            self.scheduler, s.limits, stream_chunk_timesteps=s.stream_chunk_timesteps
+        )
+        self.servicer.services = Services(inference, self.sessions)
+        self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="session-reaper")
+        await self._set_health(SERVING)
+        log.info("SERVING %s on port %d", self.runtime.info.version, self.port)
+        return self.port
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def _reap(self) -> None:
+        assert self.sessions is not None
+        while True:
+            await asyncio.sleep(self.settings.reap_interval)
+            try:
+                expired = await self.sessions.reap_expired()
+            except Exception:
+                log.exception("reaping expired sessions failed")
+                continue
+            if expired:
+                log.info("reaped %d expired sessions", expired)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING at once, refuse new calls, let in-flight calls finish, then release all."""
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.grace if grace is None else grace)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        await self.store.close()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()

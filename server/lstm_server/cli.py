@@ -1,0 +1,48 @@
+"""``lstm-server``: parse settings, serve until SIGTERM or SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from lstm_server.app import LstmServer
+from lstm_server.config import Settings, load_settings
+from lstm_server.core.errors import ModelLoadError
+
+log = logging.getLogger("lstm_server")
+
+
+async def serve(settings: Settings) -> None:
+    server = LstmServer(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(0)
+        raise
+    await stopping.wait()
+    log.info("shutting down; in-flight calls have %.1f s", settings.grace)
+    await server.stop()
+    log.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except ModelLoadError as exc:
+        log.error("cannot serve the model: %s", exc)
+        sys.exit(2)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(1)

@@ -1,0 +1,140 @@
+"""Server settings: every flag also reads an ``LSTM_*`` environment variable (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from lstm_server.core.types import Limits
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told; the defaults serve the embedded model on :50051."""
+
+    host: str = "0.0.0.0"
+    port: int = 50051
+    model: Path | None = None
+    features: int = 1
+    units: int = 1
+    seed: int = 0
+    save_model: Path | None = None
+    reflection: bool = True
+    xla: bool = True
+    batching: bool = True
+    max_batch_rows: int = 64
+    stream_chunk_timesteps: int = 64
+    max_timesteps: int = 10_000
+    max_batch_size: int = 64
+    max_sessions: int = 100_000
+    session_ttl: int = 3600
+    max_session_ttl: int = 86_400
+    reap_interval: float = 5.0
+    grace: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_timesteps=self.max_timesteps,
+            max_batch_size=self.max_batch_size,
+            max_sessions=self.max_sessions,
+            default_session_ttl_seconds=self.session_ttl,
+            max_session_ttl_seconds=self.max_session_ttl,
+        )
+
+
+HELP: dict[str, str] = {
+    "host": "address to bind",
+    "port": "gRPC port (0 picks a free one)",
+    "model": "a .keras model whose core is one LSTM fed by the input (default: a seeded LSTM)",
+    "features": "input features of the default model",
+    "units": "units of the default model",
+    "seed": "seed of the default model's weights",
+    "save_model": "save the served model to this .keras file at start-up",
+    "reflection": "serve gRPC server reflection",
+    "xla": "compile the model with XLA",
+    "batching": "batch queued work from concurrent calls into one model call",
+    "max_batch_rows": "most sequences in one model call",
+    "stream_chunk_timesteps": "timesteps computed per chunk in PredictStream",
+    "max_timesteps": "most timesteps per sequence in Predict or per session step",
+    "max_batch_size": "most sequences per Predict request",
+    "max_sessions": "most live sessions (0: no cap)",
+    "session_ttl": "seconds an idle session lives unless its creator asks otherwise",
+    "max_session_ttl": "largest ttl_seconds a session may ask for",
+    "reap_interval": "seconds between sweeps for expired sessions",
+    "grace": "seconds in-flight calls get to finish on shutdown",
+    "log_level": "logging level",
+}
+
+
+def env_name(field: str) -> str:
+    return "LSTM_" + field.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command line, with defaults taken from the environment."""
+    environ = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(
+        prog="lstm-server",
+        description="Serve a Keras LSTM over gRPC (lstm.v1.LstmService).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults = Settings()
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        default: Any = getattr(defaults, f.name)
+        kind: Any = {"int": int, "float": float, "str": str}.get(str(f.type), Path)
+        if f.type == "bool":
+            kind = _parse_bool
+        if env_name(f.name) in environ:
+            try:
+                default = kind(environ[env_name(f.name)])
+            except ValueError as exc:
+                p.error(f"{env_name(f.name)}: {exc}")
+        text = f"{HELP[f.name]} [env {env_name(f.name)}]"
+        if f.type == "bool":
+            p.add_argument(flag, default=default, help=text, action=argparse.BooleanOptionalAction)
+        else:
+            p.add_argument(flag, default=default, help=text, type=kind)
+    return p
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from flags, then ``LSTM_*`` variables, then defaults; out-of-range values exit."""
+    p = parser(environ)
+    args = p.parse_args(argv)
+    settings = Settings(**vars(args))
+    positive = (
+        "features",
+        "units",
+        "max_batch_rows",
+        "stream_chunk_timesteps",
+        "max_timesteps",
+        "max_batch_size",
+        "session_ttl",
+        "max_session_ttl",
+    )
+    for name in positive:
+        if getattr(settings, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= settings.port <= 65535:
+        p.error("--port must be between 0 and 65535")
+    if settings.session_ttl > settings.max_session_ttl:
+        p.error("--session-ttl cannot exceed --max-session-ttl")
+    return settings

@@ -1,0 +1,167 @@
+"""The one seam through which all model execution passes: a dynamic batcher.
+
+Requests from any RPC (Predict rows, stream chunks, session steps) are queued; one worker runs
+whatever is queued as a single batch as soon as the runtime is free, with no fixed wait, up to
+``max_batch_rows`` rows. Each row carries its own initial state and length, so rows from different
+requests and sessions batch together and still get exactly what they would get alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from lstm_server.core.errors import DeadlineExceeded, ModelNotReady
+from lstm_server.core.types import Array, ModelInfo, Row, RowResult, State
+
+log = logging.getLogger(__name__)
+
+
+class Runtime(Protocol):
+    """A stateless LSTM: right-padded x (B, T, F) with lengths (B,), states (B, units)."""
+
+    info: ModelInfo
+
+    def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]: ...
+
+
+@dataclass(frozen=True)
+class BatchObservation:
+    """What one runtime call did, for whoever observes the scheduler (metrics)."""
+
+    rows: int
+    timesteps: int
+    queue_seconds: list[float]
+    inference_seconds: float
+
+
+@dataclass
+class _Pending:
+    rows: Sequence[Row]
+    future: asyncio.Future[list[RowResult]]
+    enqueued: float
+    deadline: float | None = None
+
+
+class BatchScheduler:
+    """Queues rows for the runtime and runs them in batches on one worker thread."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        max_batch_rows: int = 64,
+        batching: bool = True,
+        observer: Callable[[BatchObservation], None] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.max_batch_rows = max_batch_rows
+        self.batching = batching
+        self._observer = observer
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstm-runtime")
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name="lstm-batcher")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the worker and its thread."""
+        self._closed = True
+        self._wakeup.set()
+        if self._worker is not None:
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def run(self, rows: Sequence[Row], *, deadline: float | None = None) -> list[RowResult]:
+        """Run rows (each alone, as far as results go); ``deadline`` is a ``time.monotonic()``."""
+        if self._closed:
+            raise ModelNotReady("the server is shutting down")
+        future: asyncio.Future[list[RowResult]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(rows, future, time.monotonic(), deadline))
+        self._wakeup.set()
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._take_batch()
+                if batch:
+                    await self._execute(loop, batch)
+            if self._closed and not self._queue:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        """Take queued requests in order up to the row limit; drop cancelled and expired ones."""
+        batch: list[_Pending] = []
+        rows = 0
+        now = time.monotonic()
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():
+                self._queue.popleft()
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self._queue.popleft()
+                item.future.set_exception(
+                    DeadlineExceeded("the deadline passed before the request could run")
+                )
+                continue
+            if batch and (not self.batching or rows + len(item.rows) > self.max_batch_rows):
+                break
+            batch.append(self._queue.popleft())
+            rows += len(item.rows)
+        return batch
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        rows = [row for item in batch for row in item.rows]
+        started = time.monotonic()
+        try:
+            results = await loop.run_in_executor(self._executor, _run_rows, self.runtime, rows)
+        except Exception as exc:
+            log.exception("model execution failed")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        finished = time.monotonic()
+        offset = 0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(results[offset : offset + len(item.rows)])
+            offset += len(item.rows)
+        if self._observer is not None:
+            self._observer(
+                BatchObservation(
+                    rows=len(rows),
+                    timesteps=sum(row.x.shape[0] for row in rows),
+                    queue_seconds=[started - item.enqueued for item in batch],
+                    inference_seconds=finished - started,
+                )
+            )
+
+
+def _run_rows(runtime: Runtime, rows: Sequence[Row]) -> list[RowResult]:
+    """Pad rows into one batch, run it, and cut each row's result back to its own length."""
+    lengths = np.array([row.x.shape[0] for row in rows])
+    features = rows[0].x.shape[1]
+    x = np.zeros((len(rows), int(lengths.max()), features), np.float32)
+    for i, row in enumerate(rows):
+        x[i, : lengths[i]] = row.x
+    h0 = np.stack([row.initial_state.h for row in rows])
+    c0 = np.stack([row.initial_state.c for row in rows])
+    sequence, h, c = runtime.run(x, lengths, h0, c0)
+    return [RowResult(sequence[i, : lengths[i]], State(h[i], c[i])) for i in range(len(rows))]

@@ -1,0 +1,220 @@
+"""Sessions: server-held state [h, c] that feeds the next step, with exactly-once steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from lstm_server.core.errors import InvalidInput, ModelMismatch, SessionNotFound, StepConflict
+from lstm_server.core.scheduler import BatchScheduler
+from lstm_server.core.types import Array, Limits, ModelInfo, Row, State
+from lstm_server.core.validation import RaggedSequence, optional_state, step_input
+from lstm_server.sessions.store import AppliedStep, SessionRecord, SessionStore
+
+StateInput = tuple[Array | None, Array | None]
+_CAS_ATTEMPTS = 8
+
+
+def new_session_id() -> str:
+    """128 random bits from the OS's CSPRNG, hex-encoded: neither guessable nor sequential."""
+    return secrets.token_hex(16)
+
+
+def input_digest(x: Array) -> str:
+    return hashlib.sha256(str(x.shape).encode() + x.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One applied step: its number, every timestep's hidden output and the state after it."""
+
+    session_id: str
+    step_number: int
+    hidden_sequence: Array
+    state: State
+    replayed: bool = False  # a retry of the last applied step, answered from the record
+
+
+class SessionObserver(Protocol):
+    """Told of session events (metrics implement it); the service works without one."""
+
+    def session_created(self) -> None: ...
+
+    def session_stepped(self, *, replayed: bool) -> None: ...
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class SessionService:
+    """Creates, steps, reads, resets and closes sessions kept in a ``SessionStore``."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        scheduler: BatchScheduler,
+        limits: Limits,
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: SessionObserver | None = None,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.limits = limits
+        self._clock = clock
+        self._observer = observer
+        self._locks = _KeyedLocks()
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.scheduler.runtime.info
+
+    def _ttl(self, ttl_seconds: int) -> int:
+        if ttl_seconds > self.limits.max_session_ttl_seconds:
+            raise InvalidInput.single(
+                "ttl_seconds",
+                f"is {ttl_seconds}, more than the maximum {self.limits.max_session_ttl_seconds}",
+            )
+        return ttl_seconds or self.limits.default_session_ttl_seconds
+
+    async def create(
+        self, initial_state: StateInput, *, ttl_seconds: int = 0, owner: str = ""
+    ) -> SessionRecord:
+        """A new session starting from ``initial_state`` (zeros if both parts are None)."""
+        state = optional_state(*initial_state, "initial_state", self.info)
+        ttl = self._ttl(ttl_seconds)
+        record = SessionRecord(
+            session_id=new_session_id(),
+            state=state,
+            step_count=0,
+            model_version=self.info.version,
+            ttl_seconds=ttl,
+            expires_at=self._clock() + ttl,
+            owner=owner,
+        )
+        await self.store.create(record, max_sessions=self.limits.max_sessions)
+        if self._observer is not None:
+            self._observer.session_created()
+        return record
+
+    async def get(self, session_id: str, *, owner: str = "") -> SessionRecord:
+        """The live session; another owner's session is reported as not existing."""
+        if not session_id:
+            raise InvalidInput.single("session_id", "is empty")
+        record = await self.store.get(session_id)
+        if record.owner != owner:
+            raise SessionNotFound(f"session {session_id} does not exist")
+        return record
+
+    async def step(
+        self,
+        session_id: str,
+        sequence: RaggedSequence,
+        step_number: int,
+        *,
+        owner: str = "",
+        deadline: float | None = None,
+    ) -> StepOutcome:
+        """Apply one step exactly once; a retry of the last applied step repeats its reply."""
+        x = step_input(sequence, "input", self.info, self.limits)
+        digest = input_digest(x)
+        async with self._locks.hold(session_id):
+            for _ in range(_CAS_ATTEMPTS):
+                record = await self.get(session_id, owner=owner)
+                if record.model_version != self.info.version:
+                    raise ModelMismatch(
+                        f"session {session_id} was made with model {record.model_version}; "
+                        f"the server now serves {self.info.version}"
+                    )
+                replay = self._replay(record, step_number, digest)
+                if replay is not None:
+                    self._stepped(replayed=True)
+                    return replay
+                applied = record.step_count + 1
+                if step_number not in (0, applied):
+                    raise StepConflict(
+                        f"session {session_id} expects step_number {applied} "
+                        f"(or 0 to append), got {step_number}"
+                    )
+                [result] = await self.scheduler.run([Row(x, record.state)], deadline=deadline)
+                updated = replace(
+                    record,
+                    state=result.state,
+                    step_count=applied,
+                    revision=record.revision + 1,
+                    expires_at=self._clock() + record.ttl_seconds,
+                    last_step=AppliedStep(applied, digest, result.sequence),
+                )
+                if await self.store.compare_and_set(updated, expected_revision=record.revision):
+                    self._stepped(replayed=False)
+                    return StepOutcome(session_id, applied, result.sequence, result.state)
+            raise StepConflict(f"session {session_id} is being changed by other writers; retry")
+
+    def _replay(self, record: SessionRecord, step_number: int, digest: str) -> StepOutcome | None:
+        last = record.last_step
+        if step_number == 0 or last is None or step_number != last.step_number:
+            return None
+        if last.input_digest != digest:
+            raise StepConflict(
+                f"step {step_number} of session {record.session_id} was already applied with "
+                f"another input; the next step is {record.step_count + 1}"
+            )
+        return StepOutcome(
+            record.session_id, step_number, last.hidden_sequence, record.state, replayed=True
+        )
+
+    def _stepped(self, *, replayed: bool) -> None:
+        if self._observer is not None:
+            self._observer.session_stepped(replayed=replayed)
+
+    async def reset(self, session_id: str, state: StateInput, *, owner: str = "") -> SessionRecord:
+        """Back to zeros or to ``state``; the step count restarts at 0."""
+        new_state = optional_state(*state, "state", self.info)
+        async with self._locks.hold(session_id):
+            for _ in range(_CAS_ATTEMPTS):
+                record = await self.get(session_id, owner=owner)
+                updated = replace(
+                    record,
+                    state=new_state,
+                    step_count=0,
+                    revision=record.revision + 1,
+                    model_version=self.info.version,
+                    expires_at=self._clock() + record.ttl_seconds,
+                    last_step=None,
+                )
+                if await self.store.compare_and_set(updated, expected_revision=record.revision):
+                    return updated
+        raise StepConflict(f"session {session_id} is being changed by other writers; retry")
+
+    async def close(self, session_id: str, *, owner: str = "") -> None:
+        """End the session; NOT_FOUND if it is not live."""
+        await self.get(session_id, owner=owner)
+        if not await self.store.delete(session_id):
+            raise SessionNotFound(f"session {session_id} does not exist")
+
+    async def reap_expired(self) -> int:
+        return len(await self.store.reap_expired())

@@ -1,0 +1,11 @@
+"""The model runtime: the only package that imports TensorFlow and Keras.
+
+``load_runtime`` loads (or builds) the LSTM, checks that it can be served, rebuilds it with
+``return_sequences=True`` and ``return_state=True`` and wraps it in a compiled, stateless
+function of ``(x, h0, c0)``. Import it lazily: importing TensorFlow takes seconds.
+"""
+
+import os
+
+# Keep TensorFlow's C++ start-up chatter out of the server log; an operator's setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

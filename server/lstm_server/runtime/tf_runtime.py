@@ -1,0 +1,144 @@
+"""The compiled, stateless LSTM function and the shape buckets it runs on."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lstm_server.core.types import Array, ModelInfo
+from lstm_server.runtime.keras_model import (
+    DEFAULT_MODEL_NAME,
+    default_lstm,
+    load_lstm,
+    model_info,
+    save_model,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class TfLstmRuntime:
+    """Runs ``(x, lengths, h0, c0) -> (sequence, h, c)`` through one compiled function.
+
+    Long sequences run in chunks of at most ``chunk_timesteps`` with the state carried over, and
+    rows that have finished drop out of later chunks. Batch and time are padded to powers of two
+    (masked, so padding never reaches a result) so that XLA compiles a small, bounded set of shapes.
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.LSTM,
+        info: ModelInfo,
+        *,
+        chunk_timesteps: int = 128,
+        max_rows: int = 64,
+        xla: bool = True,
+    ) -> None:
+        self.info = info
+        self.chunk_timesteps = _next_power_of_two(chunk_timesteps)
+        self.max_rows = _next_power_of_two(max_rows)
+        self._layer = layer
+        features, units = info.input_features, info.units
+        signature = [
+            tf.TensorSpec([None, None, features], tf.float32),
+            tf.TensorSpec([None, None], tf.bool),
+            tf.TensorSpec([None, units], tf.float32),
+            tf.TensorSpec([None, units], tf.float32),
+        ]
+
+        def lstm(x: tf.Tensor, mask: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor) -> list[tf.Tensor]:
+            return layer(x, initial_state=[h0, c0], mask=mask, training=False)
+
+        self._fn = tf.function(lstm, input_signature=signature, jit_compile=xla)
+
+    def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
+        """Run B right-padded sequences x (B, T, F) of the given lengths from states (B, units)."""
+        rows, steps = x.shape[0], x.shape[1]
+        units = self.info.units
+        sequence = np.zeros((rows, steps, units), np.float32)
+        h = np.array(h0, np.float32, copy=True)
+        c = np.array(c0, np.float32, copy=True)
+        for start in range(0, steps, self.chunk_timesteps):
+            active = np.flatnonzero(lengths > start)
+            if active.size == 0:
+                break
+            for group in np.array_split(active, -(-active.size // self.max_rows)):
+                remaining = lengths[group] - start
+                span = int(min(self.chunk_timesteps, remaining.max()))
+                s, hg, cg = self._call(
+                    x[group, start : start + span], np.minimum(remaining, span), h[group], c[group]
+                )
+                sequence[group, start : start + span] = s
+                h[group], c[group] = hg, cg
+        return sequence, h, c
+
+    def _call(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
+        rows, span, features = x.shape
+        padded_rows, padded_span = _next_power_of_two(rows), _next_power_of_two(span)
+        xp = np.zeros((padded_rows, padded_span, features), np.float32)
+        xp[:rows, :span] = x
+        mask = np.arange(padded_span)[None, :] < np.pad(lengths, (0, padded_rows - rows))[:, None]
+        hp = np.zeros((padded_rows, self.info.units), np.float32)
+        cp = np.zeros_like(hp)
+        hp[:rows], cp[:rows] = h0, c0
+        s, h, c = self._fn(xp, mask, hp, cp)
+        return s.numpy()[:rows, :span], h.numpy()[:rows], c.numpy()[:rows]
+
+    def warm_up(self) -> float:
+        """Compile the common shapes (one row of each length, many rows of one step)."""
+        began = time.perf_counter()
+        spans = [1 << i for i in range(self.chunk_timesteps.bit_length())]
+        rows = [1 << i for i in range(1, self.max_rows.bit_length())]
+        shapes = [(1, s) for s in spans] + [(r, 1) for r in rows]
+        for r, s in shapes:
+            zeros = np.zeros((r, self.info.units), np.float32)
+            self._call(
+                np.zeros((r, s, self.info.input_features), np.float32),
+                np.full(r, s),
+                zeros,
+                zeros,
+            )
+        elapsed = time.perf_counter() - began
+        log.info("warmed up %d shapes in %.2f s", len(shapes), elapsed)
+        return elapsed
+
+
+def load_runtime(
+    *,
+    model_path: Path | None,
+    features: int,
+    units: int,
+    seed: int,
+    save_path: Path | None = None,
+    chunk_timesteps: int = 128,
+    max_rows: int = 64,
+    xla: bool = True,
+) -> TfLstmRuntime:
+    """Load the user's model (or build the seeded default), optionally save it, and compile it."""
+    if model_path is not None:
+        layer = load_lstm(model_path)
+        name = model_path.stem
+    else:
+        layer = default_lstm(features, units, seed)
+        name = DEFAULT_MODEL_NAME
+    if save_path is not None:
+        save_model(layer, save_path)
+        log.info("saved the served model to %s", save_path)
+    info = model_info(layer, name)
+    log.info(
+        "serving %s %s: %d features, %d units",
+        info.name,
+        info.version,
+        info.input_features,
+        info.units,
+    )
+    return TfLstmRuntime(layer, info, chunk_timesteps=chunk_timesteps, max_rows=max_rows, xla=xla)

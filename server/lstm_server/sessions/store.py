@@ -1,0 +1,72 @@
+"""The session record and the ``SessionStore`` contract every store implements.
+
+A store keeps records by id and changes them only atomically: ``compare_and_set`` writes a record
+only if the stored one still has the revision the writer read, so two writers (two tasks, or two
+replicas sharing a store) can never both apply a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from lstm_server.core.types import Array, State
+
+
+@dataclass(frozen=True)
+class AppliedStep:
+    """The last step applied, kept so that a retry of it gets the same reply."""
+
+    step_number: int
+    input_digest: str
+    hidden_sequence: Array
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """Everything the server holds for one session."""
+
+    session_id: str
+    state: State
+    step_count: int
+    model_version: str
+    ttl_seconds: int
+    expires_at: float  # Unix time
+    owner: str = ""
+    revision: int = 0
+    last_step: AppliedStep | None = None
+
+
+class SessionStore(Protocol):
+    """Async, atomic storage of session records. Expired records behave as absent."""
+
+    async def create(self, record: SessionRecord, *, max_sessions: int) -> None:
+        """Add a new record; reap expired ones first if the cap is reached.
+
+        Raises ``LimitExceeded`` when ``max_sessions`` (0: no cap) live sessions exist.
+        """
+        ...
+
+    async def get(self, session_id: str) -> SessionRecord:
+        """The live record; raises ``SessionNotFound`` saying whether it expired or was closed."""
+        ...
+
+    async def compare_and_set(self, record: SessionRecord, *, expected_revision: int) -> bool:
+        """Store ``record`` if the stored one is live and has ``expected_revision``."""
+        ...
+
+    async def delete(self, session_id: str) -> bool:
+        """Close a session; False if there was no live one."""
+        ...
+
+    async def reap_expired(self) -> list[str]:
+        """Remove expired records now; return their ids."""
+        ...
+
+    async def count(self) -> int:
+        """How many live sessions there are."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,123 @@
+"""Real lstm-serving servers for tests: in-process on a background event loop, or subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from lstm_server.app import LstmServer
+from lstm_server.config import Settings
+from lstm_server.sessions import SessionStore
+
+TEST_SETTINGS = Settings(host="127.0.0.1", port=0, reap_interval=0.2, grace=1.0)
+
+
+class ThreadedServer:
+    """An in-process server on its own event loop thread, so blocking clients can call it too."""
+
+    def __init__(
+        self, settings: Settings = TEST_SETTINGS, store: SessionStore | None = None
+    ) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server = self.submit(self._make(settings, store))
+        self.port: int = self.submit(self.server.start())
+        self.target = f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    async def _make(settings: Settings, store: SessionStore | None) -> LstmServer:
+        return LstmServer(settings, store=store)
+
+    def submit(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
+
+    def stop(self) -> None:
+        self.submit(self.server.stop(0.5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+def settings(**changes: object) -> Settings:
+    return replace(TEST_SETTINGS, **changes)  # type: ignore[arg-type]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(
+    target: str, timeout: float = 60.0, process: subprocess.Popen | None = None
+) -> None:
+    """Poll the gRPC health service until SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} did not report SERVING within {timeout} s")
+
+
+def server_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lstm_server", *args]
+
+
+class ServerProcess:
+    """``lstm-server`` as a subprocess on a free port; output goes to a log file."""
+
+    def __init__(
+        self, args: Sequence[str] = (), log_dir: Path | None = None, env: dict | None = None
+    ):
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+        self.log_path = log_dir / f"lstm-server-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            server_command("--host", "127.0.0.1", "--port", str(self.port), *args),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            wait_serving(self.target, process=self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(self.log()) from None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int | None = None) -> int:
+        if self.process.poll() is None:
+            if sig is None:
+                self.process.terminate()
+            else:
+                self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

@@ -1,0 +1,75 @@
+"""The command lines as a user runs them: lstm-server as a subprocess, lstm-client against it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[ServerProcess]:
+    server = ServerProcess(log_dir=tmp_path_factory.mktemp("logs"))
+    yield server
+    assert server.stop(signal.SIGTERM) == 0, server.log()
+
+
+def client(served: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lstm_client.cli", "--target", served.target, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_demo_shows_sequence_states_and_that_the_last_output_is_h(served) -> None:
+    done = client(served, "demo")
+    assert done.returncode == 0, done.stderr
+    for words in (
+        "return_sequences=True",
+        "return_state=True",
+        "h:",
+        "c:",
+        "the last hidden output equals h: True",
+    ):
+        assert words in done.stdout
+
+
+def test_predict_prints_sequence_h_and_c(served) -> None:
+    done = client(served, "predict", "0.1", "0.2", "0.3")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("hidden sequence")
+    assert any(line.startswith("h: [") for line in lines)
+    assert any(line.startswith("c: [") for line in lines)
+
+
+def test_session_steps_equal_predict(served) -> None:
+    done = client(served, "session", "0.1", "0.2", "0.3", "--chunk", "1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("step ") == 3
+    assert "equals predict over the whole sequence: True" in done.stdout
+
+
+def test_server_errors_reach_the_user(served) -> None:
+    done = client(served, "predict", "0.1", "0.2", "--features", "2")
+    assert done.returncode == 1
+    assert "INVALID_ARGUMENT" in done.stderr
+    assert "expected input_features=1" in done.stderr
+
+
+def test_second_server_on_a_busy_port_exits_at_once(served) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lstm_server", "--host", "127.0.0.1", "--port", str(served.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert f"cannot bind 127.0.0.1:{served.port}" in done.stderr

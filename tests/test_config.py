@@ -1,0 +1,49 @@
+"""Flags, LSTM_* environment variables and their precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lstm_server.config import Settings, load_settings
+
+
+def test_defaults_serve_the_embedded_model_on_50051() -> None:
+    settings = load_settings([], environ={})
+    assert settings == Settings()
+    assert (settings.port, settings.model, settings.features, settings.units) == (50051, None, 1, 1)
+
+
+def test_environment_then_flags() -> None:
+    env = {
+        "LSTM_PORT": "6000",
+        "LSTM_UNITS": "4",
+        "LSTM_REFLECTION": "false",
+        "LSTM_MODEL": "/m.keras",
+    }
+    settings = load_settings([], environ=env)
+    assert (settings.port, settings.units, settings.reflection, settings.model) == (
+        6000,
+        4,
+        False,
+        Path("/m.keras"),
+    )
+    overridden = load_settings(["--port", "7000", "--reflection"], environ=env)
+    assert (overridden.port, overridden.reflection, overridden.units) == (7000, True, 4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (["--units", "0"], {}, "--units must be at least 1"),
+        (["--port", "70000"], {}, "--port must be between"),
+        ([], {"LSTM_XLA": "maybe"}, "LSTM_XLA: not a boolean"),
+        ([], {"LSTM_PORT": "http"}, "LSTM_PORT"),
+        (["--session-ttl", "100", "--max-session-ttl", "10"], {}, "cannot exceed"),
+    ],
+)
+def test_bad_settings_exit_with_a_message(argv, env, words, capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        load_settings(argv, environ=env)
+    assert caught.value.code == 2
+    assert words in capsys.readouterr().err

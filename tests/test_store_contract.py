@@ -1,0 +1,118 @@
+"""The SessionStore contract: every store implementation must pass these."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from lstm_server.core.errors import LimitExceeded, SessionNotFound
+from lstm_server.core.types import State
+from lstm_server.sessions import AppliedStep, MemorySessionStore, SessionRecord, SessionStore
+
+
+@pytest.fixture(params=["memory"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
+    made: SessionStore = MemorySessionStore()
+    yield made
+    await made.close()
+
+
+def record(session_id: str, ttl: float = 60.0, units: int = 4) -> SessionRecord:
+    return SessionRecord(
+        session_id=session_id,
+        state=State(np.arange(units, dtype=np.float32), -np.arange(units, dtype=np.float32)),
+        step_count=0,
+        model_version="sha256:test",
+        ttl_seconds=int(max(ttl, 1)),
+        expires_at=time.time() + ttl,
+        owner="alice",
+    )
+
+
+async def test_round_trip_keeps_every_field(store: SessionStore) -> None:
+    original = replace(
+        record("a"),
+        step_count=3,
+        revision=5,
+        last_step=AppliedStep(3, "digest", np.ones((2, 4), np.float32)),
+    )
+    await store.create(original, max_sessions=0)
+    got = await store.get("a")
+    assert (got.session_id, got.step_count, got.revision, got.owner) == ("a", 3, 5, "alice")
+    assert got.model_version == original.model_version
+    assert got.ttl_seconds == original.ttl_seconds
+    assert got.expires_at == pytest.approx(original.expires_at, abs=1e-3)
+    np.testing.assert_array_equal(got.state.h, original.state.h)
+    np.testing.assert_array_equal(got.state.c, original.state.c)
+    assert got.last_step is not None
+    assert got.last_step.step_number == 3
+    np.testing.assert_array_equal(got.last_step.hidden_sequence, np.ones((2, 4)))
+
+
+async def test_unknown_id_is_not_found(store: SessionStore) -> None:
+    with pytest.raises(SessionNotFound, match="does not exist"):
+        await store.get("nope")
+
+
+async def test_compare_and_set_applies_once(store: SessionStore) -> None:
+    await store.create(record("a"), max_sessions=0)
+    current = await store.get("a")
+    first = replace(current, step_count=1, revision=1)
+    second = replace(current, step_count=1, revision=1, state=State.zeros(4))
+    assert await store.compare_and_set(first, expected_revision=0)
+    assert not await store.compare_and_set(second, expected_revision=0)
+    np.testing.assert_array_equal((await store.get("a")).state.h, current.state.h)
+
+
+async def test_racing_writers_apply_once(store: SessionStore) -> None:
+    await store.create(record("a"), max_sessions=0)
+    base = await store.get("a")
+    outcomes = await asyncio.gather(
+        *(
+            store.compare_and_set(replace(base, revision=1, step_count=i), expected_revision=0)
+            for i in range(10)
+        )
+    )
+    assert sum(outcomes) == 1
+
+
+async def test_delete_says_closed(store: SessionStore) -> None:
+    await store.create(record("a"), max_sessions=0)
+    assert await store.delete("a")
+    assert not await store.delete("a")
+    with pytest.raises(SessionNotFound, match="closed"):
+        await store.get("a")
+    assert not await store.compare_and_set(record("a"), expected_revision=0)
+
+
+async def test_expiry_says_expired(store: SessionStore) -> None:
+    await store.create(record("a", ttl=0.3), max_sessions=0)
+    await store.get("a")
+    await asyncio.sleep(0.5)
+    with pytest.raises(SessionNotFound, match="expired"):
+        await store.get("a")
+
+
+async def test_cap_reaps_expired_first_and_never_evicts_live(store: SessionStore) -> None:
+    await store.create(record("old", ttl=0.2), max_sessions=2)
+    await store.create(record("live"), max_sessions=2)
+    with pytest.raises(LimitExceeded):
+        await store.create(record("x"), max_sessions=1)
+    await asyncio.sleep(0.4)
+    await store.create(record("new"), max_sessions=2)  # "old" expired and makes room
+    assert await store.count() == 2
+    with pytest.raises(LimitExceeded, match="maximum of 2"):
+        await store.create(record("more"), max_sessions=2)
+    assert (await store.get("live")).session_id == "live"
+
+
+async def test_reap_expired_returns_ids(store: SessionStore) -> None:
+    await store.create(record("short", ttl=0.2), max_sessions=0)
+    await store.create(record("long"), max_sessions=0)
+    await asyncio.sleep(0.4)
+    assert await store.reap_expired() == ["short"]
+    assert await store.count() == 1
