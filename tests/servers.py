@@ -19,7 +19,9 @@ from lstm_server.app import LstmServer
 from lstm_server.config import Settings
 from lstm_server.sessions import SessionStore
 
-TEST_SETTINGS = Settings(host="127.0.0.1", port=0, reap_interval=0.2, grace=1.0)
+TEST_SETTINGS = Settings(
+    host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, reap_interval=0.2, grace=1.0
+)
 
 
 class ThreadedServer:
@@ -90,11 +92,23 @@ class ServerProcess:
     ):
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
         self.log_path = log_dir / f"lstm-server-{self.port}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            server_command("--host", "127.0.0.1", "--port", str(self.port), *args),
+            server_command(
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(self.metrics_port),
+                *args,
+            ),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

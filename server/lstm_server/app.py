@@ -10,13 +10,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from lstm_client.v1 import lstm_service_pb2, lstm_service_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from lstm_server.config import Settings
 from lstm_server.core.inference import InferenceService
 from lstm_server.core.scheduler import BatchScheduler, Runtime
 from lstm_server.core.sessions import SessionService
+from lstm_server.metrics import Metrics, MetricsHttpServer
 from lstm_server.sessions import MemorySessionStore, SessionStore
-from lstm_server.transport.interceptors import ErrorMappingInterceptor
+from lstm_server.transport.interceptors import ErrorMappingInterceptor, ObservingInterceptor
 from lstm_server.transport.servicer import LstmServicer, Services
 
 log = logging.getLogger(__name__)
@@ -57,17 +59,22 @@ class LstmServer:
         *,
         runtime: Runtime | None = None,
         store: SessionStore | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
-        self.store: SessionStore = store if store is not None else MemorySessionStore()
+        self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
+        self.store: SessionStore = (
+            store if store is not None else MemorySessionStore(on_end=self.metrics.session_ended)
+        )
         self.health = health.aio.HealthServicer()
         self.servicer = LstmServicer()
         self.scheduler: BatchScheduler | None = None
         self.sessions: SessionService | None = None
         self.port: int | None = None
+        self.metrics_server: MetricsHttpServer | None = None
         self._server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()],
+            interceptors=[ObservingInterceptor(self.metrics), ErrorMappingInterceptor()],
             # One process per port: a second server on a busy port must fail, not split traffic.
             options=[("grpc.so_reuseport", 0)],
         )
@@ -86,15 +93,24 @@ class LstmServer:
         except RuntimeError as exc:
             raise OSError(f"cannot bind {s.host}:{s.port}: {exc}") from exc
         await self._set_health(NOT_SERVING)
+        if s.metrics_port:
+            self.metrics_server = MetricsHttpServer(
+                self.metrics.registry, s.metrics_host, s.metrics_port
+            )
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_server.port)
         await self._server.start()
         log.info("listening on %s:%d; loading the model", s.host, self.port)
         if self.runtime is None:
             self.runtime = await asyncio.to_thread(load_runtime, s)
+        self.metrics.set_model(self.runtime.info)
         self.scheduler = BatchScheduler(
-            self.runtime, max_batch_rows=s.max_batch_rows, batching=s.batching
+            self.runtime,
+            max_batch_rows=s.max_batch_rows,
+            batching=s.batching,
+            observer=self.metrics.observe_batch,
         )
         self.scheduler.start()
-        self.sessions = SessionService(self.store, self.scheduler, s.limits)
+        self.sessions = SessionService(self.store, self.scheduler, s.limits, observer=self.metrics)
         inference = InferenceService(
             self.scheduler, s.limits, stream_chunk_timesteps=s.stream_chunk_timesteps
         )
@@ -131,6 +147,8 @@ class LstmServer:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.store.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

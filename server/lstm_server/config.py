@@ -23,6 +23,8 @@ class Settings:
     units: int = 1
     seed: int = 0
     save_model: Path | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 8000
     reflection: bool = True
     xla: bool = True
     batching: bool = True
@@ -56,6 +58,8 @@ HELP: dict[str, str] = {
     "units": "units of the default model",
     "seed": "seed of the default model's weights",
     "save_model": "save the served model to this .keras file at start-up",
+    "metrics_host": "address of the Prometheus /metrics endpoint",
+    "metrics_port": "port of the Prometheus /metrics endpoint (0: off)",
     "reflection": "serve gRPC server reflection",
     "xla": "compile the model with XLA",
     "batching": "batch queued work from concurrent calls into one model call",
@@ -133,8 +137,9 @@ def load_settings(
     for name in positive:
         if getattr(settings, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= settings.port <= 65535:
-        p.error("--port must be between 0 and 65535")
+    for name in ("port", "metrics_port"):
+        if not 0 <= getattr(settings, name) <= 65535:
+            p.error(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if settings.session_ttl > settings.max_session_ttl:
         p.error("--session-ttl cannot exceed --max-session-ttl")
     return settings

@@ -70,7 +70,9 @@ class InferenceService:
         longest = max(x.shape[0] for x, _ in validated)
         for start in range(0, longest, chunk):
             active = [i for i, (x, _) in enumerate(validated) if x.shape[0] > start]
-            rows = [Row(validated[i][0][start : start + chunk], states[i]) for i in active]
+            rows = [
+                Row(validated[i][0][start : start + chunk], states[i], start > 0) for i in active
+            ]
             results = await self.scheduler.run(rows, deadline=deadline)
             for i, result in zip(active, results, strict=True):
                 states[i] = result.state

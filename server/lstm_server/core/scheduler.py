@@ -38,6 +38,7 @@ class BatchObservation:
     """What one runtime call did, for whoever observes the scheduler (metrics)."""
 
     rows: int
+    sequences: int
     timesteps: int
     queue_seconds: list[float]
     inference_seconds: float
@@ -147,6 +148,7 @@ class BatchScheduler:
             self._observer(
                 BatchObservation(
                     rows=len(rows),
+                    sequences=sum(not row.continues for row in rows),
                     timesteps=sum(row.x.shape[0] for row in rows),
                     queue_seconds=[started - item.enqueued for item in batch],
                     inference_seconds=finished - started,

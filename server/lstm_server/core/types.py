@@ -52,6 +52,7 @@ class Row:
 
     x: Array
     initial_state: State
+    continues: bool = False  # a later chunk of a sequence already counted
 
 
 @dataclass(frozen=True)

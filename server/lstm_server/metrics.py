@@ -1,0 +1,159 @@
+"""Prometheus metrics, built on an injected registry so that each server (and test) has its own.
+
+Names and labels of the gRPC metrics are those of the Go and Python gRPC Prometheus interceptors,
+so existing dashboards work. Nothing depends on this module: it observes the transport (as an
+``RpcObserver``), the scheduler (``observe_batch``) and sessions (``SessionObserver``).
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from lstm_server.core.scheduler import BatchObservation
+from lstm_server.core.types import ModelInfo
+
+GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+# Latency buckets from 0.1 ms: loopback calls here take well under a millisecond.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Every collector of the service, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry, *, process_collectors: bool = True) -> None:
+        self.registry = registry
+        r = registry
+        self.started = Counter(
+            "grpc_server_started", "RPCs started on the server.", GRPC_LABELS, registry=r
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*GRPC_LABELS, "grpc_code"),
+            registry=r,
+        )
+        self.handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency of RPCs handled by the server.",
+            GRPC_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.msg_received = Counter(
+            "grpc_server_msg_received",
+            "Stream messages received by the server.",
+            GRPC_LABELS,
+            registry=r,
+        )
+        self.msg_sent = Counter(
+            "grpc_server_msg_sent", "Stream messages sent by the server.", GRPC_LABELS, registry=r
+        )
+        self.sequences = Counter(
+            "lstm_sequences", "Sequences (and session steps) run by the model.", registry=r
+        )
+        self.timesteps = Counter("lstm_timesteps", "Timesteps run by the model.", registry=r)
+        self.inference_seconds = Histogram(
+            "lstm_inference_seconds", "Time of one model call.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "lstm_queue_seconds",
+            "Time work waited for the model.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "lstm_batch_size", "Rows in one model call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.model_info = Gauge(
+            "lstm_model_info",
+            "The served model (value 1).",
+            ("version", "units", "features"),
+            registry=r,
+        )
+        self.sessions_active = Gauge("lstm_sessions_active", "Live sessions.", registry=r)
+        self.sessions_created = Counter("lstm_sessions_created", "Sessions created.", registry=r)
+        self.sessions_ended = Counter(
+            "lstm_sessions_ended",
+            "Sessions ended, by reason (closed, expired).",
+            ("reason",),
+            registry=r,
+        )
+        self.session_steps = Counter("lstm_session_steps", "Session steps applied.", registry=r)
+        self.session_step_retries = Counter(
+            "lstm_session_step_retries",
+            "Retries of an applied session step, answered without applying it again.",
+            registry=r,
+        )
+        for reason in ("closed", "expired"):
+            self.sessions_ended.labels(reason)
+        if process_collectors:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+
+    # The model
+
+    def set_model(self, info: ModelInfo) -> None:
+        self.model_info.clear()
+        self.model_info.labels(info.version, str(info.units), str(info.input_features)).set(1)
+
+    def observe_batch(self, batch: BatchObservation) -> None:
+        self.sequences.inc(batch.sequences)
+        self.timesteps.inc(batch.timesteps)
+        self.batch_size.observe(batch.rows)
+        self.inference_seconds.observe(batch.inference_seconds)
+        for waited in batch.queue_seconds:
+            self.queue_seconds.observe(waited)
+
+    # Sessions (SessionObserver, and the store's on_end)
+
+    def session_created(self) -> None:
+        self.sessions_created.inc()
+        self.sessions_active.inc()
+
+    def session_ended(self, reason: str) -> None:
+        self.sessions_ended.labels(reason).inc()
+        self.sessions_active.dec()
+
+    def session_stepped(self, *, replayed: bool) -> None:
+        (self.session_step_retries if replayed else self.session_steps).inc()
+
+    # RPCs (RpcObserver)
+
+    def rpc_started(self, labels: tuple[str, str, str]) -> None:
+        self.started.labels(*labels).inc()
+
+    def rpc_handled(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
+        self.handled.labels(*labels, code).inc()
+        self.handling_seconds.labels(*labels).observe(seconds)
+
+    def message_received(self, labels: tuple[str, str, str]) -> None:
+        self.msg_received.labels(*labels).inc()
+
+    def message_sent(self, labels: tuple[str, str, str]) -> None:
+        self.msg_sent.labels(*labels).inc()
+
+
+class MetricsHttpServer:
+    """``/metrics`` of one registry over HTTP, on its own thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._server: WSGIServer
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.port = int(self._server.server_port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

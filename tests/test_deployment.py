@@ -1,0 +1,127 @@
+"""The docker-compose stack is complete and consistent. No Docker engine runs here, so it is parsed
+and checked: files exist, Prometheus' configuration passes promtool and targets the server's
+metrics port, and the Grafana dashboard uses only metrics the server really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from lstm_client import LstmClient
+from lstm_server.config import Settings, env_name
+
+from tests.servers import ThreadedServer, free_port, settings
+from tests.test_metrics import scrape
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DEFAULTS = Settings()
+
+
+def _host_paths(service: dict) -> list[Path]:
+    return [ROOT / v.split(":")[0] for v in service.get("volumes", []) if v.startswith("./")]
+
+
+def test_compose_services_and_referenced_files() -> None:
+    services = COMPOSE["services"]
+    assert {"lstm-server", "prometheus", "grafana"} <= set(services)
+    server = services["lstm-server"]
+    build = server["build"] if isinstance(server["build"], str) else server["build"]["context"]
+    assert (ROOT / build / "Dockerfile").is_file()
+    for name, service in services.items():
+        for path in _host_paths(service):
+            assert path.exists(), f"{name} mounts {path}, which is missing"
+        for dependency in service.get("depends_on", []):
+            assert dependency in services
+
+
+def test_server_settings_in_compose_are_real_and_agree_with_defaults() -> None:
+    server = COMPOSE["services"]["lstm-server"]
+    known = {env_name(f) for f in Settings.__dataclass_fields__}
+    assert set(server["environment"]) <= known
+    assert int(server["environment"]["LSTM_PORT"]) == DEFAULTS.port
+    assert int(server["environment"]["LSTM_METRICS_PORT"]) == DEFAULTS.metrics_port
+    assert f"{DEFAULTS.port}:{DEFAULTS.port}" in server["ports"]
+
+
+def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    assert '".[server]"' in text
+    assert "HEALTHCHECK" in text
+    assert "grpc_health" in text
+    assert str(DEFAULTS.port) in text
+    assert 'ENTRYPOINT ["lstm-server"]' in text
+
+
+def test_prometheus_configuration_passes_promtool_and_targets_the_server() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "install the Debian package prometheus (make system-deps)"
+    config = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    done = subprocess.run(
+        [promtool, "check", "config", str(config)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    targets = [
+        t
+        for job in yaml.safe_load(config.read_text())["scrape_configs"]
+        for group in job["static_configs"]
+        for t in group["targets"]
+    ]
+    assert f"lstm-server:{DEFAULTS.metrics_port}" in targets
+    mounted = COMPOSE["services"]["prometheus"]["volumes"][0].split(":")[1]
+    assert f"--config.file={mounted}" in COMPOSE["services"]["prometheus"]["command"]
+
+
+def test_grafana_is_provisioned_with_prometheus() -> None:
+    datasources = ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml"
+    (source,) = yaml.safe_load(datasources.read_text())["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/lstm-serving.yml").read_text()
+    )
+    path = providers["providers"][0]["options"]["path"]
+    mounts = dict(v.split(":")[:2] for v in COMPOSE["services"]["grafana"]["volumes"])
+    assert mounts["./deploy/grafana/dashboards"] == path
+
+
+@pytest.fixture(scope="module")
+def exported_names() -> set[str]:
+    """Every metric name a running server exports after each kind of call."""
+    server = ThreadedServer(settings(metrics_port=free_port()))
+    try:
+        with LstmClient(server.target) as client:
+            client.predict([[0.1]])
+            with client.session() as session:
+                session.step([[0.2]])
+            list(client.stream([[0.1], [0.2]]))
+        samples = scrape(f"http://127.0.0.1:{server.server.metrics_server.port}/metrics")
+    finally:
+        server.stop()
+    return {name for name, _ in samples}
+
+
+def test_dashboard_uses_only_exported_metrics(exported_names: set[str]) -> None:
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/lstm-serving.json").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in expressions for m in re.findall(r"\b((?:grpc_server|lstm)_[a-z_]+)\b", e)}
+    assert len(used) >= 10
+    assert not used - exported_names, f"not exported: {sorted(used - exported_names)}"
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for topic in (
+        "requests per second",
+        "latency",
+        "errors",
+        "timesteps",
+        "inference",
+        "queue",
+        "sessions",
+    ):
+        assert topic in titles

@@ -1,0 +1,223 @@
+"""Prometheus metrics on the real /metrics endpoint: exact counts, model and session metrics,
+and a real Prometheus server scraping them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from lstm_client.v1 import lstm_service_pb2 as pb
+from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import ThreadedServer, free_port, settings
+from tests.test_predict import seq_msg
+
+SERVICE = "lstm.v1.LstmService"
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on the endpoint, keyed by name and sorted labels."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def grpc_labels(method: str, kind: str = "unary") -> dict[str, str]:
+    return {"grpc_type": kind, "grpc_service": SERVICE, "grpc_method": method}
+
+
+@pytest.fixture(scope="module")
+def metered() -> Iterator[ThreadedServer]:
+    server = ThreadedServer(settings(features=2, units=3, metrics_port=free_port(), session_ttl=60))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def metrics_url(metered: ThreadedServer) -> str:
+    assert metered.server.metrics_server is not None
+    return f"http://127.0.0.1:{metered.server.metrics_server.port}/metrics"
+
+
+@pytest.fixture
+def stub(metered: ThreadedServer) -> Iterator[pb_grpc.LstmServiceStub]:
+    with grpc.insecure_channel(metered.target) as channel:
+        yield pb_grpc.LstmServiceStub(channel)
+
+
+def test_handled_counts_are_exact(stub, metrics_url: str) -> None:
+    before = scrape(metrics_url)
+    good = pb.PredictRequest(sequences=[seq_msg(np.ones((4, 2))), seq_msg(np.ones((2, 2)))])
+    bad = pb.PredictRequest(sequences=[seq_msg(np.ones((4, 5)))])
+    for _ in range(5):
+        stub.Predict(good)
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            stub.Predict(bad)
+    after = scrape(metrics_url)
+    labels = grpc_labels("Predict")
+
+    def delta(name: str, **extra: str) -> float:
+        return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
+
+    assert delta("grpc_server_started_total") == 8
+    assert delta("grpc_server_handled_total", grpc_code="OK") == 5
+    assert delta("grpc_server_handled_total", grpc_code="INVALID_ARGUMENT") == 3
+    assert delta("grpc_server_handling_seconds_count") == 8
+    assert delta("grpc_server_msg_received_total") == 8
+    assert delta("grpc_server_msg_sent_total") == 5
+    assert value(after, "lstm_sequences_total") - value(before, "lstm_sequences_total") == 10
+    assert value(after, "lstm_timesteps_total") - value(before, "lstm_timesteps_total") == 30
+    assert value(after, "lstm_batch_size_count") - value(before, "lstm_batch_size_count") == 5
+    assert (
+        value(after, "lstm_inference_seconds_count") - value(before, "lstm_inference_seconds_count")
+        == 5
+    )
+    assert value(after, "lstm_queue_seconds_count") - value(before, "lstm_queue_seconds_count") == 5
+
+
+def test_streaming_rpcs_count_each_message(stub, metrics_url: str) -> None:
+    before = scrape(metrics_url)
+    request = pb.PredictRequest(sequences=[seq_msg(np.ones((100, 2)))], timesteps_per_message=10)
+    assert len(list(stub.PredictStream(request))) == 10
+    x = seq_msg(np.ones((1, 2)))
+    requests = [
+        pb.SessionStreamRequest(
+            open=pb.OpenSession(create=pb.CreateSessionRequest(), close_on_end=True)
+        )
+    ]
+    requests += [
+        pb.SessionStreamRequest(step=pb.SessionStep(input=x, step_number=n)) for n in (1, 2, 3)
+    ]
+    assert len(list(stub.StreamSession(iter(requests)))) == 4
+    after = scrape(metrics_url)
+    server_stream = grpc_labels("PredictStream", "server_stream")
+    bidi = grpc_labels("StreamSession", "bidi_stream")
+
+    def delta(name: str, labels: dict[str, str], **extra: str) -> float:
+        return value(after, name, **labels, **extra) - value(before, name, **labels, **extra)
+
+    assert delta("grpc_server_msg_received_total", server_stream) == 1
+    assert delta("grpc_server_msg_sent_total", server_stream) == 10
+    assert delta("grpc_server_handled_total", server_stream, grpc_code="OK") == 1
+    assert delta("grpc_server_msg_received_total", bidi) == 4
+    assert delta("grpc_server_msg_sent_total", bidi) == 4
+    assert delta("grpc_server_handled_total", bidi, grpc_code="OK") == 1
+    # a 100-timestep sequence streamed in chunks is still one sequence
+    assert value(after, "lstm_timesteps_total") - value(before, "lstm_timesteps_total") == 103
+    assert value(after, "lstm_sequences_total") - value(before, "lstm_sequences_total") == 4
+
+
+def test_session_metrics(stub, metrics_url: str) -> None:
+    before = scrape(metrics_url)
+    x = seq_msg(np.ones((1, 2)))
+    ids = [stub.CreateSession(pb.CreateSessionRequest()).session_id for _ in range(3)]
+    short = stub.CreateSession(pb.CreateSessionRequest(ttl_seconds=1)).session_id
+    for sid in ids:
+        stub.Step(pb.StepRequest(session_id=sid, input=x, step_number=1))
+    stub.Step(pb.StepRequest(session_id=ids[0], input=x, step_number=1))  # a retry
+    stub.CloseSession(pb.CloseSessionRequest(session_id=ids[1]))
+    with pytest.raises(grpc.RpcError):
+        stub.GetSession(pb.GetSessionRequest(session_id="unknown"))
+    mid = scrape(metrics_url)
+    assert value(mid, "lstm_sessions_active") - value(before, "lstm_sessions_active") == 3
+    time.sleep(1.6)  # the short session expires and the reaper (every 0.2 s) ends it
+    after = scrape(metrics_url)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("lstm_sessions_created_total") == 4
+    assert delta("lstm_sessions_ended_total", reason="closed") == 1
+    assert delta("lstm_sessions_ended_total", reason="expired") == 1
+    assert delta("lstm_sessions_active") == 2
+    assert delta("lstm_session_steps_total") == 3
+    assert delta("lstm_session_step_retries_total") == 1
+    assert (
+        delta("grpc_server_handled_total", **grpc_labels("GetSession"), grpc_code="NOT_FOUND") == 1
+    )
+    assert short not in json.dumps([k for k in after]), "no session id may appear in a label"
+
+
+def test_model_info_and_process_metrics(metered, metrics_url: str) -> None:
+    samples = scrape(metrics_url)
+    version = metered.server.runtime.info.version
+    assert value(samples, "lstm_model_info", version=version, units="3", features="2") == 1
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert any(name == "python_info" for name, _ in samples)
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def test_a_real_prometheus_scrapes_the_service(stub, metered, tmp_path: Path) -> None:
+    assert PROMETHEUS is not None, "install the Debian package prometheus (make system-deps)"
+    port = metered.server.metrics_server.port
+    for _ in range(7):
+        stub.Predict(pb.PredictRequest(sequences=[seq_msg(np.ones((2, 2)))]))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n  - job_name: lstm-serving\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+    )
+    web = free_port()
+    process = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("wb"),
+    )
+    try:
+        expected = scrape(f"http://127.0.0.1:{port}/metrics")[
+            (
+                "grpc_server_handled_total",
+                tuple(sorted({**grpc_labels("Predict"), "grpc_code": "OK"}.items())),
+            )
+        ]
+        query = urllib.parse.urlencode(
+            {"query": 'grpc_server_handled_total{grpc_method="Predict",grpc_code="OK"}'}
+        )
+        seen = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{web}/api/v1/query?{query}", timeout=5
+                ) as r:
+                    result = json.load(r)["data"]["result"]
+                if result:
+                    seen = float(result[0]["value"][1])
+                    if seen == expected:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert seen is not None, (tmp_path / "prometheus.log").read_text()[-2000:]
+        assert seen == expected >= 7
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode is not None
