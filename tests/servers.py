@@ -88,8 +88,13 @@ class ServerProcess:
     """``lstm-server`` as a subprocess on a free port; output goes to a log file."""
 
     def __init__(
-        self, args: Sequence[str] = (), log_dir: Path | None = None, env: dict | None = None
-    ):
+        self,
+        args: Sequence[str] = (),
+        log_dir: Path | None = None,
+        env: dict | None = None,
+        *,
+        wait: bool = True,
+    ) -> None:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port()
@@ -113,6 +118,10 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
+        if wait:
+            self.wait_serving()
+
+    def wait_serving(self) -> None:
         try:
             wait_serving(self.target, process=self.process)
         except Exception:

@@ -27,12 +27,15 @@ def _host_paths(service: dict) -> list[Path]:
     return [ROOT / v.split(":")[0] for v in service.get("volumes", []) if v.startswith("./")]
 
 
+REPLICAS = sorted(name for name in COMPOSE["services"] if name.startswith("lstm-server"))
+
+
 def test_compose_services_and_referenced_files() -> None:
     services = COMPOSE["services"]
-    assert {"lstm-server", "prometheus", "grafana"} <= set(services)
-    server = services["lstm-server"]
-    build = server["build"] if isinstance(server["build"], str) else server["build"]["context"]
-    assert (ROOT / build / "Dockerfile").is_file()
+    assert {"redis", "nginx", "prometheus", "grafana"} <= set(services)
+    assert len(REPLICAS) == 2
+    for name in REPLICAS:
+        assert (ROOT / services[name]["build"] / "Dockerfile").is_file()
     for name, service in services.items():
         for path in _host_paths(service):
             assert path.exists(), f"{name} mounts {path}, which is missing"
@@ -40,13 +43,25 @@ def test_compose_services_and_referenced_files() -> None:
             assert dependency in services
 
 
-def test_server_settings_in_compose_are_real_and_agree_with_defaults() -> None:
-    server = COMPOSE["services"]["lstm-server"]
+def test_replica_settings_are_real_and_agree_with_defaults() -> None:
     known = {env_name(f) for f in Settings.__dataclass_fields__}
-    assert set(server["environment"]) <= known
-    assert int(server["environment"]["LSTM_PORT"]) == DEFAULTS.port
-    assert int(server["environment"]["LSTM_METRICS_PORT"]) == DEFAULTS.metrics_port
-    assert f"{DEFAULTS.port}:{DEFAULTS.port}" in server["ports"]
+    for name in REPLICAS:
+        env = COMPOSE["services"][name]["environment"]
+        assert set(env) <= known
+        assert int(env["LSTM_PORT"]) == DEFAULTS.port
+        assert int(env["LSTM_METRICS_PORT"]) == DEFAULTS.metrics_port
+        assert env["LSTM_SESSION_STORE"] == "redis://redis:6379/0"
+    assert f"{DEFAULTS.port}:{DEFAULTS.port}" in COMPOSE["services"]["nginx"]["ports"]
+
+
+def test_nginx_balances_every_replica() -> None:
+    mounts = dict(v.split(":")[:2] for v in COMPOSE["services"]["nginx"]["volumes"])
+    config = (ROOT / mounts["./deploy/nginx/nginx.conf"].lstrip("/")).name
+    text = (ROOT / "deploy" / "nginx" / config).read_text()
+    upstreams = re.findall(r"^\s*server ([\w-]+):(\d+)", text, re.M)
+    assert sorted(upstreams) == [(name, str(DEFAULTS.port)) for name in REPLICAS]
+    assert f"listen {DEFAULTS.port} http2;" in text
+    assert "grpc_pass grpc://" in text
 
 
 def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
@@ -74,7 +89,7 @@ def test_prometheus_configuration_passes_promtool_and_targets_the_server() -> No
         for group in job["static_configs"]
         for t in group["targets"]
     ]
-    assert f"lstm-server:{DEFAULTS.metrics_port}" in targets
+    assert sorted(targets) == [f"{name}:{DEFAULTS.metrics_port}" for name in REPLICAS]
     mounted = COMPOSE["services"]["prometheus"]["volumes"][0].split(":")[1]
     assert f"--config.file={mounted}" in COMPOSE["services"]["prometheus"]["command"]
 

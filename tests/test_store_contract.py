@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -12,11 +13,26 @@ import pytest
 from lstm_server.core.errors import LimitExceeded, SessionNotFound
 from lstm_server.core.types import State
 from lstm_server.sessions import AppliedStep, MemorySessionStore, SessionRecord, SessionStore
+from lstm_server.sessions.redis import RedisSessionStore
+
+from tests.redis_server import RedisServer
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
-    made: SessionStore = MemorySessionStore()
+    made: SessionStore
+    if request.param == "memory":
+        made = MemorySessionStore()
+    else:
+        server = request.getfixturevalue("redis_server")
+        made = RedisSessionStore(server.url, prefix=f"test-{uuid.uuid4().hex}:")
     yield made
     await made.close()
 
@@ -116,3 +132,16 @@ async def test_reap_expired_returns_ids(store: SessionStore) -> None:
     await asyncio.sleep(0.4)
     assert await store.reap_expired() == ["short"]
     assert await store.count() == 1
+
+
+async def test_a_reset_record_drops_the_last_step(store: SessionStore) -> None:
+    with_step = replace(record("a"), last_step=AppliedStep(1, "d", np.ones((1, 4), np.float32)))
+    await store.create(with_step, max_sessions=0)
+    assert await store.compare_and_set(
+        replace(with_step, revision=1, last_step=None), expected_revision=0
+    )
+    assert (await store.get("a")).last_step is None
+
+
+async def test_ping(store: SessionStore) -> None:
+    assert await store.ping()

@@ -13,17 +13,21 @@ from lstm_client.v1 import lstm_service_pb2, lstm_service_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from lstm_server.config import Settings
+from lstm_server.core.errors import ServingError
 from lstm_server.core.inference import InferenceService
 from lstm_server.core.scheduler import BatchScheduler, Runtime
 from lstm_server.core.sessions import SessionService
 from lstm_server.metrics import Metrics, MetricsHttpServer
-from lstm_server.sessions import MemorySessionStore, SessionStore
+from lstm_server.sessions import SessionStore, open_store
 from lstm_server.transport.interceptors import ErrorMappingInterceptor, ObservingInterceptor
 from lstm_server.transport.servicer import LstmServicer, Services
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = lstm_service_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
+# Readiness is reported for "" and the service; liveness under its own name stays SERVING while
+# the process runs, even when the session store is down.
+LIVENESS = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -65,7 +69,13 @@ class LstmServer:
         self.runtime = runtime
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self.store: SessionStore = (
-            store if store is not None else MemorySessionStore(on_end=self.metrics.session_ended)
+            store
+            if store is not None
+            else open_store(
+                settings.session_store,
+                timeout=settings.store_timeout,
+                on_end=self.metrics.session_ended,
+            )
         )
         self.health = health.aio.HealthServicer()
         self.servicer = LstmServicer()
@@ -78,7 +88,8 @@ class LstmServer:
             # One process per port: a second server on a busy port must fail, not split traffic.
             options=[("grpc.so_reuseport", 0)],
         )
-        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready = False
 
     async def start(self) -> int:
         """Bind, load and warm the model, report SERVING; return the bound port."""
@@ -92,6 +103,7 @@ class LstmServer:
             self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
         except RuntimeError as exc:
             raise OSError(f"cannot bind {s.host}:{s.port}: {exc}") from exc
+        await self.health.set(LIVENESS, SERVING)
         await self._set_health(NOT_SERVING)
         if s.metrics_port:
             self.metrics_server = MetricsHttpServer(
@@ -115,14 +127,35 @@ class LstmServer:
             self.scheduler, s.limits, stream_chunk_timesteps=s.stream_chunk_timesteps
         )
         self.servicer.services = Services(inference, self.sessions)
-        self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="session-reaper")
-        await self._set_health(SERVING)
-        log.info("SERVING %s on port %d", self.runtime.info.version, self.port)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._reap(), name="session-reaper"),
+            loop.create_task(self._watch_store(), name="store-watch"),
+        ]
+        await self._update_readiness()
+        log.info("model %s ready on port %d", self.runtime.info.version, self.port)
         return self.port
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         await self.health.set("", status)
         await self.health.set(SERVICE_NAME, status)
+
+    async def _update_readiness(self) -> None:
+        """SERVING while the session store answers; NOT_SERVING (liveness unchanged) otherwise."""
+        ready = await self.store.ping()
+        if ready != self._ready:
+            self._ready = ready
+            await self._set_health(SERVING if ready else NOT_SERVING)
+            log.log(
+                logging.INFO if ready else logging.WARNING,
+                "readiness: %s",
+                "SERVING" if ready else "NOT_SERVING (the session store is unreachable)",
+            )
+
+    async def _watch_store(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval)
+            await self._update_readiness()
 
     async def _reap(self) -> None:
         assert self.sessions is not None
@@ -130,8 +163,9 @@ class LstmServer:
             await asyncio.sleep(self.settings.reap_interval)
             try:
                 expired = await self.sessions.reap_expired()
-            except Exception:
-                log.exception("reaping expired sessions failed")
+                self.metrics.sessions_active.set(await self.store.count())
+            except ServingError as error:
+                log.warning("reaping expired sessions failed: %s", error.message)
                 continue
             if expired:
                 log.info("reaped %d expired sessions", expired)
@@ -140,10 +174,10 @@ class LstmServer:
         """NOT_SERVING at once, refuse new calls, let in-flight calls finish, then release all."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.grace if grace is None else grace)
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+                await task
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.store.close()

@@ -32,10 +32,13 @@ class Settings:
     stream_chunk_timesteps: int = 64
     max_timesteps: int = 10_000
     max_batch_size: int = 64
+    session_store: str = "memory"
+    store_timeout: float = 1.0
     max_sessions: int = 100_000
     session_ttl: int = 3600
     max_session_ttl: int = 86_400
     reap_interval: float = 5.0
+    health_interval: float = 1.0
     grace: float = 10.0
     log_level: str = "INFO"
 
@@ -67,10 +70,13 @@ HELP: dict[str, str] = {
     "stream_chunk_timesteps": "timesteps computed per chunk in PredictStream",
     "max_timesteps": "most timesteps per sequence in Predict or per session step",
     "max_batch_size": "most sequences per Predict request",
+    "session_store": "where sessions live: memory, or redis://HOST:PORT/DB shared by replicas",
+    "store_timeout": "seconds a session store operation may take before it fails",
     "max_sessions": "most live sessions (0: no cap)",
     "session_ttl": "seconds an idle session lives unless its creator asks otherwise",
     "max_session_ttl": "largest ttl_seconds a session may ask for",
     "reap_interval": "seconds between sweeps for expired sessions",
+    "health_interval": "seconds between readiness checks of the session store",
     "grace": "seconds in-flight calls get to finish on shutdown",
     "log_level": "logging level",
 }
@@ -140,6 +146,8 @@ def load_settings(
     for name in ("port", "metrics_port"):
         if not 0 <= getattr(settings, name) <= 65535:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 65535")
+    if settings.session_store != "memory" and "://" not in settings.session_store:
+        p.error("--session-store must be 'memory' or a URL such as redis://localhost:6379/0")
     if settings.session_ttl > settings.max_session_ttl:
         p.error("--session-ttl cannot exceed --max-session-ttl")
     return settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -91,7 +92,9 @@ def save_model(layer: keras.layers.LSTM, path: Path) -> None:
     outputs = clone(inputs)
     clone.cell.set_weights(layer.cell.get_weights())
     path.parent.mkdir(parents=True, exist_ok=True)
-    keras.Model(inputs, outputs).save(path)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.keras")
+    keras.Model(inputs, outputs).save(partial)
+    os.replace(partial, path)  # readers never see a half-written file
 
 
 def model_info(layer: keras.layers.LSTM, name: str) -> ModelInfo:

@@ -81,5 +81,8 @@ class MemorySessionStore:
     async def count(self) -> int:
         return len(self._records)
 
+    async def ping(self) -> bool:
+        return True
+
     async def close(self) -> None:
         return None

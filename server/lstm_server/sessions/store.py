@@ -67,6 +67,10 @@ class SessionStore(Protocol):
         """How many live sessions there are."""
         ...
 
+    async def ping(self) -> bool:
+        """Whether the store can be reached now (readiness)."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...

@@ -1,0 +1,253 @@
+"""A ``SessionStore`` in Redis, shared by replicas: any replica can serve any session's next step.
+
+Layout (``prefix`` defaults to ``lstm:``):
+- ``{prefix}session:{id}``: a hash with the state as float32 bytes, the step count, revision,
+  model version, owner and the last applied step; it carries a Redis TTL of the session's TTL;
+- ``{prefix}sessions``: a sorted set of live ids scored by expiry time, for the cap and reaping;
+- ``{prefix}ended:{id}``: why a session ended ("closed" or "expired"), kept for a day.
+
+Every write is one Lua script, so it is atomic: creation checks the cap, compare-and-set checks the
+revision, and two replicas racing on one step apply it once. No pickle: only numbers and bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import redis.asyncio as redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from lstm_server.core.errors import LimitExceeded, SessionNotFound, StoreUnavailable
+from lstm_server.core.types import State
+from lstm_server.sessions.store import AppliedStep, SessionRecord
+
+T = TypeVar("T")
+TOMBSTONE_SECONDS = 86_400
+
+# Moves sessions whose expiry has passed from the index to tombstones; returns their ids.
+_REAP = """
+local function reap(index, prefix, now)
+  local expired = redis.call('ZRANGEBYSCORE', index, '-inf', now)
+  for _, id in ipairs(expired) do
+    redis.call('DEL', prefix .. 'session:' .. id)
+    redis.call('SET', prefix .. 'ended:' .. id, 'expired', 'EX', ARGV[2])
+  end
+  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', index, '-inf', now) end
+  return expired
+end
+"""
+
+# KEYS: session hash, index. ARGV: now, tombstone seconds, prefix, id, max_sessions, ttl ms,
+# expires_at, then field/value pairs.
+_CREATE = (
+    _REAP
+    + """
+reap(KEYS[2], ARGV[3], ARGV[1])
+local cap = tonumber(ARGV[5])
+if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[4])
+return 1
+"""
+)
+
+# KEYS: session hash, index. ARGV: expected revision, id, ttl ms, expires_at, field/value pairs.
+_COMPARE_AND_SET = """
+if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'last_step', 'last_digest', 'last_hidden', 'last_shape')
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+return 1
+"""
+
+# KEYS: session hash, index, tombstone. ARGV: id, tombstone seconds.
+_DELETE = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[3], 'closed', 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS: index. ARGV: now, tombstone seconds, prefix.
+_REAP_ALL = _REAP + "return reap(KEYS[1], ARGV[3], ARGV[1])"
+
+
+def _encode(record: SessionRecord) -> list[Any]:
+    fields: dict[str, Any] = {
+        "h": record.state.h.astype(np.float32).tobytes(),
+        "c": record.state.c.astype(np.float32).tobytes(),
+        "step_count": record.step_count,
+        "model_version": record.model_version,
+        "ttl_seconds": record.ttl_seconds,
+        "expires_at": repr(record.expires_at),
+        "owner": record.owner,
+        "revision": record.revision,
+    }
+    if record.last_step is not None:
+        hidden = record.last_step.hidden_sequence.astype(np.float32)
+        fields |= {
+            "last_step": record.last_step.step_number,
+            "last_digest": record.last_step.input_digest,
+            "last_hidden": hidden.tobytes(),
+            "last_shape": ",".join(map(str, hidden.shape)),
+        }
+    return [item for pair in fields.items() for item in pair]
+
+
+def _decode(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
+    f = {k.decode(): v for k, v in raw.items()}
+    last = None
+    if b"last_step" in raw:
+        shape = tuple(int(n) for n in f["last_shape"].decode().split(","))
+        last = AppliedStep(
+            int(f["last_step"]),
+            f["last_digest"].decode(),
+            np.frombuffer(f["last_hidden"], np.float32).reshape(shape),
+        )
+    return SessionRecord(
+        session_id=session_id,
+        state=State(np.frombuffer(f["h"], np.float32), np.frombuffer(f["c"], np.float32)),
+        step_count=int(f["step_count"]),
+        model_version=f["model_version"].decode(),
+        ttl_seconds=int(f["ttl_seconds"]),
+        expires_at=float(f["expires_at"]),
+        owner=f["owner"].decode(),
+        revision=int(f["revision"]),
+        last_step=last,
+    )
+
+
+class RedisSessionStore:
+    """Sessions in Redis (redis-py asyncio, one connection pool, bounded timeouts, no retries:
+    a Redis outage fails calls fast with ``StoreUnavailable`` instead of hanging them)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "lstm:",
+        timeout: float = 1.0,
+        max_connections: int = 64,
+        clock: Callable[[], float] = time.time,
+        on_end: Callable[[str], None] | None = None,
+    ) -> None:
+        self._redis = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=max_connections,
+        )
+        self._prefix = prefix
+        self._index = f"{prefix}sessions"
+        self._clock = clock
+        self._on_end = on_end
+        self._create = self._redis.register_script(_CREATE)
+        self._cas = self._redis.register_script(_COMPARE_AND_SET)
+        self._delete = self._redis.register_script(_DELETE)
+        self._reap = self._redis.register_script(_REAP_ALL)
+
+    def _key(self, session_id: str) -> str:
+        return f"{self._prefix}session:{session_id}"
+
+    async def _do(self, operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except RedisError as exc:
+            raise StoreUnavailable(f"the session store is unavailable: {exc}") from exc
+
+    def _report(self, ended: int, reason: str) -> None:
+        if self._on_end is not None:
+            for _ in range(ended):
+                self._on_end(reason)
+
+    async def create(self, record: SessionRecord, *, max_sessions: int) -> None:
+        ttl_ms = max(1, int((record.expires_at - self._clock()) * 1000))
+        created = await self._do(
+            self._create(
+                keys=[self._key(record.session_id), self._index],
+                args=[
+                    self._clock(),
+                    TOMBSTONE_SECONDS,
+                    self._prefix,
+                    record.session_id,
+                    max_sessions,
+                    ttl_ms,
+                    record.expires_at,
+                    *_encode(record),
+                ],
+            )
+        )
+        if not created:
+            raise LimitExceeded(f"the server holds its maximum of {max_sessions} sessions")
+
+    async def get(self, session_id: str) -> SessionRecord:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._key(session_id))
+            pipe.get(f"{self._prefix}ended:{session_id}")
+            pipe.zscore(self._index, session_id)
+            raw, reason, expiry = await self._do(pipe.execute())
+        now = self._clock()
+        if raw:
+            record = _decode(session_id, raw)
+            if record.expires_at > now:
+                return record
+        if raw or (expiry is not None and expiry <= now):
+            reason = b"expired"  # Redis dropped it, or will; the reaper has not got to it yet
+        detail = f"was {reason.decode()}" if reason else "does not exist"
+        raise SessionNotFound(f"session {session_id} {detail}")
+
+    async def compare_and_set(self, record: SessionRecord, *, expected_revision: int) -> bool:
+        ttl_ms = max(1, int((record.expires_at - self._clock()) * 1000))
+        stored = await self._do(
+            self._cas(
+                keys=[self._key(record.session_id), self._index],
+                args=[
+                    expected_revision,
+                    record.session_id,
+                    ttl_ms,
+                    record.expires_at,
+                    *_encode(record),
+                ],
+            )
+        )
+        return bool(stored)
+
+    async def delete(self, session_id: str) -> bool:
+        deleted = await self._do(
+            self._delete(
+                keys=[self._key(session_id), self._index, f"{self._prefix}ended:{session_id}"],
+                args=[session_id, TOMBSTONE_SECONDS],
+            )
+        )
+        if deleted:
+            self._report(1, "closed")
+        return bool(deleted)
+
+    async def reap_expired(self) -> list[str]:
+        ids = await self._do(
+            self._reap(keys=[self._index], args=[self._clock(), TOMBSTONE_SECONDS, self._prefix])
+        )
+        expired = [i.decode() for i in ids]
+        self._report(len(expired), "expired")
+        return expired
+
+    async def count(self) -> int:
+        return int(await self._do(self._redis.zcount(self._index, f"({self._clock()}", "+inf")))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except RedisError:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
