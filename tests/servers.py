@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lstm_server.app import LstmServer
 from lstm_server.config import Settings
+from lstm_server.core.scheduler import Runtime
 from lstm_server.sessions import SessionStore
 
 TEST_SETTINGS = Settings(
@@ -30,16 +31,30 @@ class ThreadedServer:
     def __init__(
         self, settings: Settings = TEST_SETTINGS, store: SessionStore | None = None
     ) -> None:
+        self._init(settings, store, None)
+
+    def _init(
+        self, settings: Settings, store: SessionStore | None, runtime: Runtime | None
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.server = self.submit(self._make(settings, store))
+        self.server = self.submit(self._make(settings, store, runtime))
         self.port: int = self.submit(self.server.start())
         self.target = f"127.0.0.1:{self.port}"
 
+    @classmethod
+    def with_runtime(cls, settings: Settings, runtime: Runtime) -> ThreadedServer:
+        """A server on a runtime the test made (to hold or fail model execution on purpose)."""
+        made = cls.__new__(cls)
+        made._init(settings, None, runtime)
+        return made
+
     @staticmethod
-    async def _make(settings: Settings, store: SessionStore | None) -> LstmServer:
-        return LstmServer(settings, store=store)
+    async def _make(
+        settings: Settings, store: SessionStore | None, runtime: Runtime | None = None
+    ) -> LstmServer:
+        return LstmServer(settings, store=store, runtime=runtime)
 
     def submit(self, coro):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)

@@ -11,6 +11,7 @@ import grpc
 
 from lstm_client import codec
 from lstm_client.codec import ArrayLike, StateLike
+from lstm_client.connection import TlsOptions, call_metadata
 from lstm_client.errors import RETRYABLE_CODES, LstmError, retry_delays
 from lstm_client.results import (
     FinalState,
@@ -36,12 +37,18 @@ class AsyncLstmClient:
         timeout: float | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
         retries: int = 3,
+        token: str | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = tuple(metadata or ())
+        self._metadata = call_metadata(metadata, token)
         self.retries = retries
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = (
+            grpc.aio.insecure_channel(target)
+            if tls is None
+            else grpc.aio.secure_channel(target, tls.credentials())
+        )
         self._stub = pb_grpc.LstmServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncLstmClient:

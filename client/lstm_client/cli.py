@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lstm_client.client import LstmClient
+from lstm_client.connection import TlsOptions
 from lstm_client.errors import LstmError
 
 TUTORIAL_INPUT = [0.1, 0.2, 0.3]
@@ -94,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
         help="server address [env LSTM_TARGET]",
     )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    p.add_argument(
+        "--token", default=os.environ.get("LSTM_TOKEN"), help="bearer token [env LSTM_TOKEN]"
+    )
+    p.add_argument("--tls-ca", help="PEM CA bundle of the server's certificate: connect over TLS")
+    p.add_argument("--tls-cert", help="PEM client certificate chain (mutual TLS)")
+    p.add_argument("--tls-key", help="PEM client private key (mutual TLS)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("metadata", help="show the served model and limits").set_defaults(
         run=cmd_metadata
@@ -120,7 +127,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        with LstmClient(args.target, timeout=args.timeout) as client:
+        tls = None
+        if args.tls_ca or args.tls_cert:
+            tls = TlsOptions.from_files(args.tls_ca, args.tls_cert, args.tls_key)
+        with LstmClient(args.target, timeout=args.timeout, token=args.token, tls=tls) as client:
             args.run(client, args)
     except LstmError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,6 +12,7 @@ import grpc
 
 from lstm_client import codec
 from lstm_client.codec import ArrayLike, StateLike
+from lstm_client.connection import TlsOptions, call_metadata
 from lstm_client.errors import RETRYABLE_CODES, LstmError, retry_delays
 from lstm_client.results import (
     FinalState,
@@ -30,7 +31,8 @@ T = TypeVar("T")
 class LstmClient:
     """A blocking client of lstm.v1.LstmService.
 
-    ``timeout`` (seconds) applies to each call; ``metadata`` is sent with every call.
+    ``timeout`` (seconds) applies to each call; ``metadata`` is sent with every call, and so is
+    ``token`` as a Bearer token; ``tls`` connects over TLS (mutual TLS with a client certificate).
     """
 
     def __init__(
@@ -40,12 +42,18 @@ class LstmClient:
         timeout: float | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
         retries: int = 3,
+        token: str | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = tuple(metadata or ())
+        self._metadata = call_metadata(metadata, token)
         self.retries = retries
-        self._channel = grpc.insecure_channel(target)
+        self._channel = (
+            grpc.insecure_channel(target)
+            if tls is None
+            else grpc.secure_channel(target, tls.credentials())
+        )
         self._stub = pb_grpc.LstmServiceStub(self._channel)
 
     def __enter__(self) -> LstmClient:

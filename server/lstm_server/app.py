@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,14 +13,21 @@ from grpc_reflection.v1alpha import reflection
 from lstm_client.v1 import lstm_service_pb2, lstm_service_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from lstm_server.config import Settings
+from lstm_server.config import ConfigError, Settings
 from lstm_server.core.errors import ServingError
 from lstm_server.core.inference import InferenceService
 from lstm_server.core.scheduler import BatchScheduler, Runtime
 from lstm_server.core.sessions import SessionService
 from lstm_server.metrics import Metrics, MetricsHttpServer
-from lstm_server.sessions import SessionStore, open_store
-from lstm_server.transport.interceptors import ErrorMappingInterceptor, ObservingInterceptor
+from lstm_server.sessions import MemorySessionStore, SessionStore, open_store
+from lstm_server.sessions.snapshot import read_snapshot, write_snapshot
+from lstm_server.transport.auth import load_tokens
+from lstm_server.transport.interceptors import (
+    AuthInterceptor,
+    ConcurrencyLimitInterceptor,
+    ErrorMappingInterceptor,
+    ObservingInterceptor,
+)
 from lstm_server.transport.servicer import LstmServicer, Services
 
 log = logging.getLogger(__name__)
@@ -30,6 +38,41 @@ SERVICE_NAME = lstm_service_pb2.DESCRIPTOR.services_by_name["LstmService"].full_
 LIVENESS = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from exc
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from --tls-cert/--tls-key; with --tls-client-ca, client certificates are required."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    pair = (_read(settings.tls_key, "TLS key"), _read(settings.tls_cert, "TLS certificate"))
+    client_ca = settings.tls_client_ca
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=None if client_ca is None else _read(client_ca, "client CA bundle"),
+        require_client_auth=client_ca is not None,
+    )
+
+
+def interceptors(settings: Settings, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first: observe every call, authenticate, cap concurrency, map errors."""
+    chain: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(metrics)]
+    if settings.auth_tokens_file is not None:
+        try:
+            tokens = load_tokens(settings.auth_tokens_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot use --auth-tokens-file: {exc}") from exc
+        chain.append(AuthInterceptor(tokens))
+    if settings.max_concurrent_rpcs:
+        chain.append(ConcurrencyLimitInterceptor(settings.max_concurrent_rpcs))
+    chain.append(ErrorMappingInterceptor())
+    return chain
 
 
 def load_runtime(settings: Settings) -> Runtime:
@@ -84,9 +127,13 @@ class LstmServer:
         self.port: int | None = None
         self.metrics_server: MetricsHttpServer | None = None
         self._server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(self.metrics), ErrorMappingInterceptor()],
-            # One process per port: a second server on a busy port must fail, not split traffic.
-            options=[("grpc.so_reuseport", 0)],
+            interceptors=interceptors(settings, self.metrics),
+            options=[
+                # One process per port: a second server on a busy port must fail, not split
+                # traffic and sessions with the first.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ],
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = False
@@ -99,8 +146,13 @@ class LstmServer:
         if s.reflection:
             names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self._server)
+        address = f"{s.host}:{s.port}"
+        credentials = server_credentials(s)
         try:
-            self.port = self._server.add_insecure_port(f"{s.host}:{s.port}")
+            if credentials is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise OSError(f"cannot bind {s.host}:{s.port}: {exc}") from exc
         await self.health.set(LIVENESS, SERVING)
@@ -115,6 +167,7 @@ class LstmServer:
         if self.runtime is None:
             self.runtime = await asyncio.to_thread(load_runtime, s)
         self.metrics.set_model(self.runtime.info)
+        self._restore_sessions()
         self.scheduler = BatchScheduler(
             self.runtime,
             max_batch_rows=s.max_batch_rows,
@@ -135,6 +188,25 @@ class LstmServer:
         await self._update_readiness()
         log.info("model %s ready on port %d", self.runtime.info.version, self.port)
         return self.port
+
+    def _restore_sessions(self) -> None:
+        path = self.settings.session_snapshot
+        if path is None or not path.exists() or not isinstance(self.store, MemorySessionStore):
+            return
+        try:
+            restored = self.store.restore(read_snapshot(path))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot restore sessions from {path}: {exc}") from exc
+        self.metrics.sessions_active.set(restored)
+        log.info("restored %d sessions from %s", restored, path)
+
+    def _save_sessions(self) -> None:
+        path = self.settings.session_snapshot
+        if path is None or not isinstance(self.store, MemorySessionStore):
+            return
+        records = self.store.records()
+        write_snapshot(path, records)
+        log.info("saved %d sessions to %s", len(records), path)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         await self.health.set("", status)
@@ -180,6 +252,8 @@ class LstmServer:
                 await task
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.sessions is not None:
+            self._save_sessions()
         await self.store.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()

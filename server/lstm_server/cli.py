@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from lstm_server.app import LstmServer
-from lstm_server.config import Settings, load_settings
+from lstm_server.config import ConfigError, Settings, load_settings
 from lstm_server.core.errors import ModelLoadError
 
 log = logging.getLogger("lstm_server")
@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(serve(settings))
     except ModelLoadError as exc:
         log.error("cannot serve the model: %s", exc)
+        sys.exit(2)
+    except ConfigError as exc:
+        log.error("%s", exc)
         sys.exit(2)
     except OSError as exc:
         log.error("cannot start: %s", exc)

@@ -12,6 +12,10 @@ from typing import Any
 from lstm_server.core.types import Limits
 
 
+class ConfigError(Exception):
+    """A setting names a file that cannot be used; the message says which and why."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be told; the defaults serve the embedded model on :50051."""
@@ -26,6 +30,10 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8000
     reflection: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens_file: Path | None = None
     xla: bool = True
     batching: bool = True
     max_batch_rows: int = 64
@@ -35,6 +43,9 @@ class Settings:
     session_store: str = "memory"
     store_timeout: float = 1.0
     max_sessions: int = 100_000
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 1024
+    session_snapshot: Path | None = None
     session_ttl: int = 3600
     max_session_ttl: int = 86_400
     reap_interval: float = 5.0
@@ -50,6 +61,8 @@ class Settings:
             max_sessions=self.max_sessions,
             default_session_ttl_seconds=self.session_ttl,
             max_session_ttl_seconds=self.max_session_ttl,
+            max_message_bytes=self.max_message_bytes,
+            max_concurrent_rpcs=self.max_concurrent_rpcs,
         )
 
 
@@ -64,6 +77,10 @@ HELP: dict[str, str] = {
     "metrics_host": "address of the Prometheus /metrics endpoint",
     "metrics_port": "port of the Prometheus /metrics endpoint (0: off)",
     "reflection": "serve gRPC server reflection",
+    "tls_cert": "PEM certificate chain: serve over TLS (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates it signed (mutual TLS)",
+    "auth_tokens_file": "file of 'principal token' lines: require an authorization Bearer token",
     "xla": "compile the model with XLA",
     "batching": "batch queued work from concurrent calls into one model call",
     "max_batch_rows": "most sequences in one model call",
@@ -73,6 +90,9 @@ HELP: dict[str, str] = {
     "session_store": "where sessions live: memory, or redis://HOST:PORT/DB shared by replicas",
     "store_timeout": "seconds a session store operation may take before it fails",
     "max_sessions": "most live sessions (0: no cap)",
+    "max_message_bytes": "largest request message accepted (RESOURCE_EXHAUSTED beyond)",
+    "max_concurrent_rpcs": "calls in flight at once before RESOURCE_EXHAUSTED (0: no cap)",
+    "session_snapshot": "write in-memory sessions here on shutdown and restore them on start",
     "session_ttl": "seconds an idle session lives unless its creator asks otherwise",
     "max_session_ttl": "largest ttl_seconds a session may ask for",
     "reap_interval": "seconds between sweeps for expired sessions",
@@ -148,6 +168,14 @@ def load_settings(
             p.error(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if settings.session_store != "memory" and "://" not in settings.session_store:
         p.error("--session-store must be 'memory' or a URL such as redis://localhost:6379/0")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        p.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if settings.session_snapshot is not None and settings.session_store != "memory":
+        p.error("--session-snapshot is for the memory store; Redis keeps sessions itself")
+    if settings.max_message_bytes < 1024:
+        p.error("--max-message-bytes must be at least 1024")
     if settings.session_ttl > settings.max_session_ttl:
         p.error("--session-ttl cannot exceed --max-session-ttl")
     return settings

@@ -32,6 +32,8 @@ class Limits:
     max_sessions: int = 100_000
     default_session_ttl_seconds: int = 3600
     max_session_ttl_seconds: int = 86_400
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 1024
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,18 @@ class MemorySessionStore:
     async def count(self) -> int:
         return len(self._records)
 
+    def records(self) -> list[SessionRecord]:
+        """The live records, to persist them across a restart."""
+        now = self._clock()
+        return [r for r in self._records.values() if r.expires_at > now]
+
+    def restore(self, records: list[SessionRecord]) -> int:
+        """Add records saved by ``records()``; expired ones are dropped. Returns how many."""
+        now = self._clock()
+        live = [r for r in records if r.expires_at > now]
+        self._records.update((r.session_id, r) for r in live)
+        return len(live)
+
     async def ping(self) -> bool:
         return True
 

@@ -99,6 +99,8 @@ def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
             max_sessions=limits.max_sessions,
             default_session_ttl_seconds=limits.default_session_ttl_seconds,
             max_session_ttl_seconds=limits.max_session_ttl_seconds,
+            max_message_bytes=limits.max_message_bytes,
+            max_concurrent_rpcs=limits.max_concurrent_rpcs,
         ),
     )
 

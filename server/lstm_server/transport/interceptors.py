@@ -1,4 +1,4 @@
-"""Server interceptors: one maps errors for every RPC of the service, one observes every RPC."""
+"""Server interceptors: error mapping, authentication, a concurrency cap, and observation."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ import grpc
 from grpc.aio import ServicerContext as Context
 from grpc_status import rpc_status
 
-from lstm_server.core.errors import ServingError
+from lstm_server.core.errors import InvalidInput, LimitExceeded, ServingError
+from lstm_server.transport import auth
 from lstm_server.transport.errors import internal_status
 from lstm_server.transport.errors import rpc_status as domain_status
 
 log = logging.getLogger(__name__)
 
 SERVICE_PREFIX = "/lstm.v1.LstmService/"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
@@ -37,14 +39,50 @@ async def _responses(
         await result
 
 
+class Malformed:
+    """A request whose bytes did not parse; the behaviour wrapper turns it into INVALID_ARGUMENT."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that returns ``Malformed`` instead of raising (gRPC would say INTERNAL)."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as error:
+            return Malformed(error)
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise InvalidInput.single("request", f"is not a valid message: {request.error}")
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)
+
+
 def _rewrap(
     handler: grpc.RpcMethodHandler,
     unary: Callable[[Unary, str], Unary],
     streaming: Callable[[Streaming, str], Streaming],
+    *,
+    tolerant: bool = False,
 ) -> grpc.RpcMethodHandler:
     """The same handler with its behaviour wrapped by ``unary`` or ``streaming``."""
     codec = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": (
+            _tolerant(handler.request_deserializer) if tolerant else handler.request_deserializer
+        ),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
@@ -62,9 +100,15 @@ def _rewrap(
     )
 
 
+def _request_checker(handler: grpc.RpcMethodHandler) -> Callable[[Any], Any]:
+    client_streams = bool(handler.stream_unary or handler.stream_stream)
+    return _checked_stream if client_streams else _checked
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns domain errors into their status (with details) and anything else into INTERNAL,
-    for every method of the service, so no servicer method maps errors itself."""
+    for every method of the service, so no servicer method maps errors itself. Request bytes that
+    do not parse get INVALID_ARGUMENT, never INTERNAL."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -73,6 +117,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
+
+        check = _request_checker(handler)
 
         async def abort(context: Context, error: Exception) -> None:
             if isinstance(error, ServingError):
@@ -83,7 +129,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         def unary(behavior: Unary, _: str) -> Unary:
             async def mapped(request: Any, context: Context) -> Any:
                 try:
-                    return await behavior(request, context)
+                    return await behavior(check(request), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
@@ -94,7 +140,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         def streaming(behavior: Streaming, _: str) -> Streaming:
             async def mapped(request: Any, context: Context) -> AsyncIterator[Any]:
                 try:
-                    async for response in _responses(behavior, request, context):
+                    async for response in _responses(behavior, check(request), context):
                         yield response
                 except grpc.aio.AbortError:
                     raise
@@ -103,7 +149,90 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
             return mapped
 
+        return _rewrap(handler, unary, streaming, tolerant=True)
+
+
+class _Gate(grpc.aio.ServerInterceptor):
+    """Runs ``admit`` before a call of the service (it may abort it) and ``release`` after."""
+
+    def applies_to(self, method: str) -> bool:
+        return method.startswith(SERVICE_PREFIX)
+
+    async def admit(self, context: Context) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        return None
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not self.applies_to(handler_call_details.method):
+            return handler
+        gate = self
+
+        def unary(behavior: Unary, _: str) -> Unary:
+            async def gated(request: Any, context: Context) -> Any:
+                await gate.admit(context)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    gate.release()
+
+            return gated
+
+        def streaming(behavior: Streaming, _: str) -> Streaming:
+            async def gated(request: Any, context: Context) -> AsyncIterator[Any]:
+                await gate.admit(context)
+                try:
+                    async for response in _responses(behavior, request, context):
+                        yield response
+                finally:
+                    gate.release()
+
+            return gated
+
         return _rewrap(handler, unary, streaming)
+
+
+class ConcurrencyLimitInterceptor(_Gate):
+    """Refuses calls of the service beyond ``limit`` in flight with RESOURCE_EXHAUSTED at once,
+    instead of queueing without bound. Health checks are not counted, so they still answer."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    async def admit(self, context: Context) -> None:
+        if self.in_flight >= self.limit:
+            error = LimitExceeded(f"the server is at its limit of {self.limit} concurrent calls")
+            await context.abort_with_status(rpc_status.to_status(domain_status(error)))
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+class AuthInterceptor(_Gate):
+    """Requires ``authorization: Bearer <token>`` on every call but health checks, and makes the
+    token's principal the call's ``auth.PRINCIPAL``. Tokens are never logged."""
+
+    def __init__(self, tokens: list[tuple[bytes, str]]) -> None:
+        self._tokens = tokens
+
+    def applies_to(self, method: str) -> bool:
+        return not method.startswith(HEALTH_PREFIX)
+
+    async def admit(self, context: Context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        name = auth.authenticate(metadata.get("authorization"), self._tokens)
+        if name is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a valid 'authorization: Bearer <token>' is required",
+            )
+        auth.PRINCIPAL.set(name or "")
 
 
 Labels = tuple[str, str, str]

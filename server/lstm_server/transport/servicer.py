@@ -16,6 +16,7 @@ from lstm_server.core.inference import InferenceService
 from lstm_server.core.sessions import SessionService
 from lstm_server.sessions.store import SessionRecord
 from lstm_server.transport import converters as conv
+from lstm_server.transport.auth import principal
 from lstm_server.transport.errors import rpc_status
 
 
@@ -79,6 +80,7 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
             request.session_id,
             conv.sequence_in(request.input),
             request.step_number,
+            owner=principal(),
             deadline=_deadline(context),
         )
         return conv.step_out(outcome)
@@ -94,7 +96,7 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
             raise InvalidInput.single("open", "the first message of a stream must open a session")
         opening = first.open
         if opening.WhichOneof("target") == "resume_session_id":
-            record = await sessions.get(opening.resume_session_id)
+            record = await sessions.get(opening.resume_session_id, owner=principal())
         else:
             record = await self._create(opening.create)
         yield pb.SessionStreamResponse(session=conv.session_out(record))
@@ -104,7 +106,7 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
         finally:
             if opening.close_on_end:
                 with contextlib.suppress(SessionNotFound):
-                    await sessions.close(record.session_id)
+                    await sessions.close(record.session_id, owner=principal())
 
     async def _stream_step(
         self, session_id: str, message: pb.SessionStreamRequest
@@ -116,28 +118,34 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
                     "step", "after the opening message, every message is a step"
                 )
             outcome = await self._core.sessions.step(
-                session_id, conv.sequence_in(message.step.input), message.step.step_number
+                session_id,
+                conv.sequence_in(message.step.input),
+                message.step.step_number,
+                owner=principal(),
             )
         except ServingError as error:
             return pb.SessionStreamResponse(error=rpc_status(error))
         return pb.SessionStreamResponse(step=conv.step_out(outcome))
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
-        return conv.session_out(await self._core.sessions.get(request.session_id))
+        record = await self._core.sessions.get(request.session_id, owner=principal())
+        return conv.session_out(record)
 
     async def ResetSession(self, request: pb.ResetSessionRequest, context: Context) -> pb.Session:
         record = await self._core.sessions.reset(
-            request.session_id, conv.optional_state_in(request, "state")
+            request.session_id, conv.optional_state_in(request, "state"), owner=principal()
         )
         return conv.session_out(record)
 
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Context
     ) -> pb.CloseSessionResponse:
-        await self._core.sessions.close(request.session_id)
+        await self._core.sessions.close(request.session_id, owner=principal())
         return pb.CloseSessionResponse()
 
     async def _create(self, request: pb.CreateSessionRequest) -> SessionRecord:
         return await self._core.sessions.create(
-            conv.optional_state_in(request, "initial_state"), ttl_seconds=request.ttl_seconds
+            conv.optional_state_in(request, "initial_state"),
+            ttl_seconds=request.ttl_seconds,
+            owner=principal(),
         )

@@ -1,0 +1,46 @@
+"""Bearer-token authentication: who is calling, as a principal name the core can own sessions by."""
+
+from __future__ import annotations
+
+import hmac
+from contextvars import ContextVar
+from pathlib import Path
+
+# The principal of the call being served ("" when authentication is off).
+PRINCIPAL: ContextVar[str] = ContextVar("principal", default="")
+
+
+def principal() -> str:
+    return PRINCIPAL.get()
+
+
+def load_tokens(path: Path) -> list[tuple[bytes, str]]:
+    """Read ``principal token`` lines (blank lines and ``#`` comments are skipped)."""
+    tokens: list[tuple[bytes, str]] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected 'principal token'")
+        name, token = parts
+        tokens.append((token.encode(), name))
+    if not tokens:
+        raise ValueError(f"{path} has no tokens")
+    return tokens
+
+
+def authenticate(header: str | None, tokens: list[tuple[bytes, str]]) -> str | None:
+    """The principal whose token the ``authorization`` header carries, or None.
+
+    Every token is compared, in constant time, whatever matched, so timing tells nothing.
+    """
+    if header is None or not header.startswith("Bearer "):
+        return None
+    given = header[len("Bearer ") :].strip().encode()
+    found: str | None = None
+    for token, name in tokens:
+        if hmac.compare_digest(token, given):
+            found = name
+    return found
