@@ -38,6 +38,9 @@ class GatedRuntime:
         self.gate.set()
         self.ran: list[int] = []
 
+    def runs_inline(self, rows: int, timesteps: int) -> bool:
+        return False  # always through the worker thread, where the gate can hold it
+
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
         self.gate.wait(timeout=30)
         self.ran.extend(int(n) for n in lengths)

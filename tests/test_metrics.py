@@ -40,6 +40,28 @@ def value(samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def handled(samples, method: str) -> float:
+    """Calls of ``method`` whose end the server has recorded, whatever their code."""
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "grpc_server_handled_total" and ("grpc_method", method) in labels
+    )
+
+
+def scrape_settled(url: str, before, expected: dict[str, int]) -> dict:
+    """Scrape once the server has recorded the end of ``expected`` more calls of each method.
+
+    A caller sees a call's status a moment before the server's interceptor records it."""
+    deadline = time.monotonic() + 5
+    while True:
+        samples = scrape(url)
+        if all(handled(samples, m) - handled(before, m) >= n for m, n in expected.items()):
+            return samples
+        assert time.monotonic() < deadline, f"calls never recorded: {expected}"
+        time.sleep(0.02)
+
+
 def grpc_labels(method: str, kind: str = "unary") -> dict[str, str]:
     return {"grpc_type": kind, "grpc_service": SERVICE, "grpc_method": method}
 
@@ -72,7 +94,7 @@ def test_handled_counts_are_exact(stub, metrics_url: str) -> None:
     for _ in range(3):
         with pytest.raises(grpc.RpcError):
             stub.Predict(bad)
-    after = scrape(metrics_url)
+    after = scrape_settled(metrics_url, before, {"Predict": 8})
     labels = grpc_labels("Predict")
 
     def delta(name: str, **extra: str) -> float:
@@ -108,7 +130,7 @@ def test_streaming_rpcs_count_each_message(stub, metrics_url: str) -> None:
         pb.SessionStreamRequest(step=pb.SessionStep(input=x, step_number=n)) for n in (1, 2, 3)
     ]
     assert len(list(stub.StreamSession(iter(requests)))) == 4
-    after = scrape(metrics_url)
+    after = scrape_settled(metrics_url, before, {"PredictStream": 1, "StreamSession": 1})
     server_stream = grpc_labels("PredictStream", "server_stream")
     bidi = grpc_labels("StreamSession", "bidi_stream")
 
@@ -140,7 +162,7 @@ def test_session_metrics(stub, metrics_url: str) -> None:
     mid = scrape(metrics_url)
     assert value(mid, "lstm_sessions_active") - value(before, "lstm_sessions_active") == 3
     time.sleep(1.6)  # the short session expires and the reaper (every 0.2 s) ends it
-    after = scrape(metrics_url)
+    after = scrape_settled(metrics_url, before, {"GetSession": 1, "CloseSession": 1})
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)

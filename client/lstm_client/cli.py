@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
+from lstm_client import bench
 from lstm_client.client import LstmClient
 from lstm_client.connection import TlsOptions
 from lstm_client.errors import LstmError
@@ -87,6 +89,30 @@ def cmd_session(client: LstmClient, args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Like Triton's perf_analyzer: requests/s, timesteps/s and latency percentiles."""
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    if args.warmup:
+        asyncio.run(
+            bench.lstm_load(args.target, args.rpc, args.features, args.timesteps, args.batch,
+                            levels[0], args.warmup, metadata)
+        )  # fmt: skip
+    per_request = args.timesteps * (1 if args.rpc == "session" else args.batch)
+    print(f"rpc={args.rpc} features={args.features} timesteps={args.timesteps} batch={args.batch}")
+    header = ["concurrency", "requests/s", "timesteps/s", "p50 ms", "p90 ms", "p99 ms"]
+    print("  ".join(f"{h:>12}" for h in header))
+    for level in levels:
+        result = asyncio.run(
+            bench.lstm_load(args.target, args.rpc, args.features, args.timesteps, args.batch,
+                            level, args.duration, metadata)
+        )  # fmt: skip
+        row = result.row(per_request)
+        print(
+            "  ".join(f"{row[h]:>12.3f}" if h != "concurrency" else f"{level:>12}" for h in header)
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lstm-client", description="Call an lstm-serving server.")
     p.add_argument(
@@ -108,6 +134,15 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="replay the return_sequences/return_state tutorial").set_defaults(
         run=cmd_demo
     )
+    b = sub.add_parser("bench", help="load-test the server: throughput and latency percentiles")
+    b.add_argument("--rpc", choices=["predict", "stream", "session"], default="predict")
+    b.add_argument("--features", type=int, default=1)
+    b.add_argument("--timesteps", type=int, default=3)
+    b.add_argument("--batch", type=int, default=1, help="sequences per request (predict, stream)")
+    b.add_argument("--concurrency", default="1,8,64", help="calls in flight, comma-separated")
+    b.add_argument("--duration", type=float, default=5.0, help="seconds per concurrency level")
+    b.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up first")
+    b.set_defaults(run=None)
     for name, run, text in (
         ("predict", cmd_predict, "run one sequence; print the hidden sequence, h and c"),
         ("stream", cmd_stream, "stream the hidden outputs of one sequence"),
@@ -126,6 +161,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.command == "bench":
+        cmd_bench(args)
+        return
     try:
         tls = None
         if args.tls_ca or args.tls_cert:

@@ -88,6 +88,7 @@ def load_runtime(settings: Settings) -> Runtime:
         chunk_timesteps=max(settings.stream_chunk_timesteps, 1),
         max_rows=settings.max_batch_rows,
         xla=settings.xla,
+        fast_path=settings.fast_path,
     )
     runtime.warm_up()
     return runtime

@@ -35,6 +35,7 @@ class Settings:
     tls_client_ca: Path | None = None
     auth_tokens_file: Path | None = None
     xla: bool = True
+    fast_path: bool = True
     batching: bool = True
     max_batch_rows: int = 64
     stream_chunk_timesteps: int = 64
@@ -82,6 +83,7 @@ HELP: dict[str, str] = {
     "tls_client_ca": "PEM CA bundle: require client certificates it signed (mutual TLS)",
     "auth_tokens_file": "file of 'principal token' lines: require an authorization Bearer token",
     "xla": "compile the model with XLA",
+    "fast_path": "run small work (single steps, tiny models) on the exact numpy path",
     "batching": "batch queued work from concurrent calls into one model call",
     "max_batch_rows": "most sequences in one model call",
     "stream_chunk_timesteps": "timesteps computed per chunk in PredictStream",

@@ -4,6 +4,9 @@ Requests from any RPC (Predict rows, stream chunks, session steps) are queued; o
 whatever is queued as a single batch as soon as the runtime is free, with no fixed wait, up to
 ``max_batch_rows`` rows. Each row carries its own initial state and length, so rows from different
 requests and sessions batch together and still get exactly what they would get alone.
+
+Work the runtime can do in microseconds without TensorFlow (``runs_inline``) runs on the event
+loop instead of the worker thread; when nothing is queued it skips the queue altogether.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ class Runtime(Protocol):
     info: ModelInfo
 
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]: ...
+
+    def runs_inline(self, rows: int, timesteps: int) -> bool:
+        """True for work so small (microseconds, no TensorFlow) that a thread hop costs more."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class BatchScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstm-runtime")
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._busy = False
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="lstm-batcher")
@@ -88,6 +96,12 @@ class BatchScheduler:
         """Run rows (each alone, as far as results go); ``deadline`` is a ``time.monotonic()``."""
         if self._closed:
             raise ModelNotReady("the server is shutting down")
+        if not self._busy and not self._queue and self._inline(rows):
+            # Nothing to batch with and microseconds of work: run it here, skipping the queue.
+            started = time.monotonic()
+            results = _run_rows(self.runtime, rows)
+            self._observe(rows, [0.0], started)
+            return results
         future: asyncio.Future[list[RowResult]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(rows, future, time.monotonic(), deadline))
         self._wakeup.set()
@@ -100,8 +114,13 @@ class BatchScheduler:
             self._wakeup.clear()
             while self._queue:
                 batch = self._take_batch()
-                if batch:
+                if not batch:
+                    continue
+                self._busy = True
+                try:
                     await self._execute(loop, batch)
+                finally:
+                    self._busy = False
             if self._closed and not self._queue:
                 return
 
@@ -127,33 +146,42 @@ class BatchScheduler:
             rows += len(item.rows)
         return batch
 
+    def _inline(self, rows: Sequence[Row]) -> bool:
+        return self.runtime.runs_inline(len(rows), max(row.x.shape[0] for row in rows))
+
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         rows = [row for item in batch for row in item.rows]
         started = time.monotonic()
         try:
-            results = await loop.run_in_executor(self._executor, _run_rows, self.runtime, rows)
+            if self._inline(rows):
+                results = _run_rows(self.runtime, rows)
+            else:
+                results = await loop.run_in_executor(self._executor, _run_rows, self.runtime, rows)
+            self._observe(rows, [started - item.enqueued for item in batch], started)
         except Exception as exc:
             log.exception("model execution failed")
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        finished = time.monotonic()
         offset = 0
         for item in batch:
             if not item.future.done():
                 item.future.set_result(results[offset : offset + len(item.rows)])
             offset += len(item.rows)
-        if self._observer is not None:
-            self._observer(
-                BatchObservation(
-                    rows=len(rows),
-                    sequences=sum(not row.continues for row in rows),
-                    timesteps=sum(row.x.shape[0] for row in rows),
-                    queue_seconds=[started - item.enqueued for item in batch],
-                    inference_seconds=finished - started,
-                )
+
+    def _observe(self, rows: Sequence[Row], waits: list[float], started: float) -> None:
+        if self._observer is None:
+            return
+        self._observer(
+            BatchObservation(
+                rows=len(rows),
+                sequences=sum(not row.continues for row in rows),
+                timesteps=sum(row.x.shape[0] for row in rows),
+                queue_seconds=waits,
+                inference_seconds=time.monotonic() - started,
             )
+        )
 
 
 def _run_rows(runtime: Runtime, rows: Sequence[Row]) -> list[RowResult]:

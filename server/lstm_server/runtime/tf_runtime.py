@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -18,6 +19,7 @@ from lstm_server.runtime.keras_model import (
     model_info,
     save_model,
 )
+from lstm_server.runtime.numpy_lstm import NumpyLstm
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,9 @@ class TfLstmRuntime:
     Long sequences run in chunks of at most ``chunk_timesteps`` with the state carried over, and
     rows that have finished drop out of later chunks. Batch and time are padded to powers of two
     (masked, so padding never reaches a result) so that XLA compiles a small, bounded set of shapes.
+
+    Work small enough that TensorFlow's fixed cost per call would dominate (``fast_limit``
+    row-timesteps, calibrated at warm-up) runs on the exact numpy path instead, in microseconds.
     """
 
     def __init__(
@@ -42,8 +47,11 @@ class TfLstmRuntime:
         chunk_timesteps: int = 128,
         max_rows: int = 64,
         xla: bool = True,
+        fast: NumpyLstm | None = None,
     ) -> None:
         self.info = info
+        self.fast = fast
+        self.fast_limit = 0  # row-timesteps; set by calibrate()
         self.chunk_timesteps = _next_power_of_two(chunk_timesteps)
         self.max_rows = _next_power_of_two(max_rows)
         self._layer = layer
@@ -60,8 +68,20 @@ class TfLstmRuntime:
 
         self._fn = tf.function(lstm, input_signature=signature, jit_compile=xla)
 
+    def runs_inline(self, rows: int, timesteps: int) -> bool:
+        """Whether this work takes the numpy path: microseconds, fine to run on the event loop."""
+        return self.fast is not None and rows * timesteps <= self.fast_limit
+
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
         """Run B right-padded sequences x (B, T, F) of the given lengths from states (B, units)."""
+        if self.fast is not None and self.runs_inline(x.shape[0], x.shape[1]):
+            return self.fast.run(x, lengths, h0, c0)
+        return self.run_tensorflow(x, lengths, h0, c0)
+
+    def run_tensorflow(
+        self, x: Array, lengths: Array, h0: Array, c0: Array
+    ) -> tuple[Array, Array, Array]:
+        """The TensorFlow path for any size of work."""
         rows, steps = x.shape[0], x.shape[1]
         units = self.info.units
         sequence = np.zeros((rows, steps, units), np.float32)
@@ -109,7 +129,36 @@ class TfLstmRuntime:
             )
         elapsed = time.perf_counter() - began
         log.info("warmed up %d shapes in %.2f s", len(shapes), elapsed)
+        self.calibrate()
         return elapsed
+
+    def calibrate(self) -> None:
+        """Set ``fast_limit``: the row-timesteps below which numpy beats one TensorFlow call."""
+        if self.fast is None:
+            return
+        features, units = self.info.input_features, self.info.units
+
+        def median_seconds(run: Callable[..., object], rows: int, steps: int) -> float:
+            x = np.zeros((rows, steps, features), np.float32)
+            state = np.zeros((rows, units), np.float32)
+            lengths = np.full(rows, steps)
+            times = []
+            for _ in range(15):
+                began = time.perf_counter()
+                run(x, lengths, state, state)
+                times.append(time.perf_counter() - began)
+            return float(np.median(times))
+
+        tensorflow_call = median_seconds(self.run_tensorflow, 1, 1)
+        per_row_step = median_seconds(self.fast.run, 8, 8) / 64
+        self.fast_limit = int(min(4096, tensorflow_call / per_row_step))
+        log.info(
+            "numpy fast path up to %d row-timesteps (one TensorFlow call: %.0f us, numpy: %.1f us "
+            "per row-timestep)",
+            self.fast_limit,
+            tensorflow_call * 1e6,
+            per_row_step * 1e6,
+        )
 
 
 def load_runtime(
@@ -122,6 +171,7 @@ def load_runtime(
     chunk_timesteps: int = 128,
     max_rows: int = 64,
     xla: bool = True,
+    fast_path: bool = True,
 ) -> TfLstmRuntime:
     """Load the user's model (or build the seeded default), optionally save it, and compile it."""
     if model_path is not None:
@@ -141,4 +191,16 @@ def load_runtime(
         info.input_features,
         info.units,
     )
-    return TfLstmRuntime(layer, info, chunk_timesteps=chunk_timesteps, max_rows=max_rows, xla=xla)
+    fast = None
+    if fast_path and NumpyLstm.supports(info.activation, info.recurrent_activation):
+        weights = layer.cell.get_weights()
+        fast = NumpyLstm(
+            weights[0],
+            weights[1],
+            weights[2] if info.use_bias else None,
+            info.activation,
+            info.recurrent_activation,
+        )
+    return TfLstmRuntime(
+        layer, info, chunk_timesteps=chunk_timesteps, max_rows=max_rows, xla=xla, fast=fast
+    )

@@ -1,0 +1,61 @@
+"""The numpy fast path against the TensorFlow path, for every activation it supports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from lstm_server.runtime.numpy_lstm import ACTIVATIONS
+from lstm_server.runtime.tf_runtime import load_runtime
+
+PAIRS = sorted({(a, "sigmoid") for a in ACTIVATIONS} | {("tanh", r) for r in ACTIVATIONS})
+
+
+def _runtime(tmp_path: Path, activation: str, recurrent: str, use_bias: bool = True):
+    path = tmp_path / f"{activation}-{recurrent}.keras"
+    keras.Sequential(
+        [
+            keras.Input((None, 8)),
+            keras.layers.LSTM(
+                16,
+                activation=activation,
+                recurrent_activation=recurrent,
+                use_bias=use_bias,
+                bias_initializer="random_uniform",
+            ),
+        ]
+    ).save(path)
+    return load_runtime(model_path=path, features=8, units=16, seed=0, chunk_timesteps=16)
+
+
+@pytest.mark.parametrize(("activation", "recurrent"), PAIRS)
+def test_numpy_path_equals_tensorflow(tmp_path: Path, activation: str, recurrent: str, rng) -> None:
+    runtime = _runtime(tmp_path, activation, recurrent, use_bias=activation != "relu")
+    assert runtime.fast is not None
+    lengths = np.array([1, 5, 37, 20])
+    x = rng.normal(size=(4, 37, 8)).astype(np.float32)
+    h0 = rng.normal(size=(4, 16)).astype(np.float32) * 0.5
+    c0 = rng.normal(size=(4, 16)).astype(np.float32) * 0.5
+    tf_seq, tf_h, tf_c = runtime.run_tensorflow(x, lengths, h0, c0)
+    np_seq, np_h, np_c = runtime.fast.run(x, lengths, h0, c0)
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(np_seq[i, :n], tf_seq[i, :n], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np_h, tf_h, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np_c, tf_c, atol=1e-5, rtol=1e-5)
+
+
+def test_other_activations_always_run_on_tensorflow(tmp_path: Path) -> None:
+    runtime = _runtime(tmp_path, "elu", "sigmoid")
+    assert runtime.fast is None
+    assert not runtime.runs_inline(1, 1)
+
+
+def test_calibration_sends_single_steps_to_numpy_and_long_work_to_tensorflow(
+    tmp_path: Path,
+) -> None:
+    runtime = _runtime(tmp_path, "tanh", "sigmoid")
+    runtime.calibrate()
+    assert runtime.runs_inline(1, 1)
+    assert not runtime.runs_inline(64, 10_000)
