@@ -117,7 +117,7 @@ async def bidi_load(
             await call.read()
             latencies.append(time.perf_counter() - start)
         await call.done_writing()
-        async for _ in call:
+        while await call.read() is not grpc.aio.EOF:
             pass
 
     began = time.perf_counter()

@@ -85,7 +85,7 @@ def load_runtime(settings: Settings) -> Runtime:
         units=settings.units,
         seed=settings.seed,
         save_path=settings.save_model,
-        chunk_timesteps=max(settings.stream_chunk_timesteps, 1),
+        chunk_timesteps=settings.compute_chunk_timesteps,
         max_rows=settings.max_batch_rows,
         xla=settings.xla,
         fast_path=settings.fast_path,

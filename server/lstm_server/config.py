@@ -39,6 +39,7 @@ class Settings:
     batching: bool = True
     max_batch_rows: int = 64
     stream_chunk_timesteps: int = 64
+    compute_chunk_timesteps: int = 128
     max_timesteps: int = 10_000
     max_batch_size: int = 64
     session_store: str = "memory"
@@ -87,6 +88,7 @@ HELP: dict[str, str] = {
     "batching": "batch queued work from concurrent calls into one model call",
     "max_batch_rows": "most sequences in one model call",
     "stream_chunk_timesteps": "timesteps computed per chunk in PredictStream",
+    "compute_chunk_timesteps": "most timesteps in one compiled model call (a power of two)",
     "max_timesteps": "most timesteps per sequence in Predict or per session step",
     "max_batch_size": "most sequences per Predict request",
     "session_store": "where sessions live: memory, or redis://HOST:PORT/DB shared by replicas",
@@ -157,6 +159,7 @@ def load_settings(
         "units",
         "max_batch_rows",
         "stream_chunk_timesteps",
+        "compute_chunk_timesteps",
         "max_timesteps",
         "max_batch_size",
         "session_ttl",

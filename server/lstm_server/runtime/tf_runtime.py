@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -35,8 +36,9 @@ class TfLstmRuntime:
     rows that have finished drop out of later chunks. Batch and time are padded to powers of two
     (masked, so padding never reaches a result) so that XLA compiles a small, bounded set of shapes.
 
-    Work small enough that TensorFlow's fixed cost per call would dominate (``fast_limit``
-    row-timesteps, calibrated at warm-up) runs on the exact numpy path instead, in microseconds.
+    Work small enough that TensorFlow's fixed cost per call would dominate runs on the exact
+    numpy path instead: numpy's cost per timestep (fixed plus per row) and TensorFlow's cost per
+    call are measured at warm-up, and work goes to numpy when numpy is the cheaper.
     """
 
     def __init__(
@@ -51,7 +53,9 @@ class TfLstmRuntime:
     ) -> None:
         self.info = info
         self.fast = fast
-        self.fast_limit = 0  # row-timesteps; set by calibrate()
+        # Seconds, set by calibrate(): numpy per timestep (fixed, per row), TensorFlow per call.
+        self._numpy_step = self._numpy_row_step = float("inf")
+        self._tensorflow_call = 0.0
         self.chunk_timesteps = _next_power_of_two(chunk_timesteps)
         self.max_rows = _next_power_of_two(max_rows)
         self._layer = layer
@@ -66,11 +70,20 @@ class TfLstmRuntime:
         def lstm(x: tf.Tensor, mask: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor) -> list[tf.Tensor]:
             return layer(x, initial_state=[h0, c0], mask=mask, training=False)
 
-        self._fn = tf.function(lstm, input_signature=signature, jit_compile=xla)
+        # XLA compiles once per concrete shape (about 0.2 s each). Shapes not compiled yet run on
+        # the plain graph function, which takes any shape, while a background thread compiles them,
+        # so a new shape never stalls the calls queued behind it.
+        self._graph = tf.function(lstm, input_signature=signature)
+        self._xla = tf.function(lstm, input_signature=signature, jit_compile=True) if xla else None
+        self._compiled: set[tuple[int, int]] = set()
+        self._compiling: set[tuple[int, int]] = set()
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xla-compile")
 
     def runs_inline(self, rows: int, timesteps: int) -> bool:
-        """Whether this work takes the numpy path: microseconds, fine to run on the event loop."""
-        return self.fast is not None and rows * timesteps <= self.fast_limit
+        """Whether this work takes the numpy path: cheaper than one TensorFlow call, and no
+        TensorFlow, so it may run on the event loop."""
+        numpy_cost = timesteps * (self._numpy_step + self._numpy_row_step * rows)
+        return self.fast is not None and numpy_cost < self._tensorflow_call
 
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
         """Run B right-padded sequences x (B, T, F) of the given lengths from states (B, units)."""
@@ -110,8 +123,24 @@ class TfLstmRuntime:
         hp = np.zeros((padded_rows, self.info.units), np.float32)
         cp = np.zeros_like(hp)
         hp[:rows], cp[:rows] = h0, c0
-        s, h, c = self._fn(xp, mask, hp, cp)
+        s, h, c = self._function_for((padded_rows, padded_span))(xp, mask, hp, cp)
         return s.numpy()[:rows, :span], h.numpy()[:rows], c.numpy()[:rows]
+
+    def _function_for(self, shape: tuple[int, int]) -> Callable[..., list[tf.Tensor]]:
+        if self._xla is None or shape in self._compiled:
+            return self._xla or self._graph
+        if shape not in self._compiling:
+            self._compiling.add(shape)
+            self._compiler.submit(self._compile, shape)
+        return self._graph
+
+    def _compile(self, shape: tuple[int, int]) -> None:
+        assert self._xla is not None
+        rows, span = shape
+        state = np.zeros((rows, self.info.units), np.float32)
+        x = np.zeros((rows, span, self.info.input_features), np.float32)
+        self._xla(x, np.ones((rows, span), bool), state, state)
+        self._compiled.add(shape)
 
     def warm_up(self) -> float:
         """Compile the common shapes (one row of each length, many rows of one step)."""
@@ -119,21 +148,19 @@ class TfLstmRuntime:
         spans = [1 << i for i in range(self.chunk_timesteps.bit_length())]
         rows = [1 << i for i in range(1, self.max_rows.bit_length())]
         shapes = [(1, s) for s in spans] + [(r, 1) for r in rows]
-        for r, s in shapes:
-            zeros = np.zeros((r, self.info.units), np.float32)
-            self._call(
-                np.zeros((r, s, self.info.input_features), np.float32),
-                np.full(r, s),
-                zeros,
-                zeros,
-            )
+        state = np.zeros((1, self.info.units), np.float32)
+        x = np.zeros((1, 1, self.info.input_features), np.float32)
+        self._graph(x, np.ones((1, 1), bool), state, state)  # trace the fallback once
+        if self._xla is not None:
+            for shape in shapes:
+                self._compile(shape)
         elapsed = time.perf_counter() - began
         log.info("warmed up %d shapes in %.2f s", len(shapes), elapsed)
         self.calibrate()
         return elapsed
 
     def calibrate(self) -> None:
-        """Set ``fast_limit``: the row-timesteps below which numpy beats one TensorFlow call."""
+        """Measure what decides between the paths: numpy per timestep, TensorFlow per call."""
         if self.fast is None:
             return
         features, units = self.info.input_features, self.info.units
@@ -149,15 +176,17 @@ class TfLstmRuntime:
                 times.append(time.perf_counter() - began)
             return float(np.median(times))
 
-        tensorflow_call = median_seconds(self.run_tensorflow, 1, 1)
-        per_row_step = median_seconds(self.fast.run, 8, 8) / 64
-        self.fast_limit = int(min(4096, tensorflow_call / per_row_step))
+        self._tensorflow_call = median_seconds(self.run_tensorflow, 1, 1)
+        one_row = median_seconds(self.fast.run, 1, 16) / 16
+        many_rows = median_seconds(self.fast.run, 32, 16) / 16
+        self._numpy_row_step = max(0.0, (many_rows - one_row) / 31)
+        self._numpy_step = max(0.0, one_row - self._numpy_row_step)
         log.info(
-            "numpy fast path up to %d row-timesteps (one TensorFlow call: %.0f us, numpy: %.1f us "
-            "per row-timestep)",
-            self.fast_limit,
-            tensorflow_call * 1e6,
-            per_row_step * 1e6,
+            "numpy fast path below one TensorFlow call (%.0f us): numpy costs %.1f us per "
+            "timestep plus %.2f us per row",
+            self._tensorflow_call * 1e6,
+            self._numpy_step * 1e6,
+            self._numpy_row_step * 1e6,
         )
 
 

@@ -1,0 +1,375 @@
+"""The lstm-serving benchmark: the gRPC floor, lstm-serving and in-process Keras, side by side.
+
+Run with ``make bench``. Starts a plain grpc.aio echo server (the floor), lstm-serving servers
+(with and without batching) and an in-process Keras baseline on this machine, measures each target
+over several rounds with the same load generator (``lstm_client.bench``), and writes
+``bench/results/results.md``, ``bench/results/results.json`` and
+``bench/results/latency_throughput.png``; the README's table is replaced with the new one.
+Figures are medians over rounds; ratios are taken within a round, then their median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from lstm_client import bench
+from lstm_client.v1 import lstm_service_pb2 as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BIG = ("--features", "32", "--units", "128")
+LEVELS = (1, 8, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    """A server subprocess on free ports; ``startup`` is the seconds from launch to SERVING."""
+
+    def __init__(self, command: list[str], health: bool = True) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        command = [part.format(port=self.port, metrics=self.metrics_port) for part in command]
+        began = time.perf_counter()
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.startup = self._wait(health) - began
+
+    def _wait(self, health: bool) -> float:
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(1200):
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.target} exited")
+                try:
+                    if not health:
+                        grpc.channel_ready_future(channel).result(timeout=0.05)
+                        return time.perf_counter()
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return time.perf_counter()
+                except (grpc.RpcError, grpc.FutureTimeoutError):
+                    pass
+                time.sleep(0.05)
+        raise TimeoutError(self.target)
+
+    def rss_mb(self) -> float:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        match = re.search(r"^process_resident_memory_bytes (\S+)$", text, re.M)
+        assert match is not None
+        return float(match.group(1)) / 2**20
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def lstm_server(*args: str) -> Process:
+    return Process(
+        [sys.executable, "-m", "lstm_server", "--host", "127.0.0.1", "--port", "{port}",
+         "--metrics-host", "127.0.0.1", "--metrics-port", "{metrics}", *args]
+    )  # fmt: skip
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def _unary(target: str, method: str, request: bytes, level: int, seconds: float,
+                 metadata: tuple = ()) -> bench.LoadResult:  # fmt: skip
+    async with grpc.aio.insecure_channel(target) as channel:
+        return await bench.unary_load(channel, method, request, level, seconds, metadata)
+
+
+async def _bidi(target: str, method: str, opening: bytes | None, message: bytes, level: int,
+                seconds: float, metadata: tuple = ()) -> bench.LoadResult:  # fmt: skip
+    async with grpc.aio.insecure_channel(target) as channel:
+        return await bench.bidi_load(channel, method, opening, message, level, seconds, metadata)
+
+
+async def _stream(target: str, request: bytes, seconds: float) -> bench.LoadResult:
+    async with grpc.aio.insecure_channel(target) as channel:
+        return await bench.server_stream_load(
+            channel, bench.SERVICE + "PredictStream", request, 1, seconds
+        )
+
+
+def response_bytes(target: str, request: pb.PredictRequest) -> int:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(bench.SERVICE + "Predict")
+        return len(call(request.SerializeToString()))
+
+
+def predict_pair(echo: Process, server: Process, request: pb.PredictRequest, level: int,
+                 seconds: float) -> tuple[bench.LoadResult, bench.LoadResult]:  # fmt: skip
+    """The echo floor and lstm-serving with the same payload sizes, back to back."""
+    raw = request.SerializeToString()
+    size = (("x-response-bytes", str(response_bytes(server.target, request))),)
+    floor = run(_unary(echo.target, "/bench.Echo/Unary", raw, level, seconds, size))
+    served = run(_unary(server.target, bench.SERVICE + "Predict", raw, level, seconds))
+    return floor, served
+
+
+def create_sessions(target: str, count: int) -> None:
+    async def main() -> None:
+        opening, step = bench.session_messages(32, 1)
+        message = pb.SessionStreamRequest.FromString(step).step
+        async with grpc.aio.insecure_channel(target) as channel:
+            create = channel.unary_unary(
+                bench.SERVICE + "CreateSession",
+                request_serializer=pb.CreateSessionRequest.SerializeToString,
+                response_deserializer=pb.Session.FromString,
+            )
+            step_call = channel.unary_unary(
+                bench.SERVICE + "Step",
+                request_serializer=pb.StepRequest.SerializeToString,
+                response_deserializer=pb.StepResponse.FromString,
+            )
+
+            async def one(_: int) -> None:
+                session = await create(pb.CreateSessionRequest())
+                await step_call(pb.StepRequest(session_id=session.session_id, input=message.input))
+
+            for start in range(0, count, 256):
+                await asyncio.gather(*(one(i) for i in range(start, min(count, start + 256))))
+
+    run(main())
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def measure(rounds: int, seconds: float) -> dict:
+    echo = Process(
+        [sys.executable, str(ROOT / "bench" / "echo_server.py"), "--port", "{port}"], health=False
+    )
+    tiny = lstm_server()
+    big = lstm_server(*BIG)
+    unbatched = lstm_server(*BIG, "--no-batching")
+    startups = {"tiny (1 feature, 1 unit)": tiny.startup, "32 features, 128 units": big.startup}
+    tiny_request = bench.predict_request(1, 3, 1)
+    big_request = bench.predict_request(32, 100, 1)
+    opening, step = bench.session_messages(32, 1)
+    step_size = (("x-response-bytes", "1200"),)
+    long_request = bench.predict_request(32, 10_000, 1)
+    long_request.timesteps_per_message = 1
+    per_round: dict[str, list] = {}
+
+    def record(key: str, value: object) -> None:
+        per_round.setdefault(key, []).append(value)
+
+    try:
+        for r in range(rounds):
+            print(f"round {r + 1}/{rounds}", flush=True)
+            floor, served = predict_pair(echo, tiny, tiny_request, 1, seconds)
+            record("t1", (floor.percentile(50), served.percentile(50)))
+            for level in LEVELS:
+                floor, served = predict_pair(echo, big, big_request, level, seconds)
+                plain = run(_unary(unbatched.target, bench.SERVICE + "Predict",
+                                   big_request.SerializeToString(), level, seconds))  # fmt: skip
+                record(f"big{level}", {"echo": floor.row(100), "batching": served.row(100),
+                                       "no batching": plain.row(100)})  # fmt: skip
+            floor = run(_bidi(echo.target, "/bench.Echo/Stream", None, step, 1, seconds, step_size))
+            single = run(
+                _bidi(big.target, bench.SERVICE + "StreamSession", opening, step, 1, seconds)
+            )
+            many = run(
+                _bidi(big.target, bench.SERVICE + "StreamSession", opening, step, 256, seconds)
+            )
+            record("t4", (floor.percentile(50), single.percentile(50), single.rps, many.rps))
+            streamed = run(_stream(big.target, long_request.SerializeToString(), seconds))
+            record("t5", (median(list(streamed.first_message)), median(list(streamed.latencies))))
+        memory = lstm_server(*BIG)
+        before = memory.rss_mb()
+        create_sessions(memory.target, 10_000)
+        time.sleep(1.0)
+        after = memory.rss_mb()
+        startups["32 features, 128 units (memory run)"] = memory.startup
+        memory.stop()
+    finally:
+        for process in (echo, tiny, big, unbatched):
+            process.stop()
+    keras_runs = [
+        json.loads(subprocess.run([sys.executable, str(ROOT / "bench" / "keras_baseline.py"), *a],
+                                  capture_output=True, text=True, check=True).stdout)
+        for a in (("1", "1", "3"), ("32", "128", "100"))
+    ]  # fmt: skip
+    return {"per_round": per_round, "memory_mb": (before, after), "startup_s": startups,
+            "keras": {"tiny": keras_runs[0], "big": keras_runs[1]}, "rounds": rounds,
+            "seconds": seconds}  # fmt: skip
+
+
+def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
+    """Target rows (target, measured, goal, met) and the per-concurrency figures for the chart."""
+    pr = data["per_round"]
+    t1 = [s / f for f, s in pr["t1"]]
+    t1_f, t1_s = median([f for f, _ in pr["t1"]]), median([s for _, s in pr["t1"]])
+    levels = {}
+    for level in LEVELS:
+        levels[level] = {
+            kind: {k: median([r[kind][k] for r in pr[f"big{level}"]]) for k in pr[f"big{level}"][0][kind]}
+            for kind in ("echo", "batching", "no batching")
+        }  # fmt: skip
+    t2 = [r["batching"]["p50 ms"] / r["echo"]["p50 ms"] for r in pr["big1"]]
+    t3 = [r["batching"]["requests/s"] / r["no batching"]["requests/s"] for r in pr["big64"]]
+    t3_p99 = [r["batching"]["p99 ms"] / r["no batching"]["p99 ms"] for r in pr["big64"]]
+    t4_ratio = [s / f for f, s, _, _ in pr["t4"]]
+    t4_scale = [m / s for _, _, s, m in pr["t4"]]
+    t5 = [first / last for first, last in pr["t5"]]
+    before, after = data["memory_mb"]
+    startup = max(data["startup_s"].values())
+
+    def ok(flag: bool) -> str:
+        return "yes" if flag else "**no**"
+
+    rows = [
+        ("1. tutorial model (1 feature, 1 unit, 3 timesteps): Predict p50 / echo p50",
+         f"{median(t1):.2f}x ({t1_s * 1e3:.3f} ms vs {t1_f * 1e3:.3f} ms)", "<= 1.5x", ok(median(t1) <= 1.5)),
+        ("2. 32 features, 128 units, 100 timesteps, batch 1: Predict p50 / echo p50",
+         f"{median(t2):.2f}x ({levels[1]['batching']['p50 ms']:.3f} ms vs {levels[1]['echo']['p50 ms']:.3f} ms)",
+         "<= 3x", ok(median(t2) <= 3)),
+        ("3. same model, 64 in flight: throughput with batching / without",
+         f"{median(t3):.2f}x ({levels[64]['batching']['requests/s']:.0f} vs "
+         f"{levels[64]['no batching']['requests/s']:.0f} requests/s)", ">= 2x", ok(median(t3) >= 2)),
+        ("3. same: p99 with batching / without",
+         f"{median(t3_p99):.2f}x ({levels[64]['batching']['p99 ms']:.1f} ms vs "
+         f"{levels[64]['no batching']['p99 ms']:.1f} ms)", "<= 1x", ok(median(t3_p99) <= 1)),
+        ("4. StreamSession, 1-timestep steps, 128 units: p50 per step / echo stream p50 per message",
+         f"{median(t4_ratio):.2f}x ({median([s for _, s, _, _ in pr['t4']]) * 1e3:.3f} ms vs "
+         f"{median([f for f, _, _, _ in pr['t4']]) * 1e3:.3f} ms)", "<= 2.5x", ok(median(t4_ratio) <= 2.5)),
+        ("4. 256 concurrent session streams: steps/s / one stream's steps/s",
+         f"{median(t4_scale):.2f}x ({median([m for *_, m in pr['t4']]):.0f} vs "
+         f"{median([s for _, _, s, _ in pr['t4']]):.0f} steps/s)", ">= 4x", ok(median(t4_scale) >= 4)),
+        ("5. PredictStream of 10,000 timesteps: first message / last message",
+         f"{median(t5) * 100:.2f}% ({median([f for f, _ in pr['t5']]) * 1e3:.1f} ms of "
+         f"{median([x for _, x in pr['t5']]) * 1e3:.0f} ms)", "<= 5%", ok(median(t5) <= 0.05)),
+        ("6. 10,000 open sessions of 128 units (each stepped once): added resident memory",
+         f"{after - before:.1f} MB ({before:.0f} -> {after:.0f} MB)", "<= 50 MB", ok(after - before <= 50)),
+        ("7. process start to SERVING, warm-up included (slowest of the servers started)",
+         f"{startup:.1f} s", "<= 10 s", ok(startup <= 10)),
+    ]  # fmt: skip
+    return rows, levels
+
+
+def markdown(data: dict, rows: list, levels: dict) -> str:
+    keras = data["keras"]
+    lines = [
+        f"Measured on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}: "
+        f"{data['rounds']} rounds of {data['seconds']:.0f} s per measurement; figures are medians over "
+        "rounds, ratios are taken within a round. Client and servers share the machine.",
+        "",
+        "| target | measured | goal | met |",
+        "| --- | --- | --- | --- |",
+        *(f"| {t} | {m} | {g} | {ok} |" for t, m, g, ok in rows),
+        "",
+        "32 features, 128 units, 100 timesteps, batch 1, Predict, by calls in flight:",
+        "",
+        "| in flight | server | requests/s | timesteps/s | p50 ms | p90 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for level, kinds in levels.items():
+        for kind, r in kinds.items():
+            name = {"echo": "gRPC echo (floor)", "batching": "lstm-serving",
+                    "no batching": "lstm-serving, --no-batching"}[kind]  # fmt: skip
+            lines.append(
+                f"| {level} | {name} | {r['requests/s']:.0f} | {r['timesteps/s']:.0f} | "
+                f"{r['p50 ms']:.3f} | {r['p90 ms']:.3f} | {r['p99 ms']:.3f} |"
+            )
+    lines += [
+        "",
+        "In-process Keras on the same machine, one call, median ms:",
+        "",
+        "| model | model.predict | tf.function | tf.function (XLA) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, k in (("1 feature, 1 unit, 3 timesteps", keras["tiny"]),
+                    ("32 features, 128 units, 100 timesteps", keras["big"])):  # fmt: skip
+        lines.append(
+            f"| {name} | {k['model.predict']:.3f} | {k['tf.function']:.3f} | "
+            f"{k['tf.function (XLA)']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(levels: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (latency, throughput) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"echo": ("gRPC echo (floor)", "tab:gray"), "batching": ("lstm-serving", "tab:blue"),
+              "no batching": ("lstm-serving --no-batching", "tab:orange")}  # fmt: skip
+    xs = list(levels)
+    for kind, (label, color) in styles.items():
+        for q, dash in (("p50 ms", "-"), ("p99 ms", ":")):
+            latency.plot(xs, [levels[x][kind][q] for x in xs], dash, color=color, marker="o",
+                         label=f"{label} {q.split()[0]}")  # fmt: skip
+        throughput.plot(xs, [levels[x][kind]["requests/s"] for x in xs], "-", color=color,
+                        marker="o", label=label)  # fmt: skip
+    for ax in (latency, throughput):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("calls in flight")
+        ax.grid(alpha=0.3)
+    latency.set_yscale("log")
+    latency.set_ylabel("latency (ms)")
+    throughput.set_ylabel("requests/s")
+    latency.legend(fontsize=7)
+    throughput.legend(fontsize=7)
+    fig.suptitle("Predict, 32 features, 128 units, 100 timesteps, batch 1")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def update_readme(table: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        readme.write_text(f"{head}{start}\n{table}{end}{tail}")
+
+
+def main(argv: list[str] | None = None, report: Callable[[str], None] = print) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement")
+    args = parser.parse_args(argv)
+    data = measure(args.rounds, args.seconds)
+    rows, levels = summarize(data)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table = markdown(data, rows, levels)
+    (RESULTS / "results.md").write_text("# lstm-serving benchmark\n\n" + table)
+    (RESULTS / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    chart(levels, RESULTS / "latency_throughput.png")
+    update_readme(table)
+    report(table)
+
+
+if __name__ == "__main__":
+    main()
