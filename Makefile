@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint format proto system-deps clean
+.PHONY: serve test bench lint format proto system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ serve: $(STAMP)
 ## test: install what the tests need, then run the whole suite
 test: $(STAMP) system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: the benchmark; writes bench/results/ and the README's table
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(ARGS)
 
 ## lint: ruff and mypy
 lint: $(STAMP)

@@ -63,13 +63,13 @@ class Process:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"{self.target} exited")
                 try:
-                    if not health:
-                        grpc.channel_ready_future(channel).result(timeout=0.05)
+                    if not health:  # the echo server has no health service: wait for its port
+                        socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                         return time.perf_counter()
                     reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return time.perf_counter()
-                except (grpc.RpcError, grpc.FutureTimeoutError):
+                except (grpc.RpcError, OSError):
                     pass
                 time.sleep(0.05)
         raise TimeoutError(self.target)

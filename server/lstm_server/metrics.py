@@ -8,6 +8,7 @@ so existing dashboards work. Nothing depends on this module: it observes the tra
 from __future__ import annotations
 
 import threading
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -32,6 +33,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, *, process_collectors: bool = True) -> None:
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = registry
         self.started = Counter(
             "grpc_server_started", "RPCs started on the server.", GRPC_LABELS, registry=r
@@ -130,18 +132,28 @@ class Metrics:
 
     # RPCs (RpcObserver)
 
+    # Labelled children are looked up once per method (and code), not on every call: the set of
+    # methods and codes is small and fixed, and the lookup costs more than the increment.
+
+    def _child(self, metric: Counter | Histogram, labels: tuple[str, ...]) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def rpc_started(self, labels: tuple[str, str, str]) -> None:
-        self.started.labels(*labels).inc()
+        self._child(self.started, labels).inc()
 
     def rpc_handled(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
-        self.handled.labels(*labels, code).inc()
-        self.handling_seconds.labels(*labels).observe(seconds)
+        self._child(self.handled, (*labels, code)).inc()
+        self._child(self.handling_seconds, labels).observe(seconds)
 
     def message_received(self, labels: tuple[str, str, str]) -> None:
-        self.msg_received.labels(*labels).inc()
+        self._child(self.msg_received, labels).inc()
 
     def message_sent(self, labels: tuple[str, str, str]) -> None:
-        self.msg_sent.labels(*labels).inc()
+        self._child(self.msg_sent, labels).inc()
 
 
 class MetricsHttpServer:

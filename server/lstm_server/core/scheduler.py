@@ -187,10 +187,12 @@ class BatchScheduler:
 def _run_rows(runtime: Runtime, rows: Sequence[Row]) -> list[RowResult]:
     """Pad rows into one batch, run it, and cut each row's result back to its own length."""
     lengths = np.array([row.x.shape[0] for row in rows])
-    features = rows[0].x.shape[1]
-    x = np.zeros((len(rows), int(lengths.max()), features), np.float32)
-    for i, row in enumerate(rows):
-        x[i, : lengths[i]] = row.x
+    if len(rows) == 1:
+        x = rows[0].x[None]
+    else:
+        x = np.zeros((len(rows), int(lengths.max()), rows[0].x.shape[1]), np.float32)
+        for i, row in enumerate(rows):
+            x[i, : lengths[i]] = row.x
     h0 = np.stack([row.initial_state.h for row in rows])
     c0 = np.stack([row.initial_state.c for row in rows])
     sequence, h, c = runtime.run(x, lengths, h0, c0)

@@ -66,16 +66,17 @@ class NumpyLstm:
         h = np.array(h0, np.float32, copy=True)
         c = np.array(c0, np.float32, copy=True)
         sequence = np.zeros((rows, steps, u), np.float32)
+        ragged = bool((lengths < steps).any())
         for t in range(steps):
             z = projected[:, t] + h @ self.recurrent_kernel
-            i = self.recurrent_activation(z[:, :u])
-            f = self.recurrent_activation(z[:, u : 2 * u])
+            gates = self.recurrent_activation(z)  # i, f and o; the c slot is recomputed below
             g = self.activation(z[:, 2 * u : 3 * u])
-            o = self.recurrent_activation(z[:, 3 * u :])
-            c_next = f * c + i * g
-            h_next = o * self.activation(c_next)
-            live = (t < lengths)[:, None]  # finished rows keep their state, as Keras' mask does
-            c = np.where(live, c_next, c)
-            h = np.where(live, h_next, h)
+            c_next = gates[:, u : 2 * u] * c + gates[:, :u] * g
+            h_next = gates[:, 3 * u :] * self.activation(c_next)
+            if ragged:  # finished rows keep their state, as Keras' mask does
+                live = (t < lengths)[:, None]
+                c_next = np.where(live, c_next, c)
+                h_next = np.where(live, h_next, h)
+            c, h = c_next, h_next
             sequence[:, t] = h
         return sequence, h, c

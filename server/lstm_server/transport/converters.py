@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import chain
+from typing import Any
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -51,8 +52,11 @@ def optional_state_in(
 # domain -> proto
 
 
-def vectors_out(rows: Array) -> list[pb.Vector]:
-    return [pb.Vector(values=r) for r in rows.tolist()]
+def fill_vectors(field: Any, rows: Array) -> None:
+    """Append one Vector per row to a repeated Vector field, built in place (no copies)."""
+    add = field.add
+    for row in rows.tolist():
+        add(values=row)
 
 
 def state_out(state: State) -> pb.LstmState:
@@ -60,22 +64,19 @@ def state_out(state: State) -> pb.LstmState:
 
 
 def predict_out(results: list[RowResult]) -> pb.PredictResponse:
-    return pb.PredictResponse(
-        outputs=[
-            pb.SequenceOutput(
-                hidden_sequence=vectors_out(r.sequence), final_state=state_out(r.state)
-            )
-            for r in results
-        ]
-    )
+    response = pb.PredictResponse()
+    for result in results:
+        output = response.outputs.add()
+        fill_vectors(output.hidden_sequence, result.sequence)
+        output.final_state.CopyFrom(state_out(result.state))
+    return response
 
 
 def stream_chunk_out(chunk: StreamChunk) -> pb.PredictStreamResponse:
     message = pb.PredictStreamResponse(
-        sequence_index=chunk.sequence_index,
-        start_timestep=chunk.start_timestep,
-        hidden=vectors_out(chunk.hidden),
+        sequence_index=chunk.sequence_index, start_timestep=chunk.start_timestep
     )
+    fill_vectors(message.hidden, chunk.hidden)
     if chunk.final_state is not None:
         message.final_state.CopyFrom(state_out(chunk.final_state))
     return message
@@ -119,9 +120,10 @@ def session_out(record: SessionRecord) -> pb.Session:
 
 
 def step_out(outcome: StepOutcome) -> pb.StepResponse:
-    return pb.StepResponse(
+    message = pb.StepResponse(
         session_id=outcome.session_id,
         step_number=outcome.step_number,
-        hidden_sequence=vectors_out(outcome.hidden_sequence),
         state=state_out(outcome.state),
     )
+    fill_vectors(message.hidden_sequence, outcome.hidden_sequence)
+    return message
