@@ -105,19 +105,41 @@ def _request_checker(handler: grpc.RpcMethodHandler) -> Callable[[Any], Any]:
     return _checked_stream if client_streams else _checked
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns domain errors into their status (with details) and anything else into INTERNAL,
-    for every method of the service, so no servicer method maps errors itself. Request bytes that
-    do not parse get INVALID_ARGUMENT, never INTERNAL."""
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the handler of each method it applies to, once: the wrapped handler is kept per
+    method, since building closures and handlers on every call costs more than the call's work."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def applies_to(self, method: str) -> bool:
+        return True
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(SERVICE_PREFIX):
+        if handler is None or not self.applies_to(method):
             return handler
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self.wrap(handler, method))
+        return cached[1]
 
+
+class ErrorMappingInterceptor(_WrappingInterceptor):
+    """Turns domain errors into their status (with details) and anything else into INTERNAL,
+    for every method of the service, so no servicer method maps errors itself. Request bytes that
+    do not parse get INVALID_ARGUMENT, never INTERNAL."""
+
+    def applies_to(self, method: str) -> bool:
+        return method.startswith(SERVICE_PREFIX)
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         check = _request_checker(handler)
 
         async def abort(context: Context, error: Exception) -> None:
@@ -152,7 +174,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return _rewrap(handler, unary, streaming, tolerant=True)
 
 
-class _Gate(grpc.aio.ServerInterceptor):
+class _Gate(_WrappingInterceptor):
     """Runs ``admit`` before a call of the service (it may abort it) and ``release`` after."""
 
     def applies_to(self, method: str) -> bool:
@@ -164,12 +186,7 @@ class _Gate(grpc.aio.ServerInterceptor):
     def release(self) -> None:
         return None
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or not self.applies_to(handler_call_details.method):
-            return handler
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         gate = self
 
         def unary(behavior: Unary, _: str) -> Unary:
@@ -201,6 +218,7 @@ class ConcurrencyLimitInterceptor(_Gate):
     instead of queueing without bound. Health checks are not counted, so they still answer."""
 
     def __init__(self, limit: int) -> None:
+        super().__init__()
         self.limit = limit
         self.in_flight = 0
 
@@ -219,6 +237,7 @@ class AuthInterceptor(_Gate):
     token's principal the call's ``auth.PRINCIPAL``. Tokens are never logged."""
 
     def __init__(self, tokens: list[tuple[bytes, str]]) -> None:
+        super().__init__()
         self._tokens = tokens
 
     def applies_to(self, method: str) -> bool:
@@ -261,20 +280,16 @@ def _final_code(context: Context, error: BaseException | None) -> str:
     return grpc.StatusCode.UNKNOWN.name
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
+class ObservingInterceptor(_WrappingInterceptor):
     """Reports every RPC (all services) to an ``RpcObserver``: started, handled with its code and
     latency, and each message received and sent, labelled as the gRPC Prometheus interceptors do."""
 
     def __init__(self, observer: RpcObserver) -> None:
+        super().__init__()
         self._observer = observer
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, _, name = handler_call_details.method.lstrip("/").rpartition("/")
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        service, _, name = method.lstrip("/").rpartition("/")
         observer = self._observer
         client_streams = bool(handler.stream_unary or handler.stream_stream)
 
