@@ -57,6 +57,23 @@ def test_session_steps_equal_predict(served) -> None:
     assert "equals predict over the whole sequence: True" in done.stdout
 
 
+@pytest.mark.parametrize("rpc", ["predict", "stream", "session"])
+def test_bench_reports_throughput_and_percentiles(served, rpc: str) -> None:
+    done = client(
+        served, "bench", "--rpc", rpc, "--timesteps", "3", "--concurrency", "1,4",
+        "--duration", "0.3", "--warmup", "0.1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()[1:]
+    assert header.split() == ["concurrency", "requests/s", "timesteps/s", "p50", "ms", "p90", "ms",
+                              "p99", "ms"]  # fmt: skip
+    assert [int(r.split()[0]) for r in rows] == [1, 4]
+    for row in rows:
+        _, rps, timesteps, p50, p90, p99 = (float(v) for v in row.split())
+        assert rps > 0 and timesteps == pytest.approx(3 * rps, rel=1e-3)
+        assert 0 < p50 <= p90 <= p99
+
+
 def test_server_errors_reach_the_user(served) -> None:
     done = client(served, "predict", "0.1", "0.2", "--features", "2")
     assert done.returncode == 1
