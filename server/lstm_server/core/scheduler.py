@@ -187,13 +187,14 @@ class BatchScheduler:
 def _run_rows(runtime: Runtime, rows: Sequence[Row]) -> list[RowResult]:
     """Pad rows into one batch, run it, and cut each row's result back to its own length."""
     lengths = np.array([row.x.shape[0] for row in rows])
-    if len(rows) == 1:
-        x = rows[0].x[None]
+    if len(rows) == 1:  # the common case of one request alone: no copies
+        state = rows[0].initial_state
+        x, h0, c0 = rows[0].x[None], state.h[None], state.c[None]
     else:
         x = np.zeros((len(rows), int(lengths.max()), rows[0].x.shape[1]), np.float32)
         for i, row in enumerate(rows):
             x[i, : lengths[i]] = row.x
-    h0 = np.stack([row.initial_state.h for row in rows])
-    c0 = np.stack([row.initial_state.c for row in rows])
+        h0 = np.stack([row.initial_state.h for row in rows])
+        c0 = np.stack([row.initial_state.c for row in rows])
     sequence, h, c = runtime.run(x, lengths, h0, c0)
     return [RowResult(sequence[i, : lengths[i]], State(h[i], c[i])) for i in range(len(rows))]
