@@ -31,6 +31,14 @@ def include_dirs() -> list[str]:
     return [str(grpc_tools_protos), str(google_rpc)]
 
 
+def grpc_stub_plugin() -> str:
+    """mypy-protobuf's plugin, which writes the .pyi of the gRPC module."""
+    plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
+    if not plugin.exists():
+        raise SystemExit(f"{plugin} is missing: install the dev extra (mypy-protobuf)")
+    return str(plugin)
+
+
 def generate(out_dir: Path) -> None:
     """Write the generated modules for every source into ``out_dir/lstm_client/v1``."""
     (out_dir / VIRTUAL_DIR).mkdir(parents=True, exist_ok=True)
@@ -38,9 +46,11 @@ def generate(out_dir: Path) -> None:
         "grpc_tools.protoc",
         f"--proto_path={VIRTUAL_DIR}={PROTO_DIR}",
         *(f"--proto_path={d}" for d in include_dirs()),
+        f"--plugin=protoc-gen-mypy_grpc={grpc_stub_plugin()}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--mypy_grpc_out={out_dir}",
         *(str(PROTO_DIR / name) for name in PROTOS),
     ]
     if protoc.main(args) != 0:

@@ -60,7 +60,8 @@ def test_session_steps_equal_predict(served) -> None:
 @pytest.mark.parametrize("rpc", ["predict", "stream", "session"])
 def test_bench_reports_throughput_and_percentiles(served, rpc: str) -> None:
     done = client(
-        served, "bench", "--rpc", rpc, "--timesteps", "3", "--concurrency", "1,4",
+        served, "bench", "--target", served.target, "--rpc", rpc, "--timesteps", "3",
+        "--concurrency", "1,4",
         "--duration", "0.3", "--warmup", "0.1",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

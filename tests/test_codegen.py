@@ -16,7 +16,12 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
     )
     fresh = tmp_path / "lstm_client" / "v1"
     names = sorted(p.name for p in fresh.iterdir())
-    assert names == ["lstm_service_pb2.py", "lstm_service_pb2.pyi", "lstm_service_pb2_grpc.py"]
+    assert names == [
+        "lstm_service_pb2.py",
+        "lstm_service_pb2.pyi",
+        "lstm_service_pb2_grpc.py",
+        "lstm_service_pb2_grpc.pyi",
+    ]
     for name in names:
         assert (GENERATED / name).read_text() == (fresh / name).read_text(), (
             f"{name} drifted from proto/: run `python scripts/gen_proto.py`"

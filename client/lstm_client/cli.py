@@ -135,6 +135,7 @@ def parser() -> argparse.ArgumentParser:
         run=cmd_demo
     )
     b = sub.add_parser("bench", help="load-test the server: throughput and latency percentiles")
+    b.add_argument("--target", default=argparse.SUPPRESS, help="server address (as above)")
     b.add_argument("--rpc", choices=["predict", "stream", "session"], default="predict")
     b.add_argument("--features", type=int, default=1)
     b.add_argument("--timesteps", type=int, default=3)
