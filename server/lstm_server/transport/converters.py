@@ -59,8 +59,16 @@ def fill_vectors(field: Any, rows: Array) -> None:
         add(values=row)
 
 
+def fill_state(field: pb.LstmState, state: State) -> None:
+    """Set an LstmState field in place."""
+    field.h.values.extend(state.h.tolist())
+    field.c.values.extend(state.c.tolist())
+
+
 def state_out(state: State) -> pb.LstmState:
-    return pb.LstmState(h=pb.Vector(values=state.h.tolist()), c=pb.Vector(values=state.c.tolist()))
+    message = pb.LstmState()
+    fill_state(message, state)
+    return message
 
 
 def predict_out(results: list[RowResult]) -> pb.PredictResponse:
@@ -68,7 +76,7 @@ def predict_out(results: list[RowResult]) -> pb.PredictResponse:
     for result in results:
         output = response.outputs.add()
         fill_vectors(output.hidden_sequence, result.sequence)
-        output.final_state.CopyFrom(state_out(result.state))
+        fill_state(output.final_state, result.state)
     return response
 
 
@@ -78,7 +86,7 @@ def stream_chunk_out(chunk: StreamChunk) -> pb.PredictStreamResponse:
     )
     fill_vectors(message.hidden, chunk.hidden)
     if chunk.final_state is not None:
-        message.final_state.CopyFrom(state_out(chunk.final_state))
+        fill_state(message.final_state, chunk.final_state)
     return message
 
 
@@ -120,10 +128,7 @@ def session_out(record: SessionRecord) -> pb.Session:
 
 
 def step_out(outcome: StepOutcome) -> pb.StepResponse:
-    message = pb.StepResponse(
-        session_id=outcome.session_id,
-        step_number=outcome.step_number,
-        state=state_out(outcome.state),
-    )
+    message = pb.StepResponse(session_id=outcome.session_id, step_number=outcome.step_number)
+    fill_state(message.state, outcome.state)
     fill_vectors(message.hidden_sequence, outcome.hidden_sequence)
     return message
