@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -298,48 +299,41 @@ class ObservingInterceptor(_WrappingInterceptor):
                 observer.message_received(labels)
                 yield request
 
-        def begin(request: Any, kind: str) -> tuple[Labels, Any, float]:
+        @contextlib.contextmanager
+        def call(request: Any, context: Context, kind: str) -> Iterator[tuple[Labels, Any]]:
+            """Reports the start, the request messages and, on the way out, the end of a call."""
             labels = (kind, service, name)
             observer.rpc_started(labels)
             if client_streams:
                 request = counted(request, labels)
             else:
                 observer.message_received(labels)
-            return labels, request, time.perf_counter()
+            began = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                yield labels, request
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                code = _final_code(context, error)
+                observer.rpc_handled(labels, code, time.perf_counter() - began)
 
         def unary(behavior: Unary, kind: str) -> Unary:
             async def observed(request: Any, context: Context) -> Any:
-                labels, request, began = begin(request, kind)
-                error: BaseException | None = None
-                try:
+                with call(request, context, kind) as (labels, request):
                     response = await behavior(request, context)
                     observer.message_sent(labels)
                     return response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    observer.rpc_handled(
-                        labels, _final_code(context, error), time.perf_counter() - began
-                    )
 
             return observed
 
         def streaming(behavior: Streaming, kind: str) -> Streaming:
             async def observed(request: Any, context: Context) -> AsyncIterator[Any]:
-                labels, request, began = begin(request, kind)
-                error: BaseException | None = None
-                try:
+                with call(request, context, kind) as (labels, request):
                     async for response in _responses(behavior, request, context):
                         observer.message_sent(labels)
                         yield response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    observer.rpc_handled(
-                        labels, _final_code(context, error), time.perf_counter() - began
-                    )
 
             return observed
 
