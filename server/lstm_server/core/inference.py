@@ -6,10 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from lstm_server.core.scheduler import BatchScheduler
-from lstm_server.core.types import Array, Limits, ModelInfo, Row, RowResult, State
+from lstm_server.core.types import Array, Limits, ModelInfo, Row, RowResult, State, StateInput
 from lstm_server.core.validation import RaggedSequence, predict_rows
-
-StateInput = tuple[Array | None, Array | None]
 
 
 @dataclass(frozen=True)

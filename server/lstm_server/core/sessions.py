@@ -13,11 +13,10 @@ from typing import Protocol
 
 from lstm_server.core.errors import InvalidInput, ModelMismatch, SessionNotFound, StepConflict
 from lstm_server.core.scheduler import BatchScheduler
-from lstm_server.core.types import Array, Limits, ModelInfo, Row, State
+from lstm_server.core.types import Array, Limits, ModelInfo, Row, State, StateInput
 from lstm_server.core.validation import RaggedSequence, optional_state, step_input
 from lstm_server.sessions.store import AppliedStep, SessionRecord, SessionStore
 
-StateInput = tuple[Array | None, Array | None]
 _CAS_ATTEMPTS = 8
 
 

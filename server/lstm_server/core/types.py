@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 Array = np.ndarray
+# A state as received: (h, c), each None where the request left it out.
+StateInput = tuple[Array | None, Array | None]
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,6 @@ class RaggedSequence:
     values: Array
     widths: Array
 
-    @classmethod
-    def from_array(cls, x: Array) -> RaggedSequence:
-        x = np.asarray(x, np.float32)
-        return cls(x.reshape(-1), np.full(x.shape[0], x.shape[1] if x.ndim == 2 else 0))
-
 
 class Violations:
     """Collects field violations; ``raise_if_any`` raises them together."""

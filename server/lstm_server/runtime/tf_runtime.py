@@ -58,7 +58,6 @@ class TfLstmRuntime:
         self._tensorflow_call = 0.0
         self.chunk_timesteps = _next_power_of_two(chunk_timesteps)
         self.max_rows = _next_power_of_two(max_rows)
-        self._layer = layer
         features, units = info.input_features, info.units
         signature = [
             tf.TensorSpec([None, None, features], tf.float32),

@@ -12,12 +12,9 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 
 from lstm_server.core.inference import StreamChunk
 from lstm_server.core.sessions import StepOutcome
-from lstm_server.core.types import Array, Limits, ModelInfo, RowResult, State
+from lstm_server.core.types import Array, Limits, ModelInfo, RowResult, State, StateInput
 from lstm_server.core.validation import RaggedSequence
 from lstm_server.sessions.store import SessionRecord
-
-StateInput = tuple[Array | None, Array | None]
-
 
 # proto -> domain
 
