@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench lint format proto system-deps clean
+.PHONY: serve test test-fast bench lint format proto system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/lstm-server $(ARGS)
 
-## test: install what the tests need, then run the whole suite
+## test: install what the tests need, then run the whole suite (every tier; none may skip)
 test: $(STAMP) system-deps
-	$(BIN)/pytest $(PYTEST_ARGS)
+	LSTM_REQUIRE_SYSTEM_TESTS=1 $(BIN)/pytest $(PYTEST_ARGS)
+
+## test-fast: the unit tier only: no sockets, no TensorFlow, seconds
+test-fast: $(STAMP)
+	$(BIN)/pytest tests/unit -m unit $(PYTEST_ARGS)
 
 ## bench: the benchmark; writes bench/results/ and the README's table
 bench: $(STAMP)

@@ -1,9 +1,12 @@
-"""Shared fixtures: a real server with the default model, clients, and the reference LSTM."""
+"""Shared fixtures (real servers with the default model, clients, the reference LSTM) and the
+test tiers: each test is marked ``unit``, ``integration`` or ``system`` by its folder, unless it
+is marked ``system`` itself (a unit test's variant that needs a real Redis, say)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,6 +18,17 @@ from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
 from tests.reference import NumpyLstm
 from tests.servers import ThreadedServer, settings
+
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("system") is not None:
+            continue
+        tier = Path(item.fspath).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import system_binary
 from tests.servers import free_port
 
 CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "nginx.conf"
@@ -35,8 +35,7 @@ class NginxServer:
     """nginx in the foreground on a free port, balancing over ``upstreams`` (host:port)."""
 
     def __init__(self, upstreams: list[str], directory: Path) -> None:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        assert Path(binary).exists(), "install the Debian package nginx (make system-deps)"
+        binary = system_binary("nginx", "nginx", "/usr/sbin/nginx")
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         config = directory / "nginx.conf"

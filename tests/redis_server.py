@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import system_binary
 from tests.servers import free_port
 
 
@@ -15,9 +15,7 @@ class RedisServer:
     """``redis-server`` in ``directory`` on a free port; ``persist`` keeps data across restarts."""
 
     def __init__(self, directory: Path, *, persist: bool = False) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "install the Debian package redis-server (make system-deps)"
-        self.binary = binary
+        self.binary = system_binary("redis-server", "redis-server")
         self.directory = directory
         self.persist = persist
         self.port = free_port()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lstm_server.app import LstmServer
 from lstm_server.config import Settings
 from lstm_server.core.scheduler import Runtime
-from lstm_server.sessions import SessionStore
+from lstm_server.core.store import SessionStore
 
 TEST_SETTINGS = Settings(
     host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, reap_interval=0.2, grace=1.0
@@ -100,7 +102,12 @@ def server_command(*args: str) -> list[str]:
 
 
 class ServerProcess:
-    """``lstm-server`` as a subprocess on a free port; output goes to a log file."""
+    """``lstm-server`` as a subprocess; output goes to a log file.
+
+    It binds gRPC port 0 and reports the port it bound through ``--port-file``, so no two servers
+    race for a gRPC port a test picked. The metrics endpoint takes a free port picked here: for
+    ``--metrics-port``, 0 means "off".
+    """
 
     def __init__(
         self,
@@ -110,23 +117,24 @@ class ServerProcess:
         *,
         wait: bool = True,
     ) -> None:
-        self.port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.metrics_port = free_port()
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
-        self.log_path = log_dir / f"lstm-server-{self.port}.log"
+        name = f"lstm-server-{uuid.uuid4().hex[:12]}"
+        self.log_path = log_dir / f"{name}.log"
+        self._port_file = log_dir / f"{name}.ports.json"
+        self._ports: dict[str, int] | None = None
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             server_command(
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.port),
+                "0",
                 "--metrics-host",
                 "127.0.0.1",
                 "--metrics-port",
-                str(self.metrics_port),
+                str(free_port()),
+                "--port-file",
+                str(self._port_file),
                 *args,
             ),
             stdout=self._log,
@@ -135,6 +143,32 @@ class ServerProcess:
         )
         if wait:
             self.wait_serving()
+
+    def _bound(self) -> dict[str, int]:
+        """The ports the server reported, waiting (up to 60 s) until it has."""
+        deadline = time.monotonic() + 60
+        while self._ports is None:
+            if self._port_file.exists():
+                self._ports = json.loads(self._port_file.read_text())
+            elif self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log()}")
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"server reported no ports: {self.log()}")
+            else:
+                time.sleep(0.05)
+        return self._ports
+
+    @property
+    def port(self) -> int:
+        return self._bound()["port"]
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self._bound()['metrics_port']}/metrics"
 
     def wait_serving(self) -> None:
         try:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from lstm_server.app import LstmServer
 from lstm_server.config import ConfigError, Settings, load_settings
-from lstm_server.core.errors import ModelLoadError
+from lstm_server.core.errors import ModelLoadError, StoreSetupError
 
 log = logging.getLogger("lstm_server")
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ModelLoadError as exc:
         log.error("cannot serve the model: %s", exc)
         sys.exit(2)
-    except ConfigError as exc:
+    except (ConfigError, StoreSetupError) as exc:
         log.error("%s", exc)
         sys.exit(2)
     except OSError as exc:

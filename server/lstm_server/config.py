@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_server.core.types import Limits
+from lstm_server.runtime.options import RuntimeOptions
 
 
 class ConfigError(Exception):
@@ -22,6 +23,7 @@ class Settings:
 
     host: str = "0.0.0.0"
     port: int = 50051
+    port_file: Path | None = None
     model: Path | None = None
     features: int = 1
     units: int = 1
@@ -67,10 +69,25 @@ class Settings:
             max_concurrent_rpcs=self.max_concurrent_rpcs,
         )
 
+    @property
+    def runtime(self) -> RuntimeOptions:
+        return RuntimeOptions(
+            model=self.model,
+            features=self.features,
+            units=self.units,
+            seed=self.seed,
+            save_model=self.save_model,
+            chunk_timesteps=self.compute_chunk_timesteps,
+            max_rows=self.max_batch_rows,
+            xla=self.xla,
+            fast_path=self.fast_path,
+        )
+
 
 HELP: dict[str, str] = {
     "host": "address to bind",
     "port": "gRPC port (0 picks a free one)",
+    "port_file": "once listening, write the bound gRPC and metrics ports here as JSON",
     "model": "a .keras model whose core is one LSTM fed by the input (default: a seeded LSTM)",
     "features": "input features of the default model",
     "units": "units of the default model",

@@ -130,6 +130,9 @@ class Metrics:
     def session_stepped(self, *, replayed: bool) -> None:
         (self.session_step_retries if replayed else self.session_steps).inc()
 
+    def sessions_counted(self, live: int) -> None:
+        self.sessions_active.set(live)
+
     # RPCs (RpcObserver)
 
     # Labelled children are looked up once per method (and code), not on every call: the set of

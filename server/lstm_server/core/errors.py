@@ -63,5 +63,13 @@ class StoreUnavailable(ServingError):
     """The session store cannot be reached."""
 
 
+class Unauthenticated(ServingError):
+    """The call carries no valid credentials."""
+
+
 class ModelLoadError(Exception):
     """The model cannot be served; the message names the problem. Raised at start-up only."""
+
+
+class StoreSetupError(Exception):
+    """The session store cannot be opened (for example, an unreadable snapshot). Start-up only."""

@@ -29,14 +29,30 @@ log = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
-    """A stateless LSTM: right-padded x (B, T, F) with lengths (B,), states (B, units)."""
+    """A stateless LSTM: right-padded x (B, T, F) with lengths (B,), states (B, units).
+
+    The scheduler asks ``runs_inline`` once per batch and then calls ``run_inline`` (on the event
+    loop) or ``run`` (on its worker thread); the runtime does not ask again.
+    """
 
     info: ModelInfo
 
-    def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]: ...
-
     def runs_inline(self, rows: int, timesteps: int) -> bool:
         """True for work so small (microseconds, no TensorFlow) that a thread hop costs more."""
+        ...
+
+    def run_inline(
+        self, x: Array, lengths: Array, h0: Array, c0: Array
+    ) -> tuple[Array, Array, Array]:
+        """The cheap path, for work ``runs_inline`` accepted."""
+        ...
+
+    def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
+        """The compiled path, for any size of work."""
+        ...
+
+    def close(self) -> None:
+        """Release threads and compiled state."""
         ...
 
 
@@ -99,7 +115,7 @@ class BatchScheduler:
         if not self._busy and not self._queue and self._inline(rows):
             # Nothing to batch with and microseconds of work: run it here, skipping the queue.
             started = time.monotonic()
-            results = _run_rows(self.runtime, rows)
+            results = _run_rows(self.runtime.run_inline, rows)
             self._observe(rows, [0.0], started)
             return results
         future: asyncio.Future[list[RowResult]] = asyncio.get_running_loop().create_future()
@@ -154,9 +170,11 @@ class BatchScheduler:
         started = time.monotonic()
         try:
             if self._inline(rows):
-                results = _run_rows(self.runtime, rows)
+                results = _run_rows(self.runtime.run_inline, rows)
             else:
-                results = await loop.run_in_executor(self._executor, _run_rows, self.runtime, rows)
+                results = await loop.run_in_executor(
+                    self._executor, _run_rows, self.runtime.run, rows
+                )
             self._observe(rows, [started - item.enqueued for item in batch], started)
         except Exception as exc:
             log.exception("model execution failed")
@@ -184,7 +202,10 @@ class BatchScheduler:
         )
 
 
-def _run_rows(runtime: Runtime, rows: Sequence[Row]) -> list[RowResult]:
+RunFunction = Callable[[Array, Array, Array, Array], tuple[Array, Array, Array]]
+
+
+def _run_rows(run: RunFunction, rows: Sequence[Row]) -> list[RowResult]:
     """Pad rows into one batch, run it, and cut each row's result back to its own length."""
     lengths = np.array([row.x.shape[0] for row in rows])
     if len(rows) == 1:  # the common case of one request alone: no copies
@@ -196,5 +217,5 @@ def _run_rows(runtime: Runtime, rows: Sequence[Row]) -> list[RowResult]:
             x[i, : lengths[i]] = row.x
         h0 = np.stack([row.initial_state.h for row in rows])
         c0 = np.stack([row.initial_state.c for row in rows])
-    sequence, h, c = runtime.run(x, lengths, h0, c0)
+    sequence, h, c = run(x, lengths, h0, c0)
     return [RowResult(sequence[i, : lengths[i]], State(h[i], c[i])) for i in range(len(rows))]

@@ -5,17 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from lstm_server.core.errors import InvalidInput, ModelMismatch, SessionNotFound, StepConflict
+from lstm_server.core.errors import (
+    InvalidInput,
+    ModelMismatch,
+    ServingError,
+    SessionNotFound,
+    StepConflict,
+)
 from lstm_server.core.scheduler import BatchScheduler
-from lstm_server.core.types import Array, Limits, ModelInfo, Row, State, StateInput
-from lstm_server.core.validation import RaggedSequence, optional_state, step_input
-from lstm_server.sessions.store import AppliedStep, SessionRecord, SessionStore
+from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore
+from lstm_server.core.types import Array, Limits, ModelInfo, RaggedSequence, Row, State, StateInput
+from lstm_server.core.validation import optional_state, step_input
+
+log = logging.getLogger(__name__)
 
 _CAS_ATTEMPTS = 8
 
@@ -27,6 +36,30 @@ def new_session_id() -> str:
 
 def input_digest(x: Array) -> str:
     return hashlib.sha256(str(x.shape).encode() + x.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A session as callers see it: what the store keeps, less its bookkeeping (owner, revision,
+    the last step kept for retries)."""
+
+    session_id: str
+    state: State
+    step_count: int
+    model_version: str
+    ttl_seconds: int
+    expires_at: float  # Unix time
+
+    @classmethod
+    def of(cls, record: SessionRecord) -> SessionInfo:
+        return cls(
+            record.session_id,
+            record.state,
+            record.step_count,
+            record.model_version,
+            record.ttl_seconds,
+            record.expires_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -46,6 +79,9 @@ class SessionObserver(Protocol):
     def session_created(self) -> None: ...
 
     def session_stepped(self, *, replayed: bool) -> None: ...
+
+    def sessions_counted(self, live: int) -> None:
+        """How many live sessions the store holds, after opening it and after each sweep."""
 
 
 class _KeyedLocks:
@@ -70,7 +106,10 @@ class _KeyedLocks:
 
 
 class SessionService:
-    """Creates, steps, reads, resets and closes sessions kept in a ``SessionStore``."""
+    """Creates, steps, reads, resets and closes sessions kept in a ``SessionStore``.
+
+    ``start()`` sweeps expired sessions every ``reap_interval`` seconds until ``stop()``.
+    """
 
     def __init__(
         self,
@@ -78,15 +117,46 @@ class SessionService:
         scheduler: BatchScheduler,
         limits: Limits,
         *,
+        reap_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
         observer: SessionObserver | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.limits = limits
+        self.reap_interval = reap_interval
         self._clock = clock
         self._observer = observer
         self._locks = _KeyedLocks()
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Report the live count and start sweeping expired sessions."""
+        await self._count()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="session-reaper")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                expired = await self.reap_expired()
+                await self._count()
+            except ServingError as error:
+                log.warning("reaping expired sessions failed: %s", error.message)
+                continue
+            if expired:
+                log.info("reaped %d expired sessions", expired)
+
+    async def _count(self) -> None:
+        if self._observer is not None:
+            self._observer.sessions_counted(await self.store.count())
 
     @property
     def info(self) -> ModelInfo:
@@ -102,7 +172,7 @@ class SessionService:
 
     async def create(
         self, initial_state: StateInput, *, ttl_seconds: int = 0, owner: str = ""
-    ) -> SessionRecord:
+    ) -> SessionInfo:
         """A new session starting from ``initial_state`` (zeros if both parts are None)."""
         state = optional_state(*initial_state, "initial_state", self.info)
         ttl = self._ttl(ttl_seconds)
@@ -118,10 +188,13 @@ class SessionService:
         await self.store.create(record, max_sessions=self.limits.max_sessions)
         if self._observer is not None:
             self._observer.session_created()
-        return record
+        return SessionInfo.of(record)
 
-    async def get(self, session_id: str, *, owner: str = "") -> SessionRecord:
+    async def get(self, session_id: str, *, owner: str = "") -> SessionInfo:
         """The live session; another owner's session is reported as not existing."""
+        return SessionInfo.of(await self._record(session_id, owner))
+
+    async def _record(self, session_id: str, owner: str) -> SessionRecord:
         if not session_id:
             raise InvalidInput.single("session_id", "is empty")
         record = await self.store.get(session_id)
@@ -143,7 +216,7 @@ class SessionService:
         digest = input_digest(x)
         async with self._locks.hold(session_id):
             for _ in range(_CAS_ATTEMPTS):
-                record = await self.get(session_id, owner=owner)
+                record = await self._record(session_id, owner)
                 if record.model_version != self.info.version:
                     raise ModelMismatch(
                         f"session {session_id} was made with model {record.model_version}; "
@@ -190,12 +263,12 @@ class SessionService:
         if self._observer is not None:
             self._observer.session_stepped(replayed=replayed)
 
-    async def reset(self, session_id: str, state: StateInput, *, owner: str = "") -> SessionRecord:
+    async def reset(self, session_id: str, state: StateInput, *, owner: str = "") -> SessionInfo:
         """Back to zeros or to ``state``; the step count restarts at 0."""
         new_state = optional_state(*state, "state", self.info)
         async with self._locks.hold(session_id):
             for _ in range(_CAS_ATTEMPTS):
-                record = await self.get(session_id, owner=owner)
+                record = await self._record(session_id, owner)
                 updated = replace(
                     record,
                     state=new_state,
@@ -206,12 +279,12 @@ class SessionService:
                     last_step=None,
                 )
                 if await self.store.compare_and_set(updated, expected_revision=record.revision):
-                    return updated
+                    return SessionInfo.of(updated)
         raise StepConflict(f"session {session_id} is being changed by other writers; retry")
 
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""
-        await self.get(session_id, owner=owner)
+        await self._record(session_id, owner)
         if not await self.store.delete(session_id):
             raise SessionNotFound(f"session {session_id} does not exist")
 

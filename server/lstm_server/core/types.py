@@ -12,6 +12,14 @@ StateInput = tuple[Array | None, Array | None]
 
 
 @dataclass(frozen=True)
+class RaggedSequence:
+    """A sequence as received: all values flattened, and how many values each timestep had."""
+
+    values: Array
+    widths: Array
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What is served: the LSTM's configuration and a digest of its weights."""
 

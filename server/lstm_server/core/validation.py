@@ -6,22 +6,12 @@ and collects all problems before raising one ``InvalidInput``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from lstm_server.core.errors import FieldViolation, InvalidInput
-from lstm_server.core.types import Array, Limits, ModelInfo, State
+from lstm_server.core.types import Array, Limits, ModelInfo, RaggedSequence, State
 
 _MAX_REPORTED = 20
-
-
-@dataclass(frozen=True)
-class RaggedSequence:
-    """A sequence as received: all values flattened, and how many values each timestep had."""
-
-    values: Array
-    widths: Array
 
 
 class Violations:

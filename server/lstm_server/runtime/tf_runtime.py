@@ -6,7 +6,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -21,6 +20,7 @@ from lstm_server.runtime.keras_model import (
     save_model,
 )
 from lstm_server.runtime.numpy_lstm import NumpyLstm
+from lstm_server.runtime.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,16 @@ class TfLstmRuntime:
         numpy_cost = timesteps * (self._numpy_step + self._numpy_row_step * rows)
         return self.fast is not None and numpy_cost < self._tensorflow_call
 
-    def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
-        """Run B right-padded sequences x (B, T, F) of the given lengths from states (B, units)."""
-        if self.fast is not None and self.runs_inline(x.shape[0], x.shape[1]):
-            return self.fast.run(x, lengths, h0, c0)
-        return self.run_tensorflow(x, lengths, h0, c0)
-
-    def run_tensorflow(
+    def run_inline(
         self, x: Array, lengths: Array, h0: Array, c0: Array
     ) -> tuple[Array, Array, Array]:
-        """The TensorFlow path for any size of work."""
+        """The exact numpy path, for work ``runs_inline`` accepted."""
+        assert self.fast is not None, "run_inline is only for work runs_inline accepted"
+        return self.fast.run(x, lengths, h0, c0)
+
+    def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
+        """Run B right-padded sequences x (B, T, F) of the given lengths from states (B, units)
+        through TensorFlow, for any size of work."""
         rows, steps = x.shape[0], x.shape[1]
         units = self.info.units
         sequence = np.zeros((rows, steps, units), np.float32)
@@ -141,6 +141,10 @@ class TfLstmRuntime:
         self._xla(x, np.ones((rows, span), bool), state, state)
         self._compiled.add(shape)
 
+    def close(self) -> None:
+        """Stop the background compiler; a compilation under way finishes first."""
+        self._compiler.shutdown(wait=True, cancel_futures=True)
+
     def warm_up(self) -> float:
         """Compile the common shapes (one row of each length, many rows of one step)."""
         began = time.perf_counter()
@@ -175,7 +179,7 @@ class TfLstmRuntime:
                 times.append(time.perf_counter() - began)
             return float(np.median(times))
 
-        self._tensorflow_call = median_seconds(self.run_tensorflow, 1, 1)
+        self._tensorflow_call = median_seconds(self.run, 1, 1)
         one_row = median_seconds(self.fast.run, 1, 16) / 16
         many_rows = median_seconds(self.fast.run, 32, 16) / 16
         self._numpy_row_step = max(0.0, (many_rows - one_row) / 31)
@@ -189,28 +193,17 @@ class TfLstmRuntime:
         )
 
 
-def load_runtime(
-    *,
-    model_path: Path | None,
-    features: int,
-    units: int,
-    seed: int,
-    save_path: Path | None = None,
-    chunk_timesteps: int = 128,
-    max_rows: int = 64,
-    xla: bool = True,
-    fast_path: bool = True,
-) -> TfLstmRuntime:
+def load_runtime(options: RuntimeOptions) -> TfLstmRuntime:
     """Load the user's model (or build the seeded default), optionally save it, and compile it."""
-    if model_path is not None:
-        layer = load_lstm(model_path)
-        name = model_path.stem
+    if options.model is not None:
+        layer = load_lstm(options.model)
+        name = options.model.stem
     else:
-        layer = default_lstm(features, units, seed)
+        layer = default_lstm(options.features, options.units, options.seed)
         name = DEFAULT_MODEL_NAME
-    if save_path is not None:
-        save_model(layer, save_path)
-        log.info("saved the served model to %s", save_path)
+    if options.save_model is not None:
+        save_model(layer, options.save_model)
+        log.info("saved the served model to %s", options.save_model)
     info = model_info(layer, name)
     log.info(
         "serving %s %s: %d features, %d units",
@@ -220,7 +213,7 @@ def load_runtime(
         info.units,
     )
     fast = None
-    if fast_path and NumpyLstm.supports(info.activation, info.recurrent_activation):
+    if options.fast_path and NumpyLstm.supports(info.activation, info.recurrent_activation):
         weights = layer.cell.get_weights()
         fast = NumpyLstm(
             weights[0],
@@ -230,5 +223,10 @@ def load_runtime(
             info.recurrent_activation,
         )
     return TfLstmRuntime(
-        layer, info, chunk_timesteps=chunk_timesteps, max_rows=max_rows, xla=xla, fast=fast
+        layer,
+        info,
+        chunk_timesteps=options.chunk_timesteps,
+        max_rows=options.max_rows,
+        xla=options.xla,
+        fast=fast,
     )

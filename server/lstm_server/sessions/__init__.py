@@ -1,19 +1,27 @@
-"""Where session state lives: the ``SessionStore`` contract and its implementations."""
+"""Session store adapters: in memory (the embedded default) and Redis (shared by replicas).
+
+They implement ``lstm_server.core.store.SessionStore``; core owns that contract.
+"""
 
 from collections.abc import Callable
+from pathlib import Path
 
+from lstm_server.core.store import SessionStore
 from lstm_server.sessions.memory import MemorySessionStore
-from lstm_server.sessions.store import AppliedStep, SessionRecord, SessionStore
 
-__all__ = ["AppliedStep", "MemorySessionStore", "SessionRecord", "SessionStore", "open_store"]
+__all__ = ["MemorySessionStore", "open_store"]
 
 
 def open_store(
-    url: str, *, timeout: float = 1.0, on_end: Callable[[str], None] | None = None
+    url: str,
+    *,
+    timeout: float = 1.0,
+    snapshot: Path | None = None,
+    on_end: Callable[[str], None] | None = None,
 ) -> SessionStore:
     """``memory`` (the embedded default) or ``redis://HOST:PORT/DB`` (shared by replicas)."""
     if url == "memory":
-        return MemorySessionStore(on_end=on_end)
+        return MemorySessionStore(snapshot=snapshot, on_end=on_end)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from lstm_server.sessions.redis import RedisSessionStore
 

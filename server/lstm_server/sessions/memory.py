@@ -1,32 +1,64 @@
-"""The embedded default store: records in a dict, in this process."""
+"""The embedded default store: records in a dict, in this process, optionally kept across restarts
+in a snapshot file (written on close, read on open)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
-from lstm_server.core.errors import LimitExceeded, SessionNotFound
-from lstm_server.sessions.store import SessionRecord
+from lstm_server.core.errors import LimitExceeded, SessionNotFound, StoreSetupError
+from lstm_server.core.store import SessionRecord
+from lstm_server.sessions.snapshot import read_snapshot, write_snapshot
+
+log = logging.getLogger(__name__)
 
 _TOMBSTONES = 100_000  # how many ended ids are remembered to say why they are gone
 
 
 class MemorySessionStore:
     """A ``SessionStore`` in process memory. Every operation completes without awaiting, so it is
-    atomic with respect to the event loop."""
+    atomic with respect to the event loop.
+
+    With ``snapshot``, ``open()`` restores the sessions saved there and ``close()`` saves the live
+    ones (atomically), so sessions survive a graceful restart.
+    """
 
     def __init__(
         self,
         *,
+        snapshot: Path | None = None,
         clock: Callable[[], float] = time.time,
         on_end: Callable[[str], None] | None = None,
     ) -> None:
         """``on_end(reason)`` is told of every session that ends ("closed" or "expired")."""
         self._records: dict[str, SessionRecord] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
+        self._snapshot = snapshot
+        self._opened = False
         self._clock = clock
         self._on_end = on_end
+
+    async def open(self) -> None:
+        self._opened = True
+        path = self._snapshot
+        if path is None or not path.exists():
+            return
+        try:
+            restored = self.restore(read_snapshot(path))
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreSetupError(f"cannot restore sessions from {path}: {exc}") from exc
+        log.info("restored %d sessions from %s", restored, path)
+
+    async def close(self) -> None:
+        if self._snapshot is None or not self._opened:
+            return  # never opened: a snapshot on disk is not overwritten by an empty store
+        records = self.records()
+        write_snapshot(self._snapshot, records)
+        self._opened = False
+        log.info("saved %d sessions to %s", len(records), self._snapshot)
 
     def _end(self, session_id: str, reason: str) -> None:
         self._records.pop(session_id, None)
@@ -95,6 +127,3 @@ class MemorySessionStore:
 
     async def ping(self) -> bool:
         return True
-
-    async def close(self) -> None:
-        return None

@@ -23,8 +23,8 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from lstm_server.core.errors import LimitExceeded, SessionNotFound, StoreUnavailable
+from lstm_server.core.store import AppliedStep, SessionRecord
 from lstm_server.core.types import State
-from lstm_server.sessions.store import AppliedStep, SessionRecord
 
 T = TypeVar("T")
 TOMBSTONE_SECONDS = 86_400
@@ -154,6 +154,10 @@ class RedisSessionStore:
         self._cas = self._redis.register_script(_COMPARE_AND_SET)
         self._delete = self._redis.register_script(_DELETE)
         self._reap = self._redis.register_script(_REAP_ALL)
+
+    async def open(self) -> None:
+        """Nothing to restore: Redis keeps the sessions. An unreachable Redis is not an error
+        here; readiness reports it and calls fail with UNAVAILABLE until it returns."""
 
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}session:{session_id}"

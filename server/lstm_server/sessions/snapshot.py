@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from lstm_server.core.store import AppliedStep, SessionRecord
 from lstm_server.core.types import State
-from lstm_server.sessions.store import AppliedStep, SessionRecord
 
 FORMAT = "lstm-serving-sessions/1"
 

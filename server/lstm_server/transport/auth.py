@@ -6,6 +6,12 @@ import hmac
 from contextvars import ContextVar
 from pathlib import Path
 
+from grpc.aio import ServicerContext as Context
+
+from lstm_server.core.errors import Unauthenticated
+from lstm_server.transport.errors import abort
+from lstm_server.transport.handlers import HEALTH_PREFIX, GateInterceptor
+
 # The principal of the call being served ("" when authentication is off).
 PRINCIPAL: ContextVar[str] = ContextVar("principal", default="")
 
@@ -44,3 +50,24 @@ def authenticate(header: str | None, tokens: list[tuple[bytes, str]]) -> str | N
         if hmac.compare_digest(token, given):
             found = name
     return found
+
+
+class AuthInterceptor(GateInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every call but health checks, and makes the
+    token's principal the call's ``PRINCIPAL``. Tokens are never logged."""
+
+    def __init__(self, tokens: list[tuple[bytes, str]]) -> None:
+        super().__init__()
+        self._tokens = tokens
+
+    def applies_to(self, method: str) -> bool:
+        return not method.startswith(HEALTH_PREFIX)
+
+    async def admit(self, context: Context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        name = authenticate(metadata.get("authorization"), self._tokens)
+        if name is None:
+            await abort(
+                context, Unauthenticated("a valid 'authorization: Bearer <token>' is required")
+            )
+        PRINCIPAL.set(name)

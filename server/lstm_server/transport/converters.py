@@ -11,10 +11,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lstm_client.v1 import lstm_service_pb2 as pb
 
 from lstm_server.core.inference import StreamChunk
-from lstm_server.core.sessions import StepOutcome
-from lstm_server.core.types import Array, Limits, ModelInfo, RowResult, State, StateInput
-from lstm_server.core.validation import RaggedSequence
-from lstm_server.sessions.store import SessionRecord
+from lstm_server.core.sessions import SessionInfo, StepOutcome
+from lstm_server.core.types import (
+    Array,
+    Limits,
+    ModelInfo,
+    RaggedSequence,
+    RowResult,
+    State,
+    StateInput,
+)
 
 # proto -> domain
 
@@ -111,16 +117,16 @@ def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
     )
 
 
-def session_out(record: SessionRecord) -> pb.Session:
+def session_out(session: SessionInfo) -> pb.Session:
     expires_at = Timestamp()
-    expires_at.FromNanoseconds(int(record.expires_at * 1e9))
+    expires_at.FromNanoseconds(int(session.expires_at * 1e9))
     return pb.Session(
-        session_id=record.session_id,
-        state=state_out(record.state),
-        step_count=record.step_count,
-        model_version=record.model_version,
+        session_id=session.session_id,
+        state=state_out(session.state),
+        step_count=session.step_count,
+        model_version=session.model_version,
         expires_at=expires_at,
-        ttl_seconds=record.ttl_seconds,
+        ttl_seconds=session.ttl_seconds,
     )
 
 

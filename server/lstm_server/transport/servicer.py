@@ -13,8 +13,7 @@ from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
 from lstm_server.core.errors import InvalidInput, ModelNotReady, ServingError, SessionNotFound
 from lstm_server.core.inference import InferenceService
-from lstm_server.core.sessions import SessionService
-from lstm_server.sessions.store import SessionRecord
+from lstm_server.core.sessions import SessionInfo, SessionService
 from lstm_server.transport import converters as conv
 from lstm_server.transport.auth import principal
 from lstm_server.transport.errors import rpc_status
@@ -72,8 +71,7 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
             yield conv.stream_chunk_out(chunk)
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
-        record = await self._create(request)
-        return conv.session_out(record)
+        return conv.session_out(await self._create(request))
 
     async def Step(self, request: pb.StepRequest, context: Context) -> pb.StepResponse:
         outcome = await self._core.sessions.step(
@@ -96,17 +94,17 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
             raise InvalidInput.single("open", "the first message of a stream must open a session")
         opening = first.open
         if opening.WhichOneof("target") == "resume_session_id":
-            record = await sessions.get(opening.resume_session_id, owner=principal())
+            session = await sessions.get(opening.resume_session_id, owner=principal())
         else:
-            record = await self._create(opening.create)
-        yield pb.SessionStreamResponse(session=conv.session_out(record))
+            session = await self._create(opening.create)
+        yield pb.SessionStreamResponse(session=conv.session_out(session))
         try:
             async for message in request_iterator:
-                yield await self._stream_step(record.session_id, message)
+                yield await self._stream_step(session.session_id, message)
         finally:
             if opening.close_on_end:
                 with contextlib.suppress(SessionNotFound):
-                    await sessions.close(record.session_id, owner=principal())
+                    await sessions.close(session.session_id, owner=principal())
 
     async def _stream_step(
         self, session_id: str, message: pb.SessionStreamRequest
@@ -128,14 +126,14 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
         return pb.SessionStreamResponse(step=conv.step_out(outcome))
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
-        record = await self._core.sessions.get(request.session_id, owner=principal())
-        return conv.session_out(record)
+        session = await self._core.sessions.get(request.session_id, owner=principal())
+        return conv.session_out(session)
 
     async def ResetSession(self, request: pb.ResetSessionRequest, context: Context) -> pb.Session:
-        record = await self._core.sessions.reset(
+        session = await self._core.sessions.reset(
             request.session_id, conv.optional_state_in(request, "state"), owner=principal()
         )
-        return conv.session_out(record)
+        return conv.session_out(session)
 
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Context
@@ -143,7 +141,7 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
         await self._core.sessions.close(request.session_id, owner=principal())
         return pb.CloseSessionResponse()
 
-    async def _create(self, request: pb.CreateSessionRequest) -> SessionRecord:
+    async def _create(self, request: pb.CreateSessionRequest) -> SessionInfo:
         return await self._core.sessions.create(
             conv.optional_state_in(request, "initial_state"),
             ttl_seconds=request.ttl_seconds,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,10 +14,9 @@ import yaml
 from lstm_client import LstmClient
 from lstm_server.config import Settings, env_name
 
+from tests.helpers import ROOT, scrape, system_binary
 from tests.servers import ThreadedServer, free_port, settings
-from tests.test_metrics import scrape
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DEFAULTS = Settings()
 
@@ -76,8 +74,7 @@ def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
 
 
 def test_prometheus_configuration_passes_promtool_and_targets_the_server() -> None:
-    promtool = shutil.which("promtool")
-    assert promtool is not None, "install the Debian package prometheus (make system-deps)"
+    promtool = system_binary("promtool", "prometheus")
     config = ROOT / "deploy" / "prometheus" / "prometheus.yml"
     done = subprocess.run(
         [promtool, "check", "config", str(config)], capture_output=True, text=True

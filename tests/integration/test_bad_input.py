@@ -10,7 +10,7 @@ from grpc_status import rpc_status
 from lstm_client import LstmClient, LstmError
 from lstm_client.v1 import lstm_service_pb2 as pb
 
-from tests.test_predict import seq_msg, state_msg
+from tests.helpers import seq_msg, state_msg
 
 GOOD = np.linspace(-1, 1, 8 * 3, dtype=np.float32).reshape(3, 8)
 ZEROS16 = np.zeros(16, np.float32)

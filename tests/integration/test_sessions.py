@@ -15,9 +15,9 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 from lstm_server.sessions import MemorySessionStore
 
+from tests.helpers import seq_msg, state_msg
 from tests.reference import NumpyLstm
 from tests.servers import ThreadedServer, settings
-from tests.test_predict import seq_msg, state_msg
 
 TOL = 1e-5
 

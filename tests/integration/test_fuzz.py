@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lstm_client.v1 import lstm_service_pb2 as pb
 
-from tests.test_predict import seq_msg
+from tests.helpers import seq_msg
 
 FUZZ = settings(
     max_examples=60,

@@ -1,4 +1,7 @@
-"""The session record and the ``SessionStore`` contract every store implements.
+"""The session record and the ``SessionStore`` contract that every store adapter implements.
+
+Core owns this contract (as it owns ``Runtime``): ``lstm_server.sessions`` holds the adapters, which
+import it, and nothing in core imports them.
 
 A store keeps records by id and changes them only atomically: ``compare_and_set`` writes a record
 only if the stored one still has the revision the writer read, so two writers (two tasks, or two
@@ -38,7 +41,15 @@ class SessionRecord:
 
 
 class SessionStore(Protocol):
-    """Async, atomic storage of session records. Expired records behave as absent."""
+    """Async, atomic storage of session records. Expired records behave as absent.
+
+    Lifecycle: ``open()`` once before use (a store that persists itself restores here),
+    ``close()`` once after the last use (and persists itself here, if it does).
+    """
+
+    async def open(self) -> None:
+        """Make the store ready; raise ``StoreSetupError`` if it cannot be used."""
+        ...
 
     async def create(self, record: SessionRecord, *, max_sessions: int) -> None:
         """Add a new record; reap expired ones first if the cap is reached.
@@ -72,5 +83,5 @@ class SessionStore(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release connections."""
+        """Persist what must survive a restart, if the store does so, and release connections."""
         ...

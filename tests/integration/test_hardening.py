@@ -20,9 +20,8 @@ from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 from lstm_server.app import load_runtime
 from lstm_server.core.types import Array
 
+from tests.helpers import scrape, seq_msg, value
 from tests.servers import ThreadedServer, free_port, settings
-from tests.test_metrics import scrape, value
-from tests.test_predict import seq_msg
 
 SERVICE_METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["LstmService"].methods]
 
@@ -32,7 +31,7 @@ class GatedRuntime:
     lengths of every row it ran: a way to hold work in the queue for as long as a test needs."""
 
     def __init__(self, **changes: object) -> None:
-        self._runtime = load_runtime(settings(**changes))
+        self._runtime = load_runtime(settings(**changes).runtime)
         self.info = self._runtime.info
         self.gate = threading.Event()
         self.gate.set()
@@ -45,6 +44,9 @@ class GatedRuntime:
         self.gate.wait(timeout=30)
         self.ran.extend(int(n) for n in lengths)
         return self._runtime.run(x, lengths, h0, c0)
+
+    def close(self) -> None:
+        self._runtime.close()
 
 
 class FailingRuntime(GatedRuntime):

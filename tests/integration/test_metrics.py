@@ -1,69 +1,20 @@
-"""Prometheus metrics on the real /metrics endpoint: exact counts, model and session metrics,
-and a real Prometheus server scraping them."""
+"""Prometheus metrics on the real /metrics endpoint: exact counts, model and session metrics
+(a real Prometheus scraping them is in the system tier)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import grpc_labels, scrape, scrape_settled, seq_msg, value
 from tests.servers import ThreadedServer, free_port, settings
-from tests.test_predict import seq_msg
-
-SERVICE = "lstm.v1.LstmService"
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample on the endpoint, keyed by name and sorted labels."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def handled(samples, method: str) -> float:
-    """Calls of ``method`` whose end the server has recorded, whatever their code."""
-    return sum(
-        v
-        for (name, labels), v in samples.items()
-        if name == "grpc_server_handled_total" and ("grpc_method", method) in labels
-    )
-
-
-def scrape_settled(url: str, before, expected: dict[str, int]) -> dict:
-    """Scrape once the server has recorded the end of ``expected`` more calls of each method.
-
-    A caller sees a call's status a moment before the server's interceptor records it."""
-    deadline = time.monotonic() + 5
-    while True:
-        samples = scrape(url)
-        if all(handled(samples, m) - handled(before, m) >= n for m, n in expected.items()):
-            return samples
-        assert time.monotonic() < deadline, f"calls never recorded: {expected}"
-        time.sleep(0.02)
-
-
-def grpc_labels(method: str, kind: str = "unary") -> dict[str, str]:
-    return {"grpc_type": kind, "grpc_service": SERVICE, "grpc_method": method}
 
 
 @pytest.fixture(scope="module")
@@ -185,61 +136,3 @@ def test_model_info_and_process_metrics(metered, metrics_url: str) -> None:
     assert value(samples, "lstm_model_info", version=version, units="3", features="2") == 1
     assert value(samples, "process_resident_memory_bytes") > 0
     assert any(name == "python_info" for name, _ in samples)
-
-
-PROMETHEUS = shutil.which("prometheus")
-
-
-def test_a_real_prometheus_scrapes_the_service(stub, metered, tmp_path: Path) -> None:
-    assert PROMETHEUS is not None, "install the Debian package prometheus (make system-deps)"
-    port = metered.server.metrics_server.port
-    for _ in range(7):
-        stub.Predict(pb.PredictRequest(sequences=[seq_msg(np.ones((2, 2)))]))
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n"
-        "scrape_configs:\n  - job_name: lstm-serving\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-    )
-    web = free_port()
-    process = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{web}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    try:
-        expected = scrape(f"http://127.0.0.1:{port}/metrics")[
-            (
-                "grpc_server_handled_total",
-                tuple(sorted({**grpc_labels("Predict"), "grpc_code": "OK"}.items())),
-            )
-        ]
-        query = urllib.parse.urlencode(
-            {"query": 'grpc_server_handled_total{grpc_method="Predict",grpc_code="OK"}'}
-        )
-        seen = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{web}/api/v1/query?{query}", timeout=5
-                ) as r:
-                    result = json.load(r)["data"]["result"]
-                if result:
-                    seen = float(result[0]["value"][1])
-                    if seen == expected:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        assert seen is not None, (tmp_path / "prometheus.log").read_text()[-2000:]
-        assert seen == expected >= 7
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-    assert process.returncode is not None

@@ -18,11 +18,11 @@ from lstm_client import AsyncLstmClient, LstmClient, LstmError
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
+from tests.helpers import seq_msg
 from tests.nginx_server import NginxServer
 from tests.redis_server import RedisServer
 from tests.reference import NumpyLstm
 from tests.servers import ServerProcess
-from tests.test_predict import seq_msg
 
 TOL = 1e-5
 MODEL = ("--features", "4", "--units", "8", "--seed", "3")

@@ -11,8 +11,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from lstm_server.core.errors import LimitExceeded, SessionNotFound
+from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore
 from lstm_server.core.types import State
-from lstm_server.sessions import AppliedStep, MemorySessionStore, SessionRecord, SessionStore
+from lstm_server.sessions import MemorySessionStore
 from lstm_server.sessions.redis import RedisSessionStore
 
 from tests.redis_server import RedisServer
@@ -25,7 +26,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.system)])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
     made: SessionStore
     if request.param == "memory":
@@ -33,6 +34,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
     else:
         server = request.getfixturevalue("redis_server")
         made = RedisSessionStore(server.url, prefix=f"test-{uuid.uuid4().hex}:")
+    await made.open()
     yield made
     await made.close()
 

@@ -15,10 +15,9 @@ from lstm_client import AsyncLstmClient, LstmError
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
+from tests.helpers import scrape, seq_msg, value
 from tests.reference import NumpyLstm
 from tests.servers import ServerProcess
-from tests.test_metrics import scrape, value
-from tests.test_predict import seq_msg
 
 CLIENTS = 8
 ROUND_SECONDS = 6.0

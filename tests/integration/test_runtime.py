@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 from lstm_server.runtime.numpy_lstm import ACTIVATIONS
+from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.runtime.tf_runtime import load_runtime
 
 PAIRS = sorted({(a, "sigmoid") for a in ACTIVATIONS} | {("tanh", r) for r in ACTIVATIONS})
@@ -27,7 +28,7 @@ def _runtime(tmp_path: Path, activation: str, recurrent: str, use_bias: bool = T
             ),
         ]
     ).save(path)
-    return load_runtime(model_path=path, features=8, units=16, seed=0, chunk_timesteps=16)
+    return load_runtime(RuntimeOptions(model=path, features=8, units=16, chunk_timesteps=16))
 
 
 @pytest.mark.parametrize(("activation", "recurrent"), PAIRS)
@@ -38,7 +39,7 @@ def test_numpy_path_equals_tensorflow(tmp_path: Path, activation: str, recurrent
     x = rng.normal(size=(4, 37, 8)).astype(np.float32)
     h0 = rng.normal(size=(4, 16)).astype(np.float32) * 0.5
     c0 = rng.normal(size=(4, 16)).astype(np.float32) * 0.5
-    tf_seq, tf_h, tf_c = runtime.run_tensorflow(x, lengths, h0, c0)
+    tf_seq, tf_h, tf_c = runtime.run(x, lengths, h0, c0)
     np_seq, np_h, np_c = runtime.fast.run(x, lengths, h0, c0)
     for i, n in enumerate(lengths):
         np.testing.assert_allclose(np_seq[i, :n], tf_seq[i, :n], atol=1e-5, rtol=1e-5)

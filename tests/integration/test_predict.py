@@ -9,17 +9,10 @@ import pytest
 from lstm_client import FinalState, LstmClient, StreamChunk
 from lstm_client.v1 import lstm_service_pb2 as pb
 
+from tests.helpers import seq_msg, state_msg
 from tests.reference import NumpyLstm
 
 TOL = 1e-5
-
-
-def seq_msg(x: np.ndarray) -> pb.Sequence:
-    return pb.Sequence(timesteps=[pb.Vector(values=r) for r in x.tolist()])
-
-
-def state_msg(h: np.ndarray, c: np.ndarray) -> pb.LstmState:
-    return pb.LstmState(h=pb.Vector(values=h.tolist()), c=pb.Vector(values=c.tolist()))
 
 
 def test_tutorial_input_on_the_default_model(tiny_server, tiny_reference: NumpyLstm) -> None:

@@ -14,9 +14,9 @@ from lstm_client import LstmClient
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
+from tests.helpers import seq_msg
 from tests.reference import NumpyLstm
 from tests.servers import ServerProcess
-from tests.test_predict import seq_msg
 
 
 def test_sigterm_drains_in_flight_calls_refuses_new_ones_and_exits_zero(tmp_path: Path) -> None:

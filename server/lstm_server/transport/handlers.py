@@ -1,0 +1,128 @@
+"""The machinery every interceptor shares: wrap a method's handler once, keep its codec, and
+drive unary and streaming behaviours alike. The policies (errors, auth, limits, observation) live
+in their own modules and only say what to do around a call."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc.aio import ServicerContext as Context
+
+SERVICE_PREFIX = "/lstm.v1.LstmService/"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+Unary = Callable[[Any, Context], Awaitable[Any]]
+Streaming = Callable[[Any, Context], AsyncIterator[Any]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+
+async def responses(
+    behavior: Callable[..., Any], request: Any, context: Context
+) -> AsyncIterator[Any]:
+    """A streaming behaviour's responses, whether it yields them or writes them itself."""
+    result = behavior(request, context)
+    if inspect.isasyncgen(result):
+        async for response in result:
+            yield response
+    else:
+        await result
+
+
+def client_streams(handler: grpc.RpcMethodHandler) -> bool:
+    return bool(handler.stream_unary or handler.stream_stream)
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Unary, str], Unary],
+    streaming: Callable[[Streaming, str], Streaming],
+    *,
+    deserializer: Callable[[bytes], Any] | None = None,
+) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped by ``unary`` or ``streaming`` (which are told
+    the call's kind as the gRPC Prometheus labels name it) and, optionally, another
+    request deserializer."""
+    codec = {
+        "request_deserializer": deserializer or handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary, "unary"), **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(handler.unary_stream, "server_stream"), **codec
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary, "client_stream"), **codec
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        streaming(handler.stream_stream, "bidi_stream"), **codec
+    )
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the handler of each method it applies to, once: the wrapped handler is kept per
+    method, since building closures and handlers on every call costs more than the call's work."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def applies_to(self, method: str) -> bool:
+        return True
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not self.applies_to(method):
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self.wrap(handler, method))
+        return cached[1]
+
+
+class GateInterceptor(WrappingInterceptor):
+    """Runs ``admit`` before a call of the service (it may abort it) and ``release`` after."""
+
+    def applies_to(self, method: str) -> bool:
+        return method.startswith(SERVICE_PREFIX)
+
+    async def admit(self, context: Context) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        return None
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        gate = self
+
+        def unary(behavior: Unary, _: str) -> Unary:
+            async def gated(request: Any, context: Context) -> Any:
+                await gate.admit(context)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    gate.release()
+
+            return gated
+
+        def streaming(behavior: Streaming, _: str) -> Streaming:
+            async def gated(request: Any, context: Context) -> AsyncIterator[Any]:
+                await gate.admit(context)
+                try:
+                    async for response in responses(behavior, request, context):
+                        yield response
+                finally:
+                    gate.release()
+
+            return gated
+
+        return rewrap(handler, unary, streaming)

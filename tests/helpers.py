@@ -1,0 +1,128 @@
+"""Helpers shared by the test modules: request messages and reading the /metrics endpoint.
+
+Test modules import from here (and from servers, redis_server, nginx_server, reference), never
+from one another.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lstm_client.v1 import lstm_service_pb2 as pb
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+SERVICE = "lstm.v1.LstmService"
+# Set by `make test` and CI: a missing binary fails the system tier instead of skipping it.
+REQUIRE_SYSTEM = os.environ.get("LSTM_REQUIRE_SYSTEM_TESTS", "") not in ("", "0")
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def seq_msg(x: np.ndarray) -> pb.Sequence:
+    return pb.Sequence(timesteps=[pb.Vector(values=r) for r in x.tolist()])
+
+
+def state_msg(h: np.ndarray, c: np.ndarray) -> pb.LstmState:
+    return pb.LstmState(h=pb.Vector(values=h.tolist()), c=pb.Vector(values=c.tolist()))
+
+
+def scrape(url: str) -> Samples:
+    """Every sample on the endpoint, keyed by name and sorted labels."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def handled(samples: Samples, method: str) -> float:
+    """Calls of ``method`` whose end the server has recorded, whatever their code."""
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "grpc_server_handled_total" and ("grpc_method", method) in labels
+    )
+
+
+def scrape_settled(url: str, before: Samples, expected: dict[str, int]) -> Samples:
+    """Scrape once the server has recorded the end of ``expected`` more calls of each method.
+
+    A caller sees a call's status a moment before the server's interceptor records it."""
+    deadline = time.monotonic() + 5
+    while True:
+        samples = scrape(url)
+        if all(handled(samples, m) - handled(before, m) >= n for m, n in expected.items()):
+            return samples
+        assert time.monotonic() < deadline, f"calls never recorded: {expected}"
+        time.sleep(0.02)
+
+
+def grpc_labels(method: str, kind: str = "unary") -> dict[str, str]:
+    return {"grpc_type": kind, "grpc_service": SERVICE, "grpc_method": method}
+
+
+def system_binary(name: str, package: str, *fallbacks: str) -> str:
+    """The path of a program a system test runs for real. Missing, the test is skipped with the
+    reason, or fails when ``LSTM_REQUIRE_SYSTEM_TESTS`` is set (as `make test` sets it)."""
+    found = shutil.which(name) or next((f for f in fallbacks if Path(f).exists()), None)
+    if found is not None:
+        return found
+    reason = f"{name} is not installed: `make system-deps` installs the Debian package {package}"
+    if REQUIRE_SYSTEM:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class NumpyRuntime:
+    """A ``Runtime`` without TensorFlow: the server's exact numpy LSTM on seeded weights, for the
+    unit tier. ``inline`` says which path the scheduler is told to take; ``calls`` records them."""
+
+    def __init__(self, features: int = 3, units: int = 4, seed: int = 0, inline: bool = True):
+        from lstm_server.core.types import ModelInfo
+        from lstm_server.runtime.numpy_lstm import NumpyLstm as ServerLstm
+
+        rng = np.random.default_rng(seed)
+        self.weights = (
+            rng.uniform(-0.5, 0.5, (features, 4 * units)).astype(np.float32),
+            rng.uniform(-0.5, 0.5, (units, 4 * units)).astype(np.float32),
+            rng.uniform(-0.5, 0.5, 4 * units).astype(np.float32),
+        )
+        self._lstm = ServerLstm(*self.weights, "tanh", "sigmoid")
+        self.info = ModelInfo(
+            name="numpy",
+            version=f"sha256:numpy-{seed}",
+            input_features=features,
+            units=units,
+            activation="tanh",
+            recurrent_activation="sigmoid",
+            use_bias=True,
+        )
+        self.inline = inline
+        self.calls: list[tuple[str, int]] = []  # (path, rows)
+        self.closed = False
+
+    def runs_inline(self, rows: int, timesteps: int) -> bool:
+        return self.inline
+
+    def run_inline(self, x, lengths, h0, c0):  # type: ignore[no-untyped-def]
+        self.calls.append(("inline", x.shape[0]))
+        return self._lstm.run(x, lengths, h0, c0)
+
+    def run(self, x, lengths, h0, c0):  # type: ignore[no-untyped-def]
+        self.calls.append(("run", x.shape[0]))
+        return self._lstm.run(x, lengths, h0, c0)
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,216 @@
+"""The session service on a numpy runtime and the in-memory store: exactly-once steps, replies
+to retries, ownership, resets, closing and reaping, checked against the independent reference."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from lstm_server.core.errors import (
+    InvalidInput,
+    ModelMismatch,
+    SessionNotFound,
+    StepConflict,
+)
+from lstm_server.core.scheduler import BatchScheduler
+from lstm_server.core.sessions import SessionService
+from lstm_server.core.types import Limits, RaggedSequence
+from lstm_server.sessions import MemorySessionStore
+
+from tests.helpers import NumpyRuntime
+from tests.reference import NumpyLstm
+
+TOL = 1e-5
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Counts:
+    """A SessionObserver that counts what it is told."""
+
+    def __init__(self) -> None:
+        self.created = self.stepped = self.replayed = 0
+        self.live: list[int] = []
+
+    def session_created(self) -> None:
+        self.created += 1
+
+    def session_stepped(self, *, replayed: bool) -> None:
+        if replayed:
+            self.replayed += 1
+        else:
+            self.stepped += 1
+
+    def sessions_counted(self, live: int) -> None:
+        self.live.append(live)
+
+
+def ragged(x: np.ndarray) -> RaggedSequence:
+    x = np.asarray(x, np.float32)
+    return RaggedSequence(x.ravel(), np.full(x.shape[0], x.shape[1]))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def counts() -> Counts:
+    return Counts()
+
+
+@pytest.fixture
+async def service(clock: Clock, counts: Counts) -> AsyncIterator[SessionService]:
+    runtime = NumpyRuntime()
+    store = MemorySessionStore(clock=clock)
+    await store.open()
+    scheduler = BatchScheduler(runtime)
+    scheduler.start()
+    limits = Limits(max_session_ttl_seconds=100, default_session_ttl_seconds=10)
+    made = SessionService(store, scheduler, limits, clock=clock, observer=counts)
+    yield made
+    await made.stop()
+    await scheduler.stop()
+
+
+def reference(service: SessionService) -> NumpyLstm:
+    runtime = service.scheduler.runtime
+    assert isinstance(runtime, NumpyRuntime)
+    return NumpyLstm(*runtime.weights)
+
+
+async def test_steps_chain_like_one_call(service: SessionService, rng) -> None:
+    x = rng.normal(size=(7, 3)).astype(np.float32)
+    session = await service.create((None, None))
+    outputs = []
+    for number, part in enumerate((x[:2], x[2:3], x[3:]), start=1):
+        outcome = await service.step(session.session_id, ragged(part), number)
+        assert outcome.step_number == number
+        outputs.append(outcome.hidden_sequence)
+    seq, h, c = reference(service).run(x)
+    np.testing.assert_allclose(np.concatenate(outputs), seq, atol=TOL)
+    np.testing.assert_allclose(outcome.state.h, h, atol=TOL)
+    np.testing.assert_allclose(outcome.state.c, c, atol=TOL)
+    got = await service.get(session.session_id)
+    assert got.step_count == 3
+    np.testing.assert_allclose(got.state.h, h, atol=TOL)
+
+
+async def test_a_retry_gets_the_same_reply_and_applies_nothing(
+    service: SessionService, counts: Counts, rng
+) -> None:
+    session = await service.create((None, None))
+    x = ragged(rng.normal(size=(2, 3)))
+    first = await service.step(session.session_id, x, 1)
+    again = await service.step(session.session_id, x, 1)
+    assert again.replayed
+    assert not first.replayed
+    np.testing.assert_array_equal(again.hidden_sequence, first.hidden_sequence)
+    np.testing.assert_array_equal(again.state.h, first.state.h)
+    assert (await service.get(session.session_id)).step_count == 1
+    assert (counts.stepped, counts.replayed) == (1, 1)
+    with pytest.raises(StepConflict, match="already applied with another input"):
+        await service.step(session.session_id, ragged(rng.normal(size=(2, 3))), 1)
+
+
+@pytest.mark.parametrize("number", [2, 5, -1])
+async def test_wrong_step_numbers_name_the_expected_one(
+    service: SessionService, number: int, rng
+) -> None:
+    session = await service.create((None, None))
+    with pytest.raises(StepConflict, match=r"expects step_number 1 \(or 0 to append\)"):
+        await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), number)
+    assert (await service.get(session.session_id)).step_count == 0
+
+
+async def test_step_zero_appends(service: SessionService, rng) -> None:
+    session = await service.create((None, None))
+    for expected in (1, 2):
+        outcome = await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), 0)
+        assert outcome.step_number == expected
+
+
+async def test_bad_input_changes_nothing(service: SessionService) -> None:
+    session = await service.create((None, None))
+    bad = RaggedSequence(np.zeros(4, np.float32), np.array([2, 2]))
+    with pytest.raises(InvalidInput, match=r"input.timesteps\[0\].values: has 2 values"):
+        await service.step(session.session_id, bad, 1)
+    assert (await service.get(session.session_id)).step_count == 0
+
+
+async def test_another_owner_sees_nothing(service: SessionService, rng) -> None:
+    session = await service.create((None, None), owner="alice")
+    with pytest.raises(SessionNotFound, match="does not exist"):
+        await service.get(session.session_id, owner="bob")
+    with pytest.raises(SessionNotFound):
+        await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), 1, owner="bob")
+    with pytest.raises(SessionNotFound):
+        await service.close(session.session_id, owner="bob")
+    assert (await service.get(session.session_id, owner="alice")).step_count == 0
+
+
+async def test_initial_state_reset_and_close(service: SessionService, rng) -> None:
+    h0 = rng.normal(size=4).astype(np.float32)
+    c0 = rng.normal(size=4).astype(np.float32)
+    session = await service.create((h0, c0))
+    x = rng.normal(size=(3, 3)).astype(np.float32)
+    outcome = await service.step(session.session_id, ragged(x), 1)
+    _, h, _ = reference(service).run(x, h0, c0)
+    np.testing.assert_allclose(outcome.state.h, h, atol=TOL)
+    reset = await service.reset(session.session_id, (None, None))
+    assert reset.step_count == 0
+    np.testing.assert_array_equal(reset.state.h, np.zeros(4))
+    await service.close(session.session_id)
+    with pytest.raises(SessionNotFound, match="was closed"):
+        await service.get(session.session_id)
+    with pytest.raises(InvalidInput, match=r"initial_state\.h\.values: has 2 values"):
+        await service.create((np.zeros(2, np.float32), np.zeros(4, np.float32)))
+
+
+async def test_ttl_limits_and_expiry(service: SessionService, clock: Clock) -> None:
+    with pytest.raises(InvalidInput, match="more than the maximum 100"):
+        await service.create((None, None), ttl_seconds=101)
+    session = await service.create((None, None))
+    assert session.ttl_seconds == 10
+    clock.now += 11
+    with pytest.raises(SessionNotFound, match="was expired"):
+        await service.get(session.session_id)
+
+
+async def test_reaper_sweeps_and_reports_the_live_count(
+    clock: Clock, counts: Counts, service: SessionService
+) -> None:
+    service.reap_interval = 0.01
+    kept = await service.create((None, None), ttl_seconds=100)
+    gone = await service.create((None, None), ttl_seconds=5)
+    await service.start()
+    assert counts.live == [2]
+    clock.now += 6
+    for _ in range(200):
+        if counts.live[-1] == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert counts.live[-1] == 1
+    with pytest.raises(SessionNotFound, match="was expired"):
+        await service.get(gone.session_id)
+    assert (await service.get(kept.session_id)).step_count == 0
+
+
+async def test_a_session_of_other_weights_is_refused(
+    service: SessionService, clock: Clock, rng
+) -> None:
+    session = await service.create((None, None))
+    other = SessionService(
+        service.store, BatchScheduler(NumpyRuntime(seed=1)), service.limits, clock=clock
+    )
+    with pytest.raises(ModelMismatch, match="the server now serves sha256:numpy-1"):
+        await other.step(session.session_id, ragged(rng.normal(size=(1, 3))), 1)

@@ -1,0 +1,314 @@
+"""The transport's pure parts: converters both ways, the error table, and every interceptor,
+called directly with a recording context (no sockets)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status as grpc_rpc_status
+from lstm_client.v1 import lstm_service_pb2 as pb
+from lstm_server.core import errors
+from lstm_server.core.inference import StreamChunk
+from lstm_server.core.sessions import SessionInfo, StepOutcome
+from lstm_server.core.types import RowResult, State
+from lstm_server.transport import converters as conv
+from lstm_server.transport.auth import PRINCIPAL, AuthInterceptor
+from lstm_server.transport.errors import (
+    INTERNAL_MESSAGE,
+    STATUS_CODES,
+    ErrorMappingInterceptor,
+    rpc_status,
+)
+from lstm_server.transport.limits import ConcurrencyLimitInterceptor
+from lstm_server.transport.observation import ObservingInterceptor
+
+from tests.helpers import seq_msg, state_msg
+
+PREDICT = "/lstm.v1.LstmService/Predict"
+HEALTH = "/grpc.health.v1.Health/Check"
+
+
+class Context:
+    """What a servicer context does for the interceptors: metadata in, a status out."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metadata = metadata
+        self.status: grpc.Status | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise grpc.aio.AbortError()
+
+    def code(self) -> grpc.StatusCode | None:
+        return None if self.status is None else self.status.code
+
+
+class Details:
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+async def intercepted(
+    interceptor: grpc.aio.ServerInterceptor, method: str, behavior: Any, **codec: Any
+) -> grpc.RpcMethodHandler:
+    async def continuation(_: Any) -> grpc.RpcMethodHandler:
+        return handler
+
+    handler = grpc.unary_unary_rpc_method_handler(behavior, **codec)
+    return await interceptor.intercept_service(continuation, Details(method))
+
+
+def status_of(context: Context) -> status_pb2.Status:
+    """The google.rpc.Status the call ended with, as its trailers carry it."""
+    assert context.status is not None
+    [details] = [v for k, v in context.status.trailing_metadata if k == "grpc-status-details-bin"]
+    status = status_pb2.Status.FromString(details)
+    assert status.code == context.status.code.value[0]
+    return status
+
+
+# Converters
+
+
+def test_sequence_in_keeps_each_timesteps_width() -> None:
+    message = pb.Sequence(timesteps=[pb.Vector(values=[1, 2]), pb.Vector(values=[3])])
+    ragged = conv.sequence_in(message)
+    np.testing.assert_array_equal(ragged.values, [1, 2, 3])
+    np.testing.assert_array_equal(ragged.widths, [2, 1])
+    assert ragged.values.dtype == np.float32
+
+
+def test_state_in_says_which_parts_are_absent() -> None:
+    h, c = conv.state_in(pb.LstmState(h=pb.Vector(values=[1.5])))
+    np.testing.assert_array_equal(h, [1.5])
+    assert c is None
+    assert conv.optional_state_in(pb.ResetSessionRequest(), "state") == (None, None)
+
+
+def test_results_convert_out_exactly(rng) -> None:
+    seq = rng.normal(size=(3, 2)).astype(np.float32)
+    state = State(rng.normal(size=2).astype(np.float32), rng.normal(size=2).astype(np.float32))
+    [out] = conv.predict_out([RowResult(seq, state)]).outputs
+    assert out == pb.SequenceOutput(
+        hidden_sequence=seq_msg(seq).timesteps, final_state=state_msg(state.h, state.c)
+    )
+    step = conv.step_out(StepOutcome("s", 4, seq, state))
+    assert (step.session_id, step.step_number) == ("s", 4)
+    assert list(step.hidden_sequence) == list(seq_msg(seq).timesteps)
+    chunk = conv.stream_chunk_out(StreamChunk(1, 5, seq[:1], state))
+    assert (chunk.sequence_index, chunk.start_timestep, len(chunk.hidden)) == (1, 5, 1)
+    assert chunk.final_state == state_msg(state.h, state.c)
+    assert not conv.stream_chunk_out(StreamChunk(0, 0, seq)).HasField("final_state")
+
+
+def test_session_out_shows_no_bookkeeping() -> None:
+    info = SessionInfo("abc", State.zeros(2), 3, "sha256:v", 60, 1_700_000_000.5)
+    message = conv.session_out(info)
+    assert (message.session_id, message.step_count, message.ttl_seconds) == ("abc", 3, 60)
+    assert (message.expires_at.seconds, message.expires_at.nanos) == (1_700_000_000, 500_000_000)
+    assert message.model_version == "sha256:v"
+
+
+# The error table
+
+
+def domain_errors() -> list[type[errors.ServingError]]:
+    found, todo = [], [errors.ServingError]
+    while todo:
+        kind = todo.pop()
+        found += kind.__subclasses__()
+        todo += kind.__subclasses__()
+    return found
+
+
+@pytest.mark.parametrize("kind", domain_errors(), ids=lambda k: k.__name__)
+def test_every_domain_error_has_a_code(kind: type[errors.ServingError]) -> None:
+    assert kind in STATUS_CODES
+    error = errors.InvalidInput.single("f", "bad") if kind is errors.InvalidInput else kind("x")
+    status = rpc_status(error)
+    assert status.code == STATUS_CODES[kind].value[0] != code_pb2.INTERNAL
+
+
+def test_invalid_input_carries_every_violation() -> None:
+    error = errors.InvalidInput(
+        [errors.FieldViolation("a", "is bad"), errors.FieldViolation("b.c", "is worse")]
+    )
+    status = rpc_status(error)
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    assert status.message == "a: is bad; b.c: is worse"
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("a", "is bad"),
+        ("b.c", "is worse"),
+    ]
+
+
+def test_anything_else_is_internal_with_a_generic_message() -> None:
+    status = rpc_status(KeyError("secret"))
+    assert (status.code, status.message) == (code_pb2.INTERNAL, INTERNAL_MESSAGE)
+
+
+# Interceptors
+
+
+async def test_error_mapping_turns_domain_errors_into_their_status() -> None:
+    async def behavior(request: Any, context: Any) -> Any:
+        raise errors.SessionNotFound("session x does not exist")
+
+    handler = await intercepted(ErrorMappingInterceptor(), PREDICT, behavior)
+    context = Context()
+    with pytest.raises(grpc.aio.AbortError):
+        await handler.unary_unary(object(), context)
+    status = status_of(context)
+    assert (status.code, status.message) == (code_pb2.NOT_FOUND, "session x does not exist")
+
+
+async def test_error_mapping_hides_unexpected_errors_and_logs_them(caplog) -> None:
+    async def behavior(request: Any, context: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    handler = await intercepted(ErrorMappingInterceptor(), PREDICT, behavior)
+    context = Context()
+    with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AbortError):
+        await handler.unary_unary(object(), context)
+    assert (status_of(context).code, status_of(context).message) == (
+        code_pb2.INTERNAL,
+        INTERNAL_MESSAGE,
+    )
+    assert "secret detail" in caplog.text
+
+
+async def test_bytes_that_do_not_parse_are_invalid_argument() -> None:
+    async def behavior(request: Any, context: Any) -> Any:
+        raise AssertionError("must not run")
+
+    handler = await intercepted(
+        ErrorMappingInterceptor(),
+        PREDICT,
+        behavior,
+        request_deserializer=pb.PredictRequest.FromString,
+    )
+    request = handler.request_deserializer(b"\xff\xff\xff")
+    context = Context()
+    with pytest.raises(grpc.aio.AbortError):
+        await handler.unary_unary(request, context)
+    status = status_of(context)
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    assert status.message.startswith("request: is not a valid message")
+
+
+async def test_handlers_are_wrapped_once_per_method() -> None:
+    async def behavior(request: Any, context: Any) -> Any:
+        return "ok"
+
+    interceptor = ErrorMappingInterceptor()
+    handler = grpc.unary_unary_rpc_method_handler(behavior)
+
+    async def continuation(_: Any) -> grpc.RpcMethodHandler:
+        return handler
+
+    first = await interceptor.intercept_service(continuation, Details(PREDICT))
+    second = await interceptor.intercept_service(continuation, Details(PREDICT))
+    assert first is second
+    assert first is not handler
+    health = await interceptor.intercept_service(continuation, Details(HEALTH))
+    assert health is handler  # errors are mapped for the service only
+
+
+async def test_auth_requires_a_token_but_not_for_health() -> None:
+    seen: list[str] = []
+
+    async def behavior(request: Any, context: Any) -> Any:
+        seen.append(PRINCIPAL.get())
+        return "ok"
+
+    auth = AuthInterceptor([(b"s3cret", "alice")])
+    handler = await intercepted(auth, PREDICT, behavior)
+    for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),)):
+        context = Context(metadata)
+        with pytest.raises(grpc.aio.AbortError):
+            await handler.unary_unary(object(), context)
+        assert status_of(context).code == code_pb2.UNAUTHENTICATED
+    assert await handler.unary_unary(object(), Context((("authorization", "Bearer s3cret"),)))
+    assert seen == ["alice"]
+    health = await intercepted(auth, HEALTH, behavior)
+    assert await health.unary_unary(object(), Context()) == "ok"
+
+
+async def test_the_concurrency_cap_refuses_at_once_and_frees_its_place() -> None:
+    import asyncio
+
+    release = asyncio.Event()
+
+    async def behavior(request: Any, context: Any) -> Any:
+        await release.wait()
+        return "ok"
+
+    cap = ConcurrencyLimitInterceptor(1)
+    handler = await intercepted(cap, PREDICT, behavior)
+    first = asyncio.ensure_future(handler.unary_unary(object(), Context()))
+    await asyncio.sleep(0)
+    context = Context()
+    with pytest.raises(grpc.aio.AbortError):
+        await handler.unary_unary(object(), context)
+    assert status_of(context).code == code_pb2.RESOURCE_EXHAUSTED
+    assert "limit of 1 concurrent calls" in status_of(context).message
+    release.set()
+    assert await first == "ok"
+    assert cap.in_flight == 0
+    assert await handler.unary_unary(object(), Context()) == "ok"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def rpc_started(self, labels: tuple[str, str, str]) -> None:
+        self.events.append(("started", *labels))
+
+    def rpc_handled(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
+        self.events.append(("handled", code))
+
+    def message_received(self, labels: tuple[str, str, str]) -> None:
+        self.events.append(("received",))
+
+    def message_sent(self, labels: tuple[str, str, str]) -> None:
+        self.events.append(("sent",))
+
+
+async def test_observation_reports_start_messages_and_code() -> None:
+    async def ok(request: Any, context: Any) -> Any:
+        return "ok"
+
+    async def fails(request: Any, context: Any) -> Any:
+        await context.abort_with_status(
+            grpc_rpc_status.to_status(status_pb2.Status(code=code_pb2.NOT_FOUND, message="no"))
+        )
+
+    recorder = Recorder()
+    observing = ObservingInterceptor(recorder)
+    await (await intercepted(observing, PREDICT, ok)).unary_unary(object(), Context())
+    with pytest.raises(grpc.aio.AbortError):
+        await (await intercepted(observing, PREDICT, fails)).unary_unary(object(), Context())
+    started = ("started", "unary", "lstm.v1.LstmService", "Predict")
+    assert recorder.events == [
+        started,
+        ("received",),
+        ("sent",),
+        ("handled", "OK"),
+        started,
+        ("received",),
+        ("handled", "NOT_FOUND"),
+    ]
