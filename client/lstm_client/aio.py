@@ -1,4 +1,7 @@
-"""The asyncio SDK: ``AsyncLstmClient`` and ``AsyncSession``, twins of the blocking ones."""
+"""The asyncio SDK: ``AsyncLstmClient`` and ``AsyncSession``, twins of the blocking ones.
+
+They share everything but I/O with them through ``lstm_client.calls``.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from lstm_client import codec
+from lstm_client import calls
+from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
 from lstm_client.codec import ArrayLike, StateLike
 from lstm_client.connection import TlsOptions, call_metadata
-from lstm_client.errors import RETRYABLE_CODES, LstmError, retry_delays
+from lstm_client.errors import LstmError
 from lstm_client.results import (
     FinalState,
     ModelMetadata,
@@ -21,14 +25,14 @@ from lstm_client.results import (
     StepResult,
     StreamChunk,
 )
-from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 
 class AsyncLstmClient:
-    """An asyncio client of lstm.v1.LstmService; use ``async with``."""
+    """An asyncio client of lstm.v1.LstmService; use ``async with``. The arguments are those of
+    ``LstmClient``."""
 
     def __init__(
         self,
@@ -65,27 +69,24 @@ class AsyncLstmClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: Callable[..., Awaitable[T]], request: Any) -> T:
+    async def _invoke(self, call: UnaryCall[R]) -> R:
+        method: Callable[..., Awaitable[Any]] = getattr(self._stub, call.method)
         try:
-            return await method(request, timeout=self.timeout, metadata=self._metadata)
+            reply = await method(call.request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
+        return call.read(reply)
 
     async def metadata(self) -> ModelMetadata:
-        return codec.model_metadata(
-            await self._call(self._stub.GetModelMetadata, pb.GetModelMetadataRequest())
-        )
+        return await self._invoke(calls.metadata())
 
     async def predict(self, x: ArrayLike, initial_state: StateLike | None = None) -> PredictResult:
-        request, batched = codec.batch_of(x, initial_state)
-        results = codec.predict_results(await self._call(self._stub.Predict, request))
-        return codec.stack(results) if batched else results[0]
+        return await self._invoke(calls.predict(x, initial_state))
 
     async def predict_many(
         self, sequences: Iterable[ArrayLike], initial_states: Iterable[StateLike] | None = None
     ) -> list[PredictResult]:
-        request = codec.predict_request(sequences, initial_states)
-        return codec.predict_results(await self._call(self._stub.Predict, request))
+        return await self._invoke(calls.predict_many(sequences, initial_states))
 
     async def stream(
         self,
@@ -94,12 +95,11 @@ class AsyncLstmClient:
         *,
         timesteps_per_message: int = 1,
     ) -> AsyncIterator[StreamChunk | FinalState]:
-        request, _ = codec.batch_of(x, initial_state)
-        request.timesteps_per_message = timesteps_per_message
+        request = calls.stream_request(x, initial_state, timesteps_per_message)
         call = self._stub.PredictStream(request, timeout=self.timeout, metadata=self._metadata)
         try:
             async for message in call:
-                for item in codec.stream_items(message):
+                for item in calls.stream_items(message):
                     yield item
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
@@ -109,16 +109,12 @@ class AsyncLstmClient:
     async def session(
         self, initial_state: StateLike | None = None, ttl: int | None = None
     ) -> AsyncSession:
-        message = await self._call(
-            self._stub.CreateSession, codec.create_request(initial_state, ttl)
-        )
-        return AsyncSession(self, codec.session_info(message))
+        info = await self._invoke(calls.create_session(initial_state, ttl))
+        return AsyncSession(self._invoke, info, self.retries)
 
     async def attach(self, session_id: str) -> AsyncSession:
-        message = await self._call(
-            self._stub.GetSession, pb.GetSessionRequest(session_id=session_id)
-        )
-        return AsyncSession(self, codec.session_info(message))
+        info = await self._invoke(calls.get_session(session_id))
+        return AsyncSession(self._invoke, info, self.retries)
 
     async def stream_session(
         self,
@@ -130,25 +126,16 @@ class AsyncLstmClient:
         close_on_end: bool | None = None,
     ) -> AsyncIterator[StepResult]:
         """Step through ``chunks`` over one stream, as ``LstmClient.stream_session`` does."""
-        opening = pb.OpenSession(
-            close_on_end=session_id is None if close_on_end is None else close_on_end
+        stream = SessionStream(
+            initial_state=initial_state, ttl=ttl, session_id=session_id, close_on_end=close_on_end
         )
-        if session_id is None:
-            opening.create.CopyFrom(codec.create_request(initial_state, ttl))
-        else:
-            opening.resume_session_id = session_id
         call = self._stub.StreamSession(timeout=self.timeout, metadata=self._metadata)
         try:
-            await call.write(pb.SessionStreamRequest(open=opening))
-            number = (await call.read()).session.step_count
+            await call.write(stream.opening)
+            stream.opened(await call.read())
             for chunk in chunks:
-                number += 1
-                step = pb.SessionStep(input=codec.sequence_message(chunk), step_number=number)
-                await call.write(pb.SessionStreamRequest(step=step))
-                reply = await call.read()
-                if reply.HasField("error"):
-                    raise LstmError.from_status(reply.error)
-                yield codec.step_result(reply.step)
+                await call.write(stream.step(chunk))
+                yield stream.result(await call.read())
             await call.done_writing()
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
@@ -156,24 +143,16 @@ class AsyncLstmClient:
             call.cancel()
 
 
-class AsyncSession:
+AsyncInvoke = Callable[[UnaryCall[Any]], Awaitable[Any]]
+
+
+class AsyncSession(SessionHandle):
     """The asyncio twin of ``lstm_client.Session``."""
 
-    def __init__(self, client: AsyncLstmClient, info: SessionInfo) -> None:
-        self._client = client
-        self.info = info
-
-    @property
-    def session_id(self) -> str:
-        return self.info.session_id
-
-    @property
-    def state(self) -> tuple[Any, Any]:
-        return self.info.h, self.info.c
-
-    @property
-    def step_count(self) -> int:
-        return self.info.step_count
+    def __init__(self, invoke: AsyncInvoke, info: SessionInfo, retries: int = 3) -> None:
+        super().__init__(info)
+        self._invoke = invoke
+        self._retries = retries
 
     async def __aenter__(self) -> AsyncSession:
         return self
@@ -187,39 +166,21 @@ class AsyncSession:
         await self.close()
 
     async def step(self, x: ArrayLike) -> StepResult:
-        request = pb.StepRequest(
-            session_id=self.session_id,
-            input=codec.sequence_message(x),
-            step_number=self.step_count + 1,
-        )
-        delays = retry_delays(self._client.retries)
+        call = calls.step(self.info, x)
+        retries = StepRetries(self._retries)
         while True:
             try:
-                reply = await self._client._call(self._client._stub.Step, request)
-                break
+                return self.stepped(await self._invoke(call))
             except LstmError as error:
-                delay = next(delays, None)
-                if error.code not in RETRYABLE_CODES or delay is None:
-                    raise
-                await asyncio.sleep(delay)
-        result = codec.step_result(reply)
-        self.info = codec.advanced(self.info, result)
-        return result
+                await asyncio.sleep(retries.delay_after(error))
 
     async def refresh(self) -> SessionInfo:
-        stub = self._client._stub
-        request = pb.GetSessionRequest(session_id=self.session_id)
-        self.info = codec.session_info(await self._client._call(stub.GetSession, request))
+        self.info = await self._invoke(calls.get_session(self.session_id))
         return self.info
 
     async def reset(self, state: StateLike | None = None) -> SessionInfo:
-        stub = self._client._stub
-        request = codec.reset_request(self.session_id, state)
-        self.info = codec.session_info(await self._client._call(stub.ResetSession, request))
+        self.info = await self._invoke(calls.reset_session(self.session_id, state))
         return self.info
 
     async def close(self) -> None:
-        stub = self._client._stub
-        await self._client._call(
-            stub.CloseSession, pb.CloseSessionRequest(session_id=self.session_id)
-        )
+        await self._invoke(calls.close_session(self.session_id))

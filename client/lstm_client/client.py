@@ -1,4 +1,8 @@
-"""The synchronous SDK: ``LstmClient`` and its server-held ``Session``."""
+"""The synchronous SDK: ``LstmClient`` and its server-held ``Session``.
+
+What each call sends and how its reply is read live in ``lstm_client.calls``, shared with the
+asyncio twin (``lstm_client.aio``); this module only carries them over a blocking channel.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from lstm_client import codec
+from lstm_client import calls
+from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
 from lstm_client.codec import ArrayLike, StateLike
 from lstm_client.connection import TlsOptions, call_metadata
-from lstm_client.errors import RETRYABLE_CODES, LstmError, retry_delays
+from lstm_client.errors import LstmError
 from lstm_client.results import (
     FinalState,
     ModelMetadata,
@@ -25,7 +30,7 @@ from lstm_client.results import (
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 
 class LstmClient:
@@ -70,29 +75,26 @@ class LstmClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method: Callable[..., T], request: Any) -> T:
+    def _invoke(self, call: UnaryCall[R]) -> R:
+        method: Callable[..., Any] = getattr(self._stub, call.method)
         try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
+            reply = method(call.request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
+        return call.read(reply)
 
     def metadata(self) -> ModelMetadata:
-        return codec.model_metadata(
-            self._call(self._stub.GetModelMetadata, pb.GetModelMetadataRequest())
-        )
+        return self._invoke(calls.metadata())
 
     def predict(self, x: ArrayLike, initial_state: StateLike | None = None) -> PredictResult:
         """Run (T, F) or (B, T, F) input; the result keeps the batch axis if the input had one."""
-        request, batched = codec.batch_of(x, initial_state)
-        results = codec.predict_results(self._call(self._stub.Predict, request))
-        return codec.stack(results) if batched else results[0]
+        return self._invoke(calls.predict(x, initial_state))
 
     def predict_many(
         self, sequences: Iterable[ArrayLike], initial_states: Iterable[StateLike] | None = None
     ) -> list[PredictResult]:
         """Run sequences of different lengths in one request; one result per sequence."""
-        request = codec.predict_request(sequences, initial_states)
-        return codec.predict_results(self._call(self._stub.Predict, request))
+        return self._invoke(calls.predict_many(sequences, initial_states))
 
     def stream(
         self,
@@ -101,26 +103,29 @@ class LstmClient:
         *,
         timesteps_per_message: int = 1,
     ) -> Iterator[StreamChunk | FinalState]:
-        """Yield hidden outputs as the server computes them, then each sequence's final state."""
-        request, _ = codec.batch_of(x, initial_state)
-        request.timesteps_per_message = timesteps_per_message
+        """Yield hidden outputs as the server computes them, then each sequence's final state.
+
+        Stopping early (``break``, or closing the iterator) cancels the call, which stops the
+        server's computation."""
+        request = calls.stream_request(x, initial_state, timesteps_per_message)
+        call = self._stub.PredictStream(request, timeout=self.timeout, metadata=self._metadata)
         try:
-            for message in self._stub.PredictStream(
-                request, timeout=self.timeout, metadata=self._metadata
-            ):
-                yield from codec.stream_items(message)
+            for message in call:
+                yield from calls.stream_items(message)
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
+        finally:
+            call.cancel()
 
     def session(self, initial_state: StateLike | None = None, ttl: int | None = None) -> Session:
         """Create a server-held session; use it as a context manager to close it on exit."""
-        message = self._call(self._stub.CreateSession, codec.create_request(initial_state, ttl))
-        return Session(self, codec.session_info(message))
+        return Session(
+            self._invoke, self._invoke(calls.create_session(initial_state, ttl)), self.retries
+        )
 
     def attach(self, session_id: str) -> Session:
         """A handle on an existing session (for example one created by another process)."""
-        message = self._call(self._stub.GetSession, pb.GetSessionRequest(session_id=session_id))
-        return Session(self, codec.session_info(message))
+        return Session(self._invoke, self._invoke(calls.get_session(session_id)), self.retries)
 
     def stream_session(
         self,
@@ -136,29 +141,19 @@ class LstmClient:
         Opens a new session, or resumes ``session_id``. A new session is closed when the stream
         ends unless ``close_on_end=False``; a resumed one is kept unless ``close_on_end=True``.
         """
-        opening = pb.OpenSession(
-            close_on_end=session_id is None if close_on_end is None else close_on_end
+        stream = SessionStream(
+            initial_state=initial_state, ttl=ttl, session_id=session_id, close_on_end=close_on_end
         )
-        if session_id is None:
-            opening.create.CopyFrom(codec.create_request(initial_state, ttl))
-        else:
-            opening.resume_session_id = session_id
         outbox: queue.SimpleQueue[pb.SessionStreamRequest | None] = queue.SimpleQueue()
-        outbox.put(pb.SessionStreamRequest(open=opening))
+        outbox.put(stream.opening)
         replies = self._stub.StreamSession(
             iter(outbox.get, None), timeout=self.timeout, metadata=self._metadata
         )
         try:
-            opened = next(replies).session
-            number = opened.step_count
+            stream.opened(next(replies))
             for chunk in chunks:
-                number += 1
-                step = pb.SessionStep(input=codec.sequence_message(chunk), step_number=number)
-                outbox.put(pb.SessionStreamRequest(step=step))
-                reply = next(replies)
-                if reply.HasField("error"):
-                    raise LstmError.from_status(reply.error)
-                yield codec.step_result(reply.step)
+                outbox.put(stream.step(chunk))
+                yield stream.result(next(replies))
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
         finally:
@@ -166,26 +161,17 @@ class LstmClient:
             replies.cancel()
 
 
-class Session:
+Invoke = Callable[[UnaryCall[Any]], Any]
+
+
+class Session(SessionHandle):
     """A server-held session. ``step`` numbers steps itself and retries a step whose reply was
     lost (UNAVAILABLE, DEADLINE_EXCEEDED) with the same number, so no step is applied twice."""
 
-    def __init__(self, client: LstmClient, info: SessionInfo) -> None:
-        self._client = client
-        self.info = info
-
-    @property
-    def session_id(self) -> str:
-        return self.info.session_id
-
-    @property
-    def state(self) -> tuple[Any, Any]:
-        """``[h, c]`` after the last step."""
-        return self.info.h, self.info.c
-
-    @property
-    def step_count(self) -> int:
-        return self.info.step_count
+    def __init__(self, invoke: Invoke, info: SessionInfo, retries: int = 3) -> None:
+        super().__init__(info)
+        self._invoke = invoke
+        self._retries = retries
 
     def __enter__(self) -> Session:
         return self
@@ -199,41 +185,23 @@ class Session:
         self.close()
 
     def step(self, x: ArrayLike) -> StepResult:
-        request = pb.StepRequest(
-            session_id=self.session_id,
-            input=codec.sequence_message(x),
-            step_number=self.step_count + 1,
-        )
-        delays = retry_delays(self._client.retries)
+        call = calls.step(self.info, x)
+        retries = StepRetries(self._retries)
         while True:
             try:
-                reply = self._client._call(self._client._stub.Step, request)
-                break
+                return self.stepped(self._invoke(call))
             except LstmError as error:
-                delay = next(delays, None)
-                if error.code not in RETRYABLE_CODES or delay is None:
-                    raise
-                time.sleep(delay)
-        result = codec.step_result(reply)
-        self.info = codec.advanced(self.info, result)
-        return result
+                time.sleep(retries.delay_after(error))
 
     def refresh(self) -> SessionInfo:
         """Read the session from the server (also how its state is exported)."""
-        stub = self._client._stub
-        self.info = codec.session_info(
-            self._client._call(stub.GetSession, pb.GetSessionRequest(session_id=self.session_id))
-        )
+        self.info = self._invoke(calls.get_session(self.session_id))
         return self.info
 
     def reset(self, state: StateLike | None = None) -> SessionInfo:
         """Back to zeros, or to ``state``; the step count restarts at 0."""
-        stub = self._client._stub
-        self.info = codec.session_info(
-            self._client._call(stub.ResetSession, codec.reset_request(self.session_id, state))
-        )
+        self.info = self._invoke(calls.reset_session(self.session_id, state))
         return self.info
 
     def close(self) -> None:
-        stub = self._client._stub
-        self._client._call(stub.CloseSession, pb.CloseSessionRequest(session_id=self.session_id))
+        self._invoke(calls.close_session(self.session_id))

@@ -1,0 +1,178 @@
+"""Everything the sync and asyncio clients share but I/O: what each call sends and how its reply
+is read, how a session stream numbers its steps, and when a session step is retried.
+
+``LstmClient`` and ``AsyncLstmClient`` only carry these over a channel, so both behave alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from lstm_client import codec
+from lstm_client.codec import ArrayLike, StateLike
+from lstm_client.errors import RETRYABLE_CODES, LstmError, retry_delays
+from lstm_client.results import (
+    FinalState,
+    ModelMetadata,
+    PredictResult,
+    SessionInfo,
+    StepResult,
+    StreamChunk,
+)
+from lstm_client.v1 import lstm_service_pb2 as pb
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class UnaryCall(Generic[R]):
+    """One unary RPC: the stub method's name, the request, and how to read the reply."""
+
+    method: str
+    request: Any
+    read: Callable[[Any], R]
+
+
+def metadata() -> UnaryCall[ModelMetadata]:
+    return UnaryCall("GetModelMetadata", pb.GetModelMetadataRequest(), codec.model_metadata)
+
+
+def predict(x: ArrayLike, initial_state: StateLike | None) -> UnaryCall[PredictResult]:
+    request, batched = codec.batch_of(x, initial_state)
+
+    def read(response: pb.PredictResponse) -> PredictResult:
+        results = codec.predict_results(response)
+        return codec.stack(results) if batched else results[0]
+
+    return UnaryCall("Predict", request, read)
+
+
+def predict_many(
+    sequences: Iterable[ArrayLike], initial_states: Iterable[StateLike] | None
+) -> UnaryCall[list[PredictResult]]:
+    request = codec.predict_request(sequences, initial_states)
+    return UnaryCall("Predict", request, codec.predict_results)
+
+
+def stream_request(
+    x: ArrayLike, initial_state: StateLike | None, timesteps_per_message: int
+) -> pb.PredictRequest:
+    request, _ = codec.batch_of(x, initial_state)
+    request.timesteps_per_message = timesteps_per_message
+    return request
+
+
+def stream_items(message: pb.PredictStreamResponse) -> Iterator[StreamChunk | FinalState]:
+    return codec.stream_items(message)
+
+
+def create_session(initial_state: StateLike | None, ttl: int | None) -> UnaryCall[SessionInfo]:
+    request = codec.create_request(initial_state, ttl)
+    return UnaryCall("CreateSession", request, codec.session_info)
+
+
+def get_session(session_id: str) -> UnaryCall[SessionInfo]:
+    request = pb.GetSessionRequest(session_id=session_id)
+    return UnaryCall("GetSession", request, codec.session_info)
+
+
+def reset_session(session_id: str, state: StateLike | None) -> UnaryCall[SessionInfo]:
+    request = codec.reset_request(session_id, state)
+    return UnaryCall("ResetSession", request, codec.session_info)
+
+
+def close_session(session_id: str) -> UnaryCall[None]:
+    request = pb.CloseSessionRequest(session_id=session_id)
+    return UnaryCall("CloseSession", request, lambda _: None)
+
+
+def step(info: SessionInfo, x: ArrayLike) -> UnaryCall[StepResult]:
+    """The next step of a session, numbered ``step_count + 1`` so that a retry is answered once."""
+    request = pb.StepRequest(
+        session_id=info.session_id,
+        input=codec.sequence_message(x),
+        step_number=info.step_count + 1,
+    )
+    return UnaryCall("Step", request, codec.step_result)
+
+
+class StepRetries:
+    """When a session step whose reply was lost is sent again (with the same number, so it is
+    applied once): after UNAVAILABLE or DEADLINE_EXCEEDED, with growing delays."""
+
+    def __init__(self, retries: int) -> None:
+        self._delays = retry_delays(retries)
+
+    def delay_after(self, error: LstmError) -> float:
+        """Seconds to wait before the retry; re-raises ``error`` when it is not retried."""
+        delay = next(self._delays, None)
+        if error.code not in RETRYABLE_CODES or delay is None:
+            raise error
+        return delay
+
+
+class SessionHandle:
+    """What both ``Session`` twins know of their session between calls."""
+
+    def __init__(self, info: SessionInfo) -> None:
+        self.info = info
+
+    @property
+    def session_id(self) -> str:
+        return self.info.session_id
+
+    @property
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """``[h, c]`` after the last step."""
+        return self.info.h, self.info.c
+
+    @property
+    def step_count(self) -> int:
+        return self.info.step_count
+
+    def stepped(self, result: StepResult) -> StepResult:
+        self.info = codec.advanced(self.info, result)
+        return result
+
+
+class SessionStream:
+    """The messages of one ``StreamSession`` call: an opening (create or resume), then one
+    numbered step per chunk; replies are read back in order."""
+
+    def __init__(
+        self,
+        *,
+        initial_state: StateLike | None,
+        ttl: int | None,
+        session_id: str | None,
+        close_on_end: bool | None,
+    ) -> None:
+        opening = pb.OpenSession(
+            close_on_end=session_id is None if close_on_end is None else close_on_end
+        )
+        if session_id is None:
+            opening.create.CopyFrom(codec.create_request(initial_state, ttl))
+        else:
+            opening.resume_session_id = session_id
+        self.opening = pb.SessionStreamRequest(open=opening)
+        self._number = 0
+
+    def opened(self, reply: pb.SessionStreamResponse) -> None:
+        """The server's answer to the opening: steps continue from its step count."""
+        self._number = reply.session.step_count
+
+    def step(self, chunk: ArrayLike) -> pb.SessionStreamRequest:
+        self._number += 1
+        step = pb.SessionStep(input=codec.sequence_message(chunk), step_number=self._number)
+        return pb.SessionStreamRequest(step=step)
+
+    @staticmethod
+    def result(reply: pb.SessionStreamResponse) -> StepResult:
+        """A step's result; a step refused in-band raises its ``LstmError``."""
+        if reply.HasField("error"):
+            raise LstmError.from_status(reply.error)
+        return codec.step_result(reply.step)
