@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-fast bench lint format proto system-deps clean
+.PHONY: serve test test-fast bench stress lint format proto system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test-fast: $(STAMP)
 ## bench: the benchmark; writes bench/results/ and the README's table
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
+
+## stress: health-check latency idle, under legal load and under floods; memory before and after
+stress: $(STAMP)
+	$(BIN)/python bench/stress.py $(ARGS)
 
 ## lint: ruff and mypy
 lint: $(STAMP)

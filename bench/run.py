@@ -29,6 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lstm_client import bench
 from lstm_client.v1 import lstm_service_pb2 as pb
+from readme import replace_block
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -57,21 +58,24 @@ class Process:
         self.startup = self._wait(health) - began
 
     def _wait(self, health: bool) -> float:
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            for _ in range(1200):
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"{self.target} exited")
-                try:
-                    if not health:  # the echo server has no health service: wait for its port
-                        socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                        return time.perf_counter()
+        """Poll as a readiness probe does, on a new connection each time: lstm-server opens its
+        port only once ready, and a channel refused earlier would wait out its reconnect
+        backoff (up to seconds) before it noticed."""
+        for _ in range(1200):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.target} exited")
+            try:
+                if not health:  # the echo server has no health service: wait for its port
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                    return time.perf_counter()
+                with grpc.insecure_channel(self.target) as channel:
+                    stub = health_pb2_grpc.HealthStub(channel)
                     reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return time.perf_counter()
-                except (grpc.RpcError, OSError):
-                    pass
-                time.sleep(0.05)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.perf_counter()
+            except (grpc.RpcError, OSError):
+                pass
+            time.sleep(0.05)
         raise TimeoutError(self.target)
 
     def rss_mb(self) -> float:
@@ -458,13 +462,7 @@ def chart(levels: dict, path: Path) -> None:
 
 
 def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        readme.write_text(f"{head}{start}\n{table}{end}{tail}")
+    replace_block("bench", table)
 
 
 def main(argv: list[str] | None = None, report: Callable[[str], None] = print) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,24 @@ SERVICE = "lstm.v1.LstmService"
 # Set by `make test` and CI: a missing binary fails the system tier instead of skipping it.
 REQUIRE_SYSTEM = os.environ.get("LSTM_REQUIRE_SYSTEM_TESTS", "") not in ("", "0")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def tag(number: int, wire_type: int) -> bytes:
+    return varint(number << 3 | wire_type)
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field: raw wire format, for requests no library would write."""
+    return tag(number, 2) + varint(len(payload)) + payload
 
 
 def seq_msg(x: np.ndarray) -> pb.Sequence:
@@ -126,3 +145,43 @@ class NumpyRuntime:
 
     def close(self) -> None:
         self.closed = True
+
+
+class HealthProber:
+    """Calls ``grpc.health.v1.Health/Check`` every ``interval`` seconds with a 1 s deadline, on a
+    thread and a channel of its own, while the ``with`` block runs; keeps each probe's latency
+    and every failure."""
+
+    def __init__(self, target: str, interval: float = 0.02) -> None:
+        self.target = target
+        self.interval = interval
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True)
+
+    def _probe(self) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while not self._stop.is_set():
+                began = time.perf_counter()
+                try:
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    self.latencies.append(time.perf_counter() - began)
+                except grpc.RpcError as error:
+                    self.failures.append(f"{error.code().name}: {error.details()}")
+                self._stop.wait(self.interval)
+
+    def __enter__(self) -> HealthProber:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def p99_ms(self) -> float:
+        return float(np.percentile(self.latencies, 99)) * 1e3 if self.latencies else float("nan")

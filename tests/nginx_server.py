@@ -17,7 +17,9 @@ CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "nginx.co
 def render(upstreams: list[str], port: int, directory: Path) -> str:
     """The repository's configuration with these upstreams and port, files in ``directory``."""
     text = CONFIG.read_text()
-    servers = "".join(f"        server {u} max_fails=1 fail_timeout=5s;\n" for u in upstreams)
+    shipped = re.search(r"        server lstm-server-\d:50051([^\n]*)\n", text)
+    assert shipped is not None, "the upstream block of deploy/nginx/nginx.conf changed shape"
+    servers = "".join(f"        server {u}{shipped.group(1)}\n" for u in upstreams)
     text, replaced = re.subn(r"(?:        server lstm-server-\d:50051[^\n]*\n)+", servers, text)
     assert replaced == 1, "the upstream block of deploy/nginx/nginx.conf changed shape"
     text = text.replace("listen 50051 http2;", f"listen 127.0.0.1:{port} http2;")

@@ -116,7 +116,10 @@ class ServerProcess:
         env: dict | None = None,
         *,
         wait: bool = True,
+        port: int = 0,
     ) -> None:
+        """``port``: 0 (the default) binds a free port; another number restarts a replica on
+        the port a balancer knows it by."""
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
         name = f"lstm-server-{uuid.uuid4().hex[:12]}"
         self.log_path = log_dir / f"{name}.log"
@@ -128,7 +131,7 @@ class ServerProcess:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                "0",
+                str(port),
                 "--metrics-host",
                 "127.0.0.1",
                 "--metrics-port",

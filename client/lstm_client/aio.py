@@ -136,7 +136,9 @@ class AsyncLstmClient:
             for chunk in chunks:
                 await call.write(stream.step(chunk))
                 yield stream.result(await call.read())
-            await call.done_writing()
+            await call.done_writing()  # the server closes a close_on_end session, then ends
+            while await call.read() is not grpc.aio.EOF:
+                pass
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
         finally:

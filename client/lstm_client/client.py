@@ -154,6 +154,9 @@ class LstmClient:
             for chunk in chunks:
                 outbox.put(stream.step(chunk))
                 yield stream.result(next(replies))
+            outbox.put(None)  # done writing: the server closes a close_on_end session, then ends
+            for _ in replies:
+                pass
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
         finally:

@@ -7,11 +7,12 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from lstm_client.v1 import lstm_service_pb2, lstm_service_pb2_grpc
+from lstm_client.v1 import lstm_service_pb2
 from prometheus_client import CollectorRegistry
 
 from lstm_server.config import ConfigError, Settings
@@ -19,18 +20,24 @@ from lstm_server.core.inference import InferenceService
 from lstm_server.core.scheduler import BatchScheduler, Runtime
 from lstm_server.core.sessions import SessionService
 from lstm_server.core.store import SessionStore
-from lstm_server.metrics import Metrics, MetricsHttpServer
+from lstm_server.metrics import Metrics
+from lstm_server.process import ensure_free, in_daemon_thread
 from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.sessions import open_store
 from lstm_server.transport.auth import AuthInterceptor, load_tokens
 from lstm_server.transport.errors import ErrorMappingInterceptor
 from lstm_server.transport.health import Readiness
-from lstm_server.transport.limits import ConcurrencyLimitInterceptor
+from lstm_server.transport.http import OpsHttpServer
+from lstm_server.transport.limits import (
+    ConcurrencyLimitInterceptor,
+    HealthWatchLimitInterceptor,
+)
 from lstm_server.transport.observation import ObservingInterceptor
-from lstm_server.transport.servicer import LstmServicer, Services
+from lstm_server.transport.servicer import LstmServicer, Services, method_handlers
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 SERVICE_NAME = lstm_service_pb2.DESCRIPTOR.services_by_name["LstmService"].full_name
 
 
@@ -55,16 +62,23 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def interceptors(settings: Settings, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first: observe every call, authenticate, cap concurrency, map errors."""
+    """Outermost first: observe every call, cap health watches, authenticate, cap concurrency,
+    map errors."""
     chain: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(metrics)]
+    if settings.max_health_watches:
+        chain.append(HealthWatchLimitInterceptor(settings.max_health_watches))
     if settings.auth_tokens_file is not None:
         try:
             tokens = load_tokens(settings.auth_tokens_file)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot use --auth-tokens-file: {exc}") from exc
         chain.append(AuthInterceptor(tokens))
-    if settings.max_concurrent_rpcs:
-        chain.append(ConcurrencyLimitInterceptor(settings.max_concurrent_rpcs))
+    if settings.max_concurrent_rpcs or settings.max_concurrent_rpcs_per_principal:
+        chain.append(
+            ConcurrencyLimitInterceptor(
+                settings.max_concurrent_rpcs, settings.max_concurrent_rpcs_per_principal
+            )
+        )
     chain.append(ErrorMappingInterceptor())
     return chain
 
@@ -79,12 +93,9 @@ def load_runtime(options: RuntimeOptions) -> Runtime:
 
 
 class LstmServer:
-    """One server process's worth of lstm-serving.
-
-    ``start()`` binds, reports NOT_SERVING, opens the session store, loads and warms the model,
-    then reports SERVING and returns the bound port. ``stop()`` drains in-flight calls within the
-    grace period and releases everything ``start()`` took.
-    """
+    """One server process's worth of lstm-serving: ``start()`` (see there) returns the bound
+    port once SERVING; ``stop()`` drains in-flight calls within the grace period and releases
+    everything ``start()`` took."""
 
     def __init__(
         self,
@@ -104,6 +115,7 @@ class LstmServer:
                 settings.session_store,
                 timeout=settings.store_timeout,
                 snapshot=settings.session_snapshot,
+                memory_budget=settings.session_memory_budget,
                 on_end=self.metrics.session_ended,
             )
         )
@@ -112,7 +124,7 @@ class LstmServer:
         self.scheduler: BatchScheduler | None = None
         self.sessions: SessionService | None = None
         self.port: int | None = None
-        self.metrics_server: MetricsHttpServer | None = None
+        self.metrics_server: OpsHttpServer | None = None
         self._server = grpc.aio.server(
             interceptors=interceptors(settings, self.metrics),
             options=[
@@ -122,29 +134,33 @@ class LstmServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
             ],
         )
-        lstm_service_pb2_grpc.add_LstmServiceServicer_to_server(self.servicer, self._server)
+        self._server.add_generic_rpc_handlers((method_handlers(self.servicer),))
         health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, self._server)
         if settings.reflection:
             names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self._server)
 
     async def start(self) -> int:
-        """Bind, load and warm the model, report SERVING; return the bound port."""
+        """Load and warm the model, open the store, then open the gRPC port and report SERVING;
+        return the bound port.
+
+        The gRPC port opens last, so a balancer never sends calls to a replica that cannot serve
+        them (it gets "connection refused" and tries another). ``/healthz`` and ``/readyz`` on
+        the metrics port answer from the start. A port already taken fails before the model
+        loads.
+        """
         s = self.settings
-        self.port = self._bind()
+        ensure_free(s.host, s.port)
         await self.readiness.starting()
         if s.metrics_port:
-            self.metrics_server = MetricsHttpServer(
-                self.metrics.registry, s.metrics_host, s.metrics_port
+            self.metrics_server = OpsHttpServer(
+                self.metrics.registry, s.metrics_host, s.metrics_port, ready=self.readiness.ready
             )
-            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_server.port)
-        await self._server.start()
-        log.info("listening on %s:%d; loading the model", s.host, self.port)
-        if s.port_file is not None:
-            self._write_port_file(s.port_file)
+            log.info("metrics and probes on http://%s:%d", s.metrics_host, self.metrics_server.port)
         await self.store.open()
         if self.runtime is None:
-            self.runtime = await asyncio.to_thread(load_runtime, s.runtime)
+            log.info("loading the model")
+            self.runtime = await in_daemon_thread(load_runtime, s.runtime)
         self.metrics.set_model(self.runtime.info)
         self.scheduler = BatchScheduler(
             self.runtime,
@@ -165,8 +181,12 @@ class LstmServer:
             self.scheduler, s.limits, stream_chunk_timesteps=s.stream_chunk_timesteps
         )
         self.servicer.services = Services(inference, self.sessions)
+        self.port = self._bind()
+        await self._server.start()
         await self.readiness.watch(self.store.ping, s.health_interval)
-        log.info("model %s ready on port %d", self.runtime.info.version, self.port)
+        if s.port_file is not None:
+            self._write_port_file(s.port_file)
+        log.info("model %s ready; listening on %s:%d", self.runtime.info.version, s.host, self.port)
         return self.port
 
     def _bind(self) -> int:
@@ -191,9 +211,14 @@ class LstmServer:
         partial.write_text(json.dumps(ports))
         os.replace(partial, path)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING at once, refuse new calls, let in-flight calls finish, then release all."""
+    async def stop(self, grace: float | None = None, drain: float = 0.0) -> None:
+        """NOT_SERVING at once; after ``drain`` seconds (for balancers that probe readiness to
+        notice) refuse new calls; let in-flight calls finish within ``grace``; release all."""
         await self.readiness.stop()
+        self.servicer.stopping = True
+        if drain > 0 and self.port is not None:
+            log.info("draining for %.1f s", drain)
+            await asyncio.sleep(drain)
         await self._server.stop(self.settings.grace if grace is None else grace)
         if self.sessions is not None:
             await self.sessions.stop()

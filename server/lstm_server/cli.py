@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from lstm_server.app import LstmServer
 from lstm_server.config import ConfigError, Settings, load_settings
 from lstm_server.core.errors import ModelLoadError, StoreSetupError
+from lstm_server.process import return_large_buffers_to_the_system
 
 log = logging.getLogger("lstm_server")
 
@@ -21,14 +22,28 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    starting = asyncio.ensure_future(server.start())
+    signalled = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal during start-up: stop without waiting for the model
+        starting.cancel()
+        log.info("stopping during start-up")
     try:
-        await server.start()
+        await starting
+    except asyncio.CancelledError:
+        await server.stop(0)
+        return
     except BaseException:
         await server.stop(0)
         raise
-    await stopping.wait()
-    log.info("shutting down; in-flight calls have %.1f s", settings.grace)
-    await server.stop()
+    return_large_buffers_to_the_system()  # now: the model's load is not slowed by it
+    await signalled
+    log.info(
+        "shutting down; draining %.1f s, then in-flight calls have %.1f s",
+        settings.drain,
+        settings.grace,
+    )
+    await server.stop(drain=settings.drain)
     log.info("stopped")
 
 

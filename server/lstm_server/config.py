@@ -47,14 +47,20 @@ class Settings:
     session_store: str = "memory"
     store_timeout: float = 1.0
     max_sessions: int = 100_000
+    max_sessions_per_principal: int = 0
+    session_memory_budget: int = 1024**3
     max_message_bytes: int = 4 * 1024 * 1024
+    max_response_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int = 1024
+    max_concurrent_rpcs_per_principal: int = 0
+    max_health_watches: int = 100
     session_snapshot: Path | None = None
     session_ttl: int = 3600
     max_session_ttl: int = 86_400
     reap_interval: float = 5.0
     health_interval: float = 1.0
     grace: float = 10.0
+    drain: float = 0.0
     log_level: str = "INFO"
 
     @property
@@ -63,10 +69,16 @@ class Settings:
             max_timesteps=self.max_timesteps,
             max_batch_size=self.max_batch_size,
             max_sessions=self.max_sessions,
+            max_sessions_per_principal=self.max_sessions_per_principal,
             default_session_ttl_seconds=self.session_ttl,
             max_session_ttl_seconds=self.max_session_ttl,
             max_message_bytes=self.max_message_bytes,
+            max_response_bytes=self.max_response_bytes,
             max_concurrent_rpcs=self.max_concurrent_rpcs,
+            max_concurrent_rpcs_per_principal=self.max_concurrent_rpcs_per_principal,
+            session_memory_budget=self.session_memory_budget
+            if self.session_store == "memory"
+            else 0,
         )
 
     @property
@@ -111,14 +123,21 @@ HELP: dict[str, str] = {
     "session_store": "where sessions live: memory, or redis://HOST:PORT/DB shared by replicas",
     "store_timeout": "seconds a session store operation may take before it fails",
     "max_sessions": "most live sessions (0: no cap)",
+    "max_sessions_per_principal": "most live sessions of one principal (0: no cap)",
+    "session_memory_budget": "bytes the memory store may hold for sessions, replay data included "
+    "(0: no budget; Redis: use its maxmemory)",
     "max_message_bytes": "largest request message accepted (RESOURCE_EXHAUSTED beyond)",
+    "max_response_bytes": "largest reply; larger ones are refused before running (0: no limit)",
     "max_concurrent_rpcs": "calls in flight at once before RESOURCE_EXHAUSTED (0: no cap)",
+    "max_concurrent_rpcs_per_principal": "calls of one principal in flight at once (0: no cap)",
+    "max_health_watches": "open grpc.health.v1 Watch streams (0: no cap)",
     "session_snapshot": "write in-memory sessions here on shutdown and restore them on start",
     "session_ttl": "seconds an idle session lives unless its creator asks otherwise",
     "max_session_ttl": "largest ttl_seconds a session may ask for",
     "reap_interval": "seconds between sweeps for expired sessions",
     "health_interval": "seconds between readiness checks of the session store",
     "grace": "seconds in-flight calls get to finish on shutdown",
+    "drain": "seconds of NOT_SERVING before shutdown stops taking calls (for probing balancers)",
     "log_level": "logging level",
 }
 
@@ -196,6 +215,17 @@ def load_settings(
         p.error("--tls-client-ca needs --tls-cert and --tls-key")
     if settings.session_snapshot is not None and settings.session_store != "memory":
         p.error("--session-snapshot is for the memory store; Redis keeps sessions itself")
+    for name in (
+        "max_response_bytes",
+        "max_sessions",
+        "max_sessions_per_principal",
+        "session_memory_budget",
+        "max_concurrent_rpcs",
+        "max_concurrent_rpcs_per_principal",
+        "max_health_watches",
+    ):
+        if getattr(settings, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be 0 (no limit) or more")
     if settings.max_message_bytes < 1024:
         p.error("--max-message-bytes must be at least 1024")
     if settings.session_ttl > settings.max_session_ttl:

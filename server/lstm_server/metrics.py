@@ -7,11 +7,9 @@ so existing dashboards work. Nothing depends on this module: it observes the tra
 
 from __future__ import annotations
 
-import threading
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -157,18 +155,3 @@ class Metrics:
 
     def message_sent(self, labels: tuple[str, str, str]) -> None:
         self._child(self.msg_sent, labels).inc()
-
-
-class MetricsHttpServer:
-    """``/metrics`` of one registry over HTTP, on its own thread."""
-
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
-        self.port = int(self._server.server_port)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

@@ -39,6 +39,7 @@ async def test_close_saves_and_open_restores(tmp_path: Path) -> None:
     await first.close()
     second = MemorySessionStore(snapshot=path)
     await second.open()
+    assert not path.exists()  # moved aside: restored once only
     assert await second.count() == 1
     restored = await second.get("kept")
     assert (restored.step_count, restored.revision, restored.owner) == (2, 5, "alice")
@@ -62,5 +63,5 @@ async def test_a_store_never_opened_leaves_the_snapshot_alone(tmp_path: Path) ->
 async def test_an_unreadable_snapshot_is_refused_on_open(tmp_path: Path, content: str) -> None:
     path = tmp_path / "sessions.json"
     path.write_text(content)
-    with pytest.raises(StoreSetupError, match=f"cannot restore sessions from {path}"):
+    with pytest.raises(StoreSetupError, match=f"cannot use --session-snapshot {path}"):
         await MemorySessionStore(snapshot=path).open()

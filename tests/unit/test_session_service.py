@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 from lstm_server.core.errors import (
+    ConcurrentChange,
     InvalidInput,
     ModelMismatch,
     SessionNotFound,
     StepConflict,
+    StoreUnavailable,
 )
 from lstm_server.core.scheduler import BatchScheduler
 from lstm_server.core.sessions import SessionService
@@ -214,3 +216,44 @@ async def test_a_session_of_other_weights_is_refused(
     )
     with pytest.raises(ModelMismatch, match="the server now serves sha256:numpy-1"):
         await other.step(session.session_id, ragged(rng.normal(size=(1, 3))), 1)
+
+
+class FlakyStore(MemorySessionStore):
+    """Writes, then fails to confirm (``lost``), or never writes (``conflict``)."""
+
+    def __init__(self, clock: Clock, mode: str) -> None:
+        super().__init__(clock=clock)
+        self.mode = mode
+
+    async def compare_and_set(self, record, *, expected_revision):  # type: ignore[no-untyped-def]
+        if self.mode == "conflict":
+            return False
+        await super().compare_and_set(record, expected_revision=expected_revision)
+        raise StoreUnavailable("the session store is unavailable; retry later")
+
+
+async def service_on(store: MemorySessionStore, clock: Clock, counts: Counts) -> SessionService:
+    await store.open()
+    scheduler = BatchScheduler(NumpyRuntime())
+    return SessionService(store, scheduler, Limits(), clock=clock, observer=counts)
+
+
+async def test_a_step_whose_write_was_not_confirmed_is_read_back(
+    clock: Clock, counts: Counts, rng
+) -> None:
+    service = await service_on(FlakyStore(clock, "lost"), clock, counts)
+    session = await service.create((None, None))
+    outcome = await service.step(session.session_id, ragged(rng.normal(size=(2, 3))), 1)
+    assert outcome.step_number == 1
+    assert (await service.get(session.session_id)).step_count == 1
+    assert counts.stepped == 1  # counted once, by the replica that wrote it
+
+
+async def test_writers_that_keep_conflicting_get_a_retryable_error(
+    clock: Clock, counts: Counts, rng
+) -> None:
+    service = await service_on(FlakyStore(clock, "conflict"), clock, counts)
+    session = await service.create((None, None))
+    with pytest.raises(ConcurrentChange, match="being changed by other writers; retry"):
+        await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), 1)
+    assert counts.stepped == 0

@@ -147,3 +147,18 @@ async def test_a_reset_record_drops_the_last_step(store: SessionStore) -> None:
 
 async def test_ping(store: SessionStore) -> None:
     assert await store.ping()
+
+
+async def test_owner_cap_counts_live_sessions_of_that_owner(store: SessionStore) -> None:
+    for i in range(2):
+        await store.create(record(f"a{i}"), max_sessions=0, max_owner_sessions=2)
+    with pytest.raises(LimitExceeded, match="principal 'alice' holds its maximum of 2"):
+        await store.create(record("a2"), max_sessions=0, max_owner_sessions=2)
+    other = replace(record("b0"), owner="bob")
+    await store.create(other, max_sessions=0, max_owner_sessions=2)
+    assert await store.delete("a0")
+    await store.create(record("a3"), max_sessions=0, max_owner_sessions=2)
+    await store.create(record("a4", ttl=0.05), max_sessions=0, max_owner_sessions=0)
+    await asyncio.sleep(0.1)  # expired sessions do not count
+    assert await store.delete("a1")
+    await store.create(record("a5"), max_sessions=0, max_owner_sessions=2)

@@ -13,9 +13,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status as grpc_rpc_status
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_server.core import errors
-from lstm_server.core.inference import StreamChunk
-from lstm_server.core.sessions import SessionInfo, StepOutcome
-from lstm_server.core.types import RowResult, State
+from lstm_server.core.sessions import SessionInfo
+from lstm_server.core.types import State
 from lstm_server.transport import converters as conv
 from lstm_server.transport.auth import PRINCIPAL, AuthInterceptor
 from lstm_server.transport.errors import (
@@ -26,8 +25,6 @@ from lstm_server.transport.errors import (
 )
 from lstm_server.transport.limits import ConcurrencyLimitInterceptor
 from lstm_server.transport.observation import ObservingInterceptor
-
-from tests.helpers import seq_msg, state_msg
 
 PREDICT = "/lstm.v1.LstmService/Predict"
 HEALTH = "/grpc.health.v1.Health/Check"
@@ -81,35 +78,11 @@ def status_of(context: Context) -> status_pb2.Status:
 # Converters
 
 
-def test_sequence_in_keeps_each_timesteps_width() -> None:
-    message = pb.Sequence(timesteps=[pb.Vector(values=[1, 2]), pb.Vector(values=[3])])
-    ragged = conv.sequence_in(message)
-    np.testing.assert_array_equal(ragged.values, [1, 2, 3])
-    np.testing.assert_array_equal(ragged.widths, [2, 1])
-    assert ragged.values.dtype == np.float32
-
-
 def test_state_in_says_which_parts_are_absent() -> None:
     h, c = conv.state_in(pb.LstmState(h=pb.Vector(values=[1.5])))
     np.testing.assert_array_equal(h, [1.5])
     assert c is None
     assert conv.optional_state_in(pb.ResetSessionRequest(), "state") == (None, None)
-
-
-def test_results_convert_out_exactly(rng) -> None:
-    seq = rng.normal(size=(3, 2)).astype(np.float32)
-    state = State(rng.normal(size=2).astype(np.float32), rng.normal(size=2).astype(np.float32))
-    [out] = conv.predict_out([RowResult(seq, state)]).outputs
-    assert out == pb.SequenceOutput(
-        hidden_sequence=seq_msg(seq).timesteps, final_state=state_msg(state.h, state.c)
-    )
-    step = conv.step_out(StepOutcome("s", 4, seq, state))
-    assert (step.session_id, step.step_number) == ("s", 4)
-    assert list(step.hidden_sequence) == list(seq_msg(seq).timesteps)
-    chunk = conv.stream_chunk_out(StreamChunk(1, 5, seq[:1], state))
-    assert (chunk.sequence_index, chunk.start_timestep, len(chunk.hidden)) == (1, 5, 1)
-    assert chunk.final_state == state_msg(state.h, state.c)
-    assert not conv.stream_chunk_out(StreamChunk(0, 0, seq)).HasField("final_state")
 
 
 def test_session_out_shows_no_bookkeeping() -> None:
@@ -153,6 +126,11 @@ def test_invalid_input_carries_every_violation() -> None:
         ("a", "is bad"),
         ("b.c", "is worse"),
     ]
+
+
+def test_conflicts_are_retryable_and_wrong_numbers_are_not() -> None:
+    assert rpc_status(errors.ConcurrentChange("retry")).code == code_pb2.ABORTED
+    assert rpc_status(errors.StepConflict("expects 2")).code == code_pb2.FAILED_PRECONDITION
 
 
 def test_anything_else_is_internal_with_a_generic_message() -> None:

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!lstm_client/v1/lstm_service.proto\x12\x07lstm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"C\n\tLstmState\x12\x1a\n\x01h\x18\x01 \x01(\x0b\x32\x0f.lstm.v1.Vector\x12\x1a\n\x01\x63\x18\x02 \x01(\x0b\x32\x0f.lstm.v1.Vector\".\n\x08Sequence\x12\"\n\ttimesteps\x18\x01 \x03(\x0b\x32\x0f.lstm.v1.Vector\"\x19\n\x17GetModelMetadataRequest\"\xd1\x01\n\x0cServerLimits\x12\x15\n\rmax_timesteps\x18\x01 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x03 \x01(\r\x12#\n\x1b\x64\x65\x66\x61ult_session_ttl_seconds\x18\x04 \x01(\r\x12\x1f\n\x17max_session_ttl_seconds\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\r\x12\x1b\n\x13max_concurrent_rpcs\x18\x07 \x01(\r\"\xff\x01\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0einput_features\x18\x03 \x01(\r\x12\r\n\x05units\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x18\n\x10return_sequences\x18\x06 \x01(\x08\x12\x14\n\x0creturn_state\x18\x07 \x01(\x08\x12\x12\n\nactivation\x18\x08 \x01(\t\x12\x1c\n\x14recurrent_activation\x18\t \x01(\t\x12\x10\n\x08use_bias\x18\n \x01(\x08\x12%\n\x06limits\x18\x0b \x01(\x0b\x32\x15.lstm.v1.ServerLimits\"\x81\x01\n\x0ePredictRequest\x12$\n\tsequences\x18\x01 \x03(\x0b\x32\x11.lstm.v1.Sequence\x12*\n\x0einitial_states\x18\x02 \x03(\x0b\x32\x12.lstm.v1.LstmState\x12\x1d\n\x15timesteps_per_message\x18\x03 \x01(\r\"c\n\x0eSequenceOutput\x12(\n\x0fhidden_sequence\x18\x01 \x03(\x0b\x32\x0f.lstm.v1.Vector\x12\'\n\x0b\x66inal_state\x18\x02 \x01(\x0b\x32\x12.lstm.v1.LstmState\";\n\x0fPredictResponse\x12(\n\x07outputs\x18\x01 \x03(\x0b\x32\x17.lstm.v1.SequenceOutput\"\x91\x01\n\x15PredictStreamResponse\x12\x16\n\x0esequence_index\x18\x01 \x01(\r\x12\x16\n\x0estart_timestep\x18\x02 \x01(\r\x12\x1f\n\x06hidden\x18\x03 \x03(\x0b\x32\x0f.lstm.v1.Vector\x12\'\n\x0b\x66inal_state\x18\x04 \x01(\x0b\x32\x12.lstm.v1.LstmState\"\xb0\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0b\x32\x12.lstm.v1.LstmState\x12\x12\n\nstep_count\x18\x03 \x01(\x04\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\r\"V\n\x14\x43reateSessionRequest\x12)\n\rinitial_state\x18\x01 \x01(\x0b\x32\x12.lstm.v1.LstmState\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"X\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x05input\x18\x02 \x01(\x0b\x32\x11.lstm.v1.Sequence\x12\x13\n\x0bstep_number\x18\x03 \x01(\x04\"\x84\x01\n\x0cStepResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bstep_number\x18\x02 \x01(\x04\x12(\n\x0fhidden_sequence\x18\x03 \x03(\x0b\x32\x0f.lstm.v1.Vector\x12!\n\x05state\x18\x04 \x01(\x0b\x32\x12.lstm.v1.LstmState\"{\n\x0bOpenSession\x12/\n\x06\x63reate\x18\x01 \x01(\x0b\x32\x1d.lstm.v1.CreateSessionRequestH\x00\x12\x1b\n\x11resume_session_id\x18\x02 \x01(\tH\x00\x12\x14\n\x0c\x63lose_on_end\x18\x03 \x01(\x08\x42\x08\n\x06target\"D\n\x0bSessionStep\x12 \n\x05input\x18\x01 \x01(\x0b\x32\x11.lstm.v1.Sequence\x12\x13\n\x0bstep_number\x18\x02 \x01(\x04\"j\n\x14SessionStreamRequest\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.lstm.v1.OpenSessionH\x00\x12$\n\x04step\x18\x02 \x01(\x0b\x32\x14.lstm.v1.SessionStepH\x00\x42\x06\n\x04kind\"\x90\x01\n\x15SessionStreamResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x10.lstm.v1.SessionH\x00\x12%\n\x04step\x18\x02 \x01(\x0b\x32\x15.lstm.v1.StepResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x06\n\x04kind\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"L\n\x13ResetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0b\x32\x12.lstm.v1.LstmState\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse2\xf9\x04\n\x0bLstmService\x12L\n\x10GetModelMetadata\x12 .lstm.v1.GetModelMetadataRequest\x1a\x16.lstm.v1.ModelMetadata\x12<\n\x07Predict\x12\x17.lstm.v1.PredictRequest\x1a\x18.lstm.v1.PredictResponse\x12J\n\rPredictStream\x12\x17.lstm.v1.PredictRequest\x1a\x1e.lstm.v1.PredictStreamResponse0\x01\x12@\n\rCreateSession\x12\x1d.lstm.v1.CreateSessionRequest\x1a\x10.lstm.v1.Session\x12\x33\n\x04Step\x12\x14.lstm.v1.StepRequest\x1a\x15.lstm.v1.StepResponse\x12R\n\rStreamSession\x12\x1d.lstm.v1.SessionStreamRequest\x1a\x1e.lstm.v1.SessionStreamResponse(\x01\x30\x01\x12:\n\nGetSession\x12\x1a.lstm.v1.GetSessionRequest\x1a\x10.lstm.v1.Session\x12>\n\x0cResetSession\x12\x1c.lstm.v1.ResetSessionRequest\x1a\x10.lstm.v1.Session\x12K\n\x0c\x43loseSession\x12\x1c.lstm.v1.CloseSessionRequest\x1a\x1d.lstm.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!lstm_client/v1/lstm_service.proto\x12\x07lstm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"C\n\tLstmState\x12\x1a\n\x01h\x18\x01 \x01(\x0b\x32\x0f.lstm.v1.Vector\x12\x1a\n\x01\x63\x18\x02 \x01(\x0b\x32\x0f.lstm.v1.Vector\".\n\x08Sequence\x12\"\n\ttimesteps\x18\x01 \x03(\x0b\x32\x0f.lstm.v1.Vector\"\x19\n\x17GetModelMetadataRequest\"\xdb\x02\n\x0cServerLimits\x12\x15\n\rmax_timesteps\x18\x01 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x02 \x01(\r\x12\x14\n\x0cmax_sessions\x18\x03 \x01(\r\x12#\n\x1b\x64\x65\x66\x61ult_session_ttl_seconds\x18\x04 \x01(\r\x12\x1f\n\x17max_session_ttl_seconds\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\r\x12\x1b\n\x13max_concurrent_rpcs\x18\x07 \x01(\r\x12\x1a\n\x12max_response_bytes\x18\x08 \x01(\r\x12\"\n\x1amax_sessions_per_principal\x18\t \x01(\r\x12)\n!max_concurrent_rpcs_per_principal\x18\n \x01(\r\x12\x1d\n\x15session_memory_budget\x18\x0b \x01(\x04\"\xff\x01\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0einput_features\x18\x03 \x01(\r\x12\r\n\x05units\x18\x04 \x01(\r\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x18\n\x10return_sequences\x18\x06 \x01(\x08\x12\x14\n\x0creturn_state\x18\x07 \x01(\x08\x12\x12\n\nactivation\x18\x08 \x01(\t\x12\x1c\n\x14recurrent_activation\x18\t \x01(\t\x12\x10\n\x08use_bias\x18\n \x01(\x08\x12%\n\x06limits\x18\x0b \x01(\x0b\x32\x15.lstm.v1.ServerLimits\"\x81\x01\n\x0ePredictRequest\x12$\n\tsequences\x18\x01 \x03(\x0b\x32\x11.lstm.v1.Sequence\x12*\n\x0einitial_states\x18\x02 \x03(\x0b\x32\x12.lstm.v1.LstmState\x12\x1d\n\x15timesteps_per_message\x18\x03 \x01(\r\"c\n\x0eSequenceOutput\x12(\n\x0fhidden_sequence\x18\x01 \x03(\x0b\x32\x0f.lstm.v1.Vector\x12\'\n\x0b\x66inal_state\x18\x02 \x01(\x0b\x32\x12.lstm.v1.LstmState\";\n\x0fPredictResponse\x12(\n\x07outputs\x18\x01 \x03(\x0b\x32\x17.lstm.v1.SequenceOutput\"\x91\x01\n\x15PredictStreamResponse\x12\x16\n\x0esequence_index\x18\x01 \x01(\r\x12\x16\n\x0estart_timestep\x18\x02 \x01(\r\x12\x1f\n\x06hidden\x18\x03 \x03(\x0b\x32\x0f.lstm.v1.Vector\x12\'\n\x0b\x66inal_state\x18\x04 \x01(\x0b\x32\x12.lstm.v1.LstmState\"\xb0\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0b\x32\x12.lstm.v1.LstmState\x12\x12\n\nstep_count\x18\x03 \x01(\x04\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\x06 \x01(\r\"V\n\x14\x43reateSessionRequest\x12)\n\rinitial_state\x18\x01 \x01(\x0b\x32\x12.lstm.v1.LstmState\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"X\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x05input\x18\x02 \x01(\x0b\x32\x11.lstm.v1.Sequence\x12\x13\n\x0bstep_number\x18\x03 \x01(\x04\"\x84\x01\n\x0cStepResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0bstep_number\x18\x02 \x01(\x04\x12(\n\x0fhidden_sequence\x18\x03 \x03(\x0b\x32\x0f.lstm.v1.Vector\x12!\n\x05state\x18\x04 \x01(\x0b\x32\x12.lstm.v1.LstmState\"{\n\x0bOpenSession\x12/\n\x06\x63reate\x18\x01 \x01(\x0b\x32\x1d.lstm.v1.CreateSessionRequestH\x00\x12\x1b\n\x11resume_session_id\x18\x02 \x01(\tH\x00\x12\x14\n\x0c\x63lose_on_end\x18\x03 \x01(\x08\x42\x08\n\x06target\"D\n\x0bSessionStep\x12 \n\x05input\x18\x01 \x01(\x0b\x32\x11.lstm.v1.Sequence\x12\x13\n\x0bstep_number\x18\x02 \x01(\x04\"j\n\x14SessionStreamRequest\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.lstm.v1.OpenSessionH\x00\x12$\n\x04step\x18\x02 \x01(\x0b\x32\x14.lstm.v1.SessionStepH\x00\x42\x06\n\x04kind\"\x90\x01\n\x15SessionStreamResponse\x12#\n\x07session\x18\x01 \x01(\x0b\x32\x10.lstm.v1.SessionH\x00\x12%\n\x04step\x18\x02 \x01(\x0b\x32\x15.lstm.v1.StepResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x06\n\x04kind\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"L\n\x13ResetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0b\x32\x12.lstm.v1.LstmState\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse2\xf9\x04\n\x0bLstmService\x12L\n\x10GetModelMetadata\x12 .lstm.v1.GetModelMetadataRequest\x1a\x16.lstm.v1.ModelMetadata\x12<\n\x07Predict\x12\x17.lstm.v1.PredictRequest\x1a\x18.lstm.v1.PredictResponse\x12J\n\rPredictStream\x12\x17.lstm.v1.PredictRequest\x1a\x1e.lstm.v1.PredictStreamResponse0\x01\x12@\n\rCreateSession\x12\x1d.lstm.v1.CreateSessionRequest\x1a\x10.lstm.v1.Session\x12\x33\n\x04Step\x12\x14.lstm.v1.StepRequest\x1a\x15.lstm.v1.StepResponse\x12R\n\rStreamSession\x12\x1d.lstm.v1.SessionStreamRequest\x1a\x1e.lstm.v1.SessionStreamResponse(\x01\x30\x01\x12:\n\nGetSession\x12\x1a.lstm.v1.GetSessionRequest\x1a\x10.lstm.v1.Session\x12>\n\x0cResetSession\x12\x1c.lstm.v1.ResetSessionRequest\x1a\x10.lstm.v1.Session\x12K\n\x0c\x43loseSession\x12\x1c.lstm.v1.CloseSessionRequest\x1a\x1d.lstm.v1.CloseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,41 +42,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELMETADATAREQUEST']._serialized_start=247
   _globals['_GETMODELMETADATAREQUEST']._serialized_end=272
   _globals['_SERVERLIMITS']._serialized_start=275
-  _globals['_SERVERLIMITS']._serialized_end=484
-  _globals['_MODELMETADATA']._serialized_start=487
-  _globals['_MODELMETADATA']._serialized_end=742
-  _globals['_PREDICTREQUEST']._serialized_start=745
-  _globals['_PREDICTREQUEST']._serialized_end=874
-  _globals['_SEQUENCEOUTPUT']._serialized_start=876
-  _globals['_SEQUENCEOUTPUT']._serialized_end=975
-  _globals['_PREDICTRESPONSE']._serialized_start=977
-  _globals['_PREDICTRESPONSE']._serialized_end=1036
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1039
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1184
-  _globals['_SESSION']._serialized_start=1187
-  _globals['_SESSION']._serialized_end=1363
-  _globals['_CREATESESSIONREQUEST']._serialized_start=1365
-  _globals['_CREATESESSIONREQUEST']._serialized_end=1451
-  _globals['_STEPREQUEST']._serialized_start=1453
-  _globals['_STEPREQUEST']._serialized_end=1541
-  _globals['_STEPRESPONSE']._serialized_start=1544
-  _globals['_STEPRESPONSE']._serialized_end=1676
-  _globals['_OPENSESSION']._serialized_start=1678
-  _globals['_OPENSESSION']._serialized_end=1801
-  _globals['_SESSIONSTEP']._serialized_start=1803
-  _globals['_SESSIONSTEP']._serialized_end=1871
-  _globals['_SESSIONSTREAMREQUEST']._serialized_start=1873
-  _globals['_SESSIONSTREAMREQUEST']._serialized_end=1979
-  _globals['_SESSIONSTREAMRESPONSE']._serialized_start=1982
-  _globals['_SESSIONSTREAMRESPONSE']._serialized_end=2126
-  _globals['_GETSESSIONREQUEST']._serialized_start=2128
-  _globals['_GETSESSIONREQUEST']._serialized_end=2167
-  _globals['_RESETSESSIONREQUEST']._serialized_start=2169
-  _globals['_RESETSESSIONREQUEST']._serialized_end=2245
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=2247
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=2288
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=2290
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=2312
-  _globals['_LSTMSERVICE']._serialized_start=2315
-  _globals['_LSTMSERVICE']._serialized_end=2948
+  _globals['_SERVERLIMITS']._serialized_end=622
+  _globals['_MODELMETADATA']._serialized_start=625
+  _globals['_MODELMETADATA']._serialized_end=880
+  _globals['_PREDICTREQUEST']._serialized_start=883
+  _globals['_PREDICTREQUEST']._serialized_end=1012
+  _globals['_SEQUENCEOUTPUT']._serialized_start=1014
+  _globals['_SEQUENCEOUTPUT']._serialized_end=1113
+  _globals['_PREDICTRESPONSE']._serialized_start=1115
+  _globals['_PREDICTRESPONSE']._serialized_end=1174
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=1177
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=1322
+  _globals['_SESSION']._serialized_start=1325
+  _globals['_SESSION']._serialized_end=1501
+  _globals['_CREATESESSIONREQUEST']._serialized_start=1503
+  _globals['_CREATESESSIONREQUEST']._serialized_end=1589
+  _globals['_STEPREQUEST']._serialized_start=1591
+  _globals['_STEPREQUEST']._serialized_end=1679
+  _globals['_STEPRESPONSE']._serialized_start=1682
+  _globals['_STEPRESPONSE']._serialized_end=1814
+  _globals['_OPENSESSION']._serialized_start=1816
+  _globals['_OPENSESSION']._serialized_end=1939
+  _globals['_SESSIONSTEP']._serialized_start=1941
+  _globals['_SESSIONSTEP']._serialized_end=2009
+  _globals['_SESSIONSTREAMREQUEST']._serialized_start=2011
+  _globals['_SESSIONSTREAMREQUEST']._serialized_end=2117
+  _globals['_SESSIONSTREAMRESPONSE']._serialized_start=2120
+  _globals['_SESSIONSTREAMRESPONSE']._serialized_end=2264
+  _globals['_GETSESSIONREQUEST']._serialized_start=2266
+  _globals['_GETSESSIONREQUEST']._serialized_end=2305
+  _globals['_RESETSESSIONREQUEST']._serialized_start=2307
+  _globals['_RESETSESSIONREQUEST']._serialized_end=2383
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=2385
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=2426
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=2428
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=2450
+  _globals['_LSTMSERVICE']._serialized_start=2453
+  _globals['_LSTMSERVICE']._serialized_end=3086
 # @@protoc_insertion_point(module_scope)

@@ -35,7 +35,7 @@ class GetModelMetadataRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_timesteps", "max_batch_size", "max_sessions", "default_session_ttl_seconds", "max_session_ttl_seconds", "max_message_bytes", "max_concurrent_rpcs")
+    __slots__ = ("max_timesteps", "max_batch_size", "max_sessions", "default_session_ttl_seconds", "max_session_ttl_seconds", "max_message_bytes", "max_concurrent_rpcs", "max_response_bytes", "max_sessions_per_principal", "max_concurrent_rpcs_per_principal", "session_memory_budget")
     MAX_TIMESTEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,10 @@ class ServerLimits(_message.Message):
     MAX_SESSION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_RPCS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_PER_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_RPCS_PER_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    SESSION_MEMORY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     max_timesteps: int
     max_batch_size: int
     max_sessions: int
@@ -50,7 +54,11 @@ class ServerLimits(_message.Message):
     max_session_ttl_seconds: int
     max_message_bytes: int
     max_concurrent_rpcs: int
-    def __init__(self, max_timesteps: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_sessions: _Optional[int] = ..., default_session_ttl_seconds: _Optional[int] = ..., max_session_ttl_seconds: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_concurrent_rpcs: _Optional[int] = ...) -> None: ...
+    max_response_bytes: int
+    max_sessions_per_principal: int
+    max_concurrent_rpcs_per_principal: int
+    session_memory_budget: int
+    def __init__(self, max_timesteps: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_sessions: _Optional[int] = ..., default_session_ttl_seconds: _Optional[int] = ..., max_session_ttl_seconds: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_concurrent_rpcs: _Optional[int] = ..., max_response_bytes: _Optional[int] = ..., max_sessions_per_principal: _Optional[int] = ..., max_concurrent_rpcs_per_principal: _Optional[int] = ..., session_memory_budget: _Optional[int] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
     __slots__ = ("name", "version", "input_features", "units", "dtype", "return_sequences", "return_state", "activation", "recurrent_activation", "use_bias", "limits")

@@ -43,6 +43,10 @@ class StepConflict(ServingError):
     """The step number does not follow the session's step count."""
 
 
+class ConcurrentChange(ServingError):
+    """Other writers kept changing the session; a retry of the same call may succeed."""
+
+
 class ModelMismatch(ServingError):
     """The session was made with other weights than the ones served now."""
 

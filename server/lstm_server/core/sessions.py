@@ -13,11 +13,13 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from lstm_server.core.errors import (
+    ConcurrentChange,
     InvalidInput,
     ModelMismatch,
     ServingError,
     SessionNotFound,
     StepConflict,
+    StoreUnavailable,
 )
 from lstm_server.core.scheduler import BatchScheduler
 from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore
@@ -32,6 +34,22 @@ _CAS_ATTEMPTS = 8
 def new_session_id() -> str:
     """128 random bits from the OS's CSPRNG, hex-encoded: neither guessable nor sequential."""
     return secrets.token_hex(16)
+
+
+_ID_CHARACTERS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.")
+MAX_ID_LENGTH = 128
+
+
+def check_session_id(session_id: str) -> None:
+    """Refuse what cannot be a session id, without repeating it (it may be huge or hostile)."""
+    if not session_id:
+        raise InvalidInput.single("session_id", "is empty")
+    if len(session_id) > MAX_ID_LENGTH or not _ID_CHARACTERS.issuperset(session_id):
+        raise InvalidInput.single(
+            "session_id",
+            f"is not a session id: ids have at most {MAX_ID_LENGTH} letters, digits, '-', '_' "
+            "or '.'",
+        )
 
 
 def input_digest(x: Array) -> str:
@@ -185,7 +203,11 @@ class SessionService:
             expires_at=self._clock() + ttl,
             owner=owner,
         )
-        await self.store.create(record, max_sessions=self.limits.max_sessions)
+        await self.store.create(
+            record,
+            max_sessions=self.limits.max_sessions,
+            max_owner_sessions=self.limits.max_sessions_per_principal,
+        )
         if self._observer is not None:
             self._observer.session_created()
         return SessionInfo.of(record)
@@ -195,8 +217,7 @@ class SessionService:
         return SessionInfo.of(await self._record(session_id, owner))
 
     async def _record(self, session_id: str, owner: str) -> SessionRecord:
-        if not session_id:
-            raise InvalidInput.single("session_id", "is empty")
+        check_session_id(session_id)
         record = await self.store.get(session_id)
         if record.owner != owner:
             raise SessionNotFound(f"session {session_id} does not exist")
@@ -217,11 +238,7 @@ class SessionService:
         async with self._locks.hold(session_id):
             for _ in range(_CAS_ATTEMPTS):
                 record = await self._record(session_id, owner)
-                if record.model_version != self.info.version:
-                    raise ModelMismatch(
-                        f"session {session_id} was made with model {record.model_version}; "
-                        f"the server now serves {self.info.version}"
-                    )
+                self._check_model(record)
                 replay = self._replay(record, step_number, digest)
                 if replay is not None:
                     self._stepped(replayed=True)
@@ -239,12 +256,42 @@ class SessionService:
                     step_count=applied,
                     revision=record.revision + 1,
                     expires_at=self._clock() + record.ttl_seconds,
-                    last_step=AppliedStep(applied, digest, result.sequence),
+                    last_step=AppliedStep(applied, digest, result.sequence, secrets.token_hex(8)),
                 )
-                if await self.store.compare_and_set(updated, expected_revision=record.revision):
+                if await self._stored(updated, record.revision):
                     self._stepped(replayed=False)
                     return StepOutcome(session_id, applied, result.sequence, result.state)
-            raise StepConflict(f"session {session_id} is being changed by other writers; retry")
+            raise ConcurrentChange(f"session {session_id} is being changed by other writers; retry")
+
+    async def _stored(self, updated: SessionRecord, expected_revision: int) -> bool:
+        """Compare-and-set a step. If the store fails to answer, the write may still have been
+        made (Redis ran the script, the reply was lost): read the session back once and see
+        whether this very write (its ``write_id``) is the one stored."""
+        try:
+            return await self.store.compare_and_set(updated, expected_revision=expected_revision)
+        except StoreUnavailable:
+            assert updated.last_step is not None
+            try:
+                stored = await self.store.get(updated.session_id)
+            except ServingError:
+                stored = None
+            last = None if stored is None else stored.last_step
+            if last is None or last.write_id != updated.last_step.write_id:
+                raise
+            log.info("a step's write was made although the store did not confirm it in time")
+            return True
+
+    def _check_model(self, record: SessionRecord) -> None:
+        if record.model_version != self.info.version:
+            raise ModelMismatch(
+                f"session {record.session_id} was made with model {record.model_version}; "
+                f"the server now serves {self.info.version}"
+            )
+        if record.state.h.size != self.info.units:
+            raise ModelMismatch(
+                f"session {record.session_id} holds a state of {record.state.h.size} units; "
+                f"the model has {self.info.units}"
+            )
 
     def _replay(self, record: SessionRecord, step_number: int, digest: str) -> StepOutcome | None:
         last = record.last_step
@@ -280,7 +327,7 @@ class SessionService:
                 )
                 if await self.store.compare_and_set(updated, expected_revision=record.revision):
                     return SessionInfo.of(updated)
-        raise StepConflict(f"session {session_id} is being changed by other writers; retry")
+        raise ConcurrentChange(f"session {session_id} is being changed by other writers; retry")
 
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""

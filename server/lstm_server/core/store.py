@@ -23,6 +23,7 @@ class AppliedStep:
     step_number: int
     input_digest: str
     hidden_sequence: Array
+    write_id: str = ""  # random per attempt: tells a writer whether the stored step is its own
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,14 @@ class SessionStore(Protocol):
         """Make the store ready; raise ``StoreSetupError`` if it cannot be used."""
         ...
 
-    async def create(self, record: SessionRecord, *, max_sessions: int) -> None:
-        """Add a new record; reap expired ones first if the cap is reached.
+    async def create(
+        self, record: SessionRecord, *, max_sessions: int, max_owner_sessions: int = 0
+    ) -> None:
+        """Add a new record; reap expired ones first if a cap is reached.
 
-        Raises ``LimitExceeded`` when ``max_sessions`` (0: no cap) live sessions exist.
+        Raises ``LimitExceeded`` when ``max_sessions`` live sessions exist, or
+        ``max_owner_sessions`` of the record's owner (0: no cap), or when the store's memory
+        budget, if it has one, would be exceeded.
         """
         ...
 
@@ -63,7 +68,8 @@ class SessionStore(Protocol):
         ...
 
     async def compare_and_set(self, record: SessionRecord, *, expected_revision: int) -> bool:
-        """Store ``record`` if the stored one is live and has ``expected_revision``."""
+        """Store ``record`` if the stored one is live and has ``expected_revision``; raises
+        ``LimitExceeded``, storing nothing, if the store's memory budget would be exceeded."""
         ...
 
     async def delete(self, session_id: str) -> bool:

@@ -40,10 +40,14 @@ class Limits:
     max_timesteps: int = 10_000
     max_batch_size: int = 64
     max_sessions: int = 100_000
+    max_sessions_per_principal: int = 0
     default_session_ttl_seconds: int = 3600
     max_session_ttl_seconds: int = 86_400
     max_message_bytes: int = 4 * 1024 * 1024
+    max_response_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int = 1024
+    max_concurrent_rpcs_per_principal: int = 0
+    session_memory_budget: int = 0
 
 
 @dataclass(frozen=True)

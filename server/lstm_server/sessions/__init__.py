@@ -3,13 +3,20 @@
 They implement ``lstm_server.core.store.SessionStore``; core owns that contract.
 """
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+from lstm_server.core.errors import StoreSetupError
 from lstm_server.core.store import SessionStore
 from lstm_server.sessions.memory import MemorySessionStore
 
-__all__ = ["MemorySessionStore", "open_store"]
+__all__ = ["MemorySessionStore", "open_store", "redacted"]
+
+
+def redacted(text: str) -> str:
+    """``text`` with the password of any URL in it replaced by ``***``."""
+    return re.sub(r"(\w+://[^:/@\s]*:)[^@/\s]*@", r"\1***@", text)
 
 
 def open_store(
@@ -17,13 +24,21 @@ def open_store(
     *,
     timeout: float = 1.0,
     snapshot: Path | None = None,
+    memory_budget: int = 0,
     on_end: Callable[[str], None] | None = None,
 ) -> SessionStore:
     """``memory`` (the embedded default) or ``redis://HOST:PORT/DB`` (shared by replicas)."""
     if url == "memory":
-        return MemorySessionStore(snapshot=snapshot, on_end=on_end)
+        return MemorySessionStore(snapshot=snapshot, max_bytes=memory_budget, on_end=on_end)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from lstm_server.sessions.redis import RedisSessionStore
 
-        return RedisSessionStore(url, timeout=timeout, on_end=on_end)
-    raise ValueError(f"unknown session store {url!r}: use 'memory' or 'redis://HOST:PORT/DB'")
+        try:
+            return RedisSessionStore(url, timeout=timeout, on_end=on_end)
+        except ValueError as exc:
+            raise StoreSetupError(
+                f"cannot use --session-store {redacted(url)}: {redacted(str(exc))}"
+            ) from None
+    raise StoreSetupError(
+        f"unknown session store {redacted(url)}: use 'memory' or 'redis://HOST:PORT/DB'"
+    )

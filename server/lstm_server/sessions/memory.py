@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 from lstm_server.core.errors import LimitExceeded, SessionNotFound, StoreSetupError
 from lstm_server.core.store import SessionRecord
-from lstm_server.sessions.snapshot import read_snapshot, write_snapshot
+from lstm_server.sessions.snapshot import check_writable, consume, read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -23,34 +23,45 @@ class MemorySessionStore:
     atomic with respect to the event loop.
 
     With ``snapshot``, ``open()`` restores the sessions saved there and ``close()`` saves the live
-    ones (atomically), so sessions survive a graceful restart.
+    ones (atomically), so sessions survive a graceful restart. A restored snapshot is moved aside
+    at once: after a crash, the sessions are gone (NOT_FOUND), never back at an older step.
+
+    ``max_bytes`` (0: none) is a budget for what the sessions hold, states and the last step's
+    outputs kept for retries included.
     """
 
     def __init__(
         self,
         *,
         snapshot: Path | None = None,
+        max_bytes: int = 0,
         clock: Callable[[], float] = time.time,
         on_end: Callable[[str], None] | None = None,
     ) -> None:
         """``on_end(reason)`` is told of every session that ends ("closed" or "expired")."""
         self._records: dict[str, SessionRecord] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
+        self._owners: Counter[str] = Counter()
+        self._bytes = 0
+        self.max_bytes = max_bytes
         self._snapshot = snapshot
         self._opened = False
         self._clock = clock
         self._on_end = on_end
 
     async def open(self) -> None:
-        self._opened = True
         path = self._snapshot
-        if path is None or not path.exists():
-            return
-        try:
-            restored = self.restore(read_snapshot(path))
-        except (OSError, ValueError, KeyError) as exc:
-            raise StoreSetupError(f"cannot restore sessions from {path}: {exc}") from exc
-        log.info("restored %d sessions from %s", restored, path)
+        if path is not None:
+            try:
+                check_writable(path)
+                records = read_snapshot(path) if path.exists() else None
+            except (OSError, ValueError) as exc:
+                raise StoreSetupError(f"cannot use --session-snapshot {path}: {exc}") from exc
+            if records is not None:
+                restored = self.restore(records)
+                moved = consume(path)
+                log.info("restored %d sessions from %s (moved to %s)", restored, path, moved)
+        self._opened = True
 
     async def close(self) -> None:
         if self._snapshot is None or not self._opened:
@@ -60,8 +71,22 @@ class MemorySessionStore:
         self._opened = False
         log.info("saved %d sessions to %s", len(records), self._snapshot)
 
+    def _put(self, record: SessionRecord) -> None:
+        old = self._records.get(record.session_id)
+        if old is None:
+            self._owners[record.owner] += 1
+        else:
+            self._bytes -= record_bytes(old)
+        self._bytes += record_bytes(record)
+        self._records[record.session_id] = record
+
     def _end(self, session_id: str, reason: str) -> None:
-        self._records.pop(session_id, None)
+        record = self._records.pop(session_id, None)
+        if record is not None:
+            self._bytes -= record_bytes(record)
+            self._owners[record.owner] -= 1
+            if not self._owners[record.owner]:
+                del self._owners[record.owner]
         self._ended[session_id] = reason
         if self._on_end is not None:
             self._on_end(reason)
@@ -75,12 +100,36 @@ class MemorySessionStore:
             return None
         return record
 
-    async def create(self, record: SessionRecord, *, max_sessions: int) -> None:
+    def _refusal(
+        self, record: SessionRecord, max_sessions: int, max_owner_sessions: int, grows: int
+    ) -> str | None:
         if max_sessions and len(self._records) >= max_sessions:
+            return f"the server holds its maximum of {max_sessions} sessions"
+        if max_owner_sessions and self._owners[record.owner] >= max_owner_sessions:
+            return (
+                f"{owner_name(record.owner)} holds its maximum of {max_owner_sessions} sessions "
+                "(max_sessions_per_principal)"
+            )
+        return self._over_budget(grows)
+
+    def _over_budget(self, grows: int) -> str | None:
+        if self.max_bytes and self._bytes + grows > self.max_bytes:
+            return (
+                f"the sessions held would exceed the memory budget of {self.max_bytes} bytes "
+                "(session_memory_budget)"
+            )
+        return None
+
+    async def create(
+        self, record: SessionRecord, *, max_sessions: int, max_owner_sessions: int = 0
+    ) -> None:
+        size = record_bytes(record)
+        if self._refusal(record, max_sessions, max_owner_sessions, size) is not None:
             await self.reap_expired()
-            if len(self._records) >= max_sessions:
-                raise LimitExceeded(f"the server holds its maximum of {max_sessions} sessions")
-        self._records[record.session_id] = record
+            refusal = self._refusal(record, max_sessions, max_owner_sessions, size)
+            if refusal is not None:
+                raise LimitExceeded(refusal)
+        self._put(record)
 
     async def get(self, session_id: str) -> SessionRecord:
         record = self._live(session_id)
@@ -94,7 +143,10 @@ class MemorySessionStore:
         current = self._live(record.session_id)
         if current is None or current.revision != expected_revision:
             return False
-        self._records[record.session_id] = record
+        refusal = self._over_budget(record_bytes(record) - record_bytes(current))
+        if refusal is not None:
+            raise LimitExceeded(refusal)
+        self._put(record)
         return True
 
     async def delete(self, session_id: str) -> bool:
@@ -122,8 +174,20 @@ class MemorySessionStore:
         """Add records saved by ``records()``; expired ones are dropped. Returns how many."""
         now = self._clock()
         live = [r for r in records if r.expires_at > now]
-        self._records.update((r.session_id, r) for r in live)
+        for record in live:
+            self._put(record)
         return len(live)
 
     async def ping(self) -> bool:
         return True
+
+
+def record_bytes(record: SessionRecord) -> int:
+    """What a session holds in memory: its arrays and a fixed allowance for the rest."""
+    last = record.last_step
+    held = record.state.h.nbytes + record.state.c.nbytes
+    return held + (0 if last is None else last.hidden_sequence.nbytes) + 1024
+
+
+def owner_name(owner: str) -> str:
+    return f"principal {owner!r}" if owner else "the caller"

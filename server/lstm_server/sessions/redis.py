@@ -12,6 +12,7 @@ revision, and two replicas racing on one step apply it once. No pickle: only num
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,7 +26,9 @@ from redis.retry import Retry
 from lstm_server.core.errors import LimitExceeded, SessionNotFound, StoreUnavailable
 from lstm_server.core.store import AppliedStep, SessionRecord
 from lstm_server.core.types import State
+from lstm_server.sessions.memory import owner_name
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 TOMBSTONE_SECONDS = 86_400
 
@@ -42,36 +45,45 @@ local function reap(index, prefix, now)
 end
 """
 
-# KEYS: session hash, index. ARGV: now, tombstone seconds, prefix, id, max_sessions, ttl ms,
-# expires_at, then field/value pairs.
+# KEYS: session hash, index, owner's index. ARGV: now, tombstone seconds, prefix, id,
+# max_sessions, ttl ms, expires_at, max_owner_sessions, then field/value pairs.
+# Returns 1 (created), 0 (the store's cap is reached) or -1 (the owner's cap is reached).
 _CREATE = (
     _REAP
     + """
 reap(KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
 local cap = tonumber(ARGV[5])
 if cap > 0 and redis.call('ZCARD', KEYS[2]) >= cap then return 0 end
+local owner_cap = tonumber(ARGV[8])
+if owner_cap > 0 and redis.call('ZCARD', KEYS[3]) >= owner_cap then return -1 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[4])
 return 1
 """
 )
 
-# KEYS: session hash, index. ARGV: expected revision, id, ttl ms, expires_at, field/value pairs.
+# KEYS: session hash, index, owner's index. ARGV: expected revision, id, ttl ms, expires_at,
+# field/value pairs.
 _COMPARE_AND_SET = """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], 'last_step', 'last_digest', 'last_hidden', 'last_shape')
+redis.call('HDEL', KEYS[1], 'last_step', 'last_digest', 'last_hidden', 'last_shape', 'last_write')
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[2])
 return 1
 """
 
-# KEYS: session hash, index, tombstone. ARGV: id, tombstone seconds.
+# KEYS: session hash, index, tombstone. ARGV: id, tombstone seconds, prefix.
 _DELETE = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
+if owner then redis.call('ZREM', ARGV[3] .. 'owner:' .. owner, ARGV[1]) end
 redis.call('SET', KEYS[3], 'closed', 'EX', ARGV[2])
 return 1
 """
@@ -98,6 +110,7 @@ def _encode(record: SessionRecord) -> list[Any]:
             "last_digest": record.last_step.input_digest,
             "last_hidden": hidden.tobytes(),
             "last_shape": ",".join(map(str, hidden.shape)),
+            "last_write": record.last_step.write_id,
         }
     return [item for pair in fields.items() for item in pair]
 
@@ -111,6 +124,7 @@ def _decode(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
             int(f["last_step"]),
             f["last_digest"].decode(),
             np.frombuffer(f["last_hidden"], np.float32).reshape(shape),
+            f.get("last_write", b"").decode(),
         )
     return SessionRecord(
         session_id=session_id,
@@ -162,22 +176,29 @@ class RedisSessionStore:
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}session:{session_id}"
 
+    def _owner_key(self, owner: str) -> str:
+        return f"{self._prefix}owner:{owner}"
+
     async def _do(self, operation: Awaitable[T]) -> T:
         try:
             return await operation
         except RedisError as exc:
-            raise StoreUnavailable(f"the session store is unavailable: {exc}") from exc
+            # The detail (addresses, Redis' own words) is for the log, not for callers.
+            log.warning("session store operation failed: %s: %s", type(exc).__name__, exc)
+            raise StoreUnavailable("the session store is unavailable; retry later") from exc
 
     def _report(self, ended: int, reason: str) -> None:
         if self._on_end is not None:
             for _ in range(ended):
                 self._on_end(reason)
 
-    async def create(self, record: SessionRecord, *, max_sessions: int) -> None:
+    async def create(
+        self, record: SessionRecord, *, max_sessions: int, max_owner_sessions: int = 0
+    ) -> None:
         ttl_ms = max(1, int((record.expires_at - self._clock()) * 1000))
         created = await self._do(
             self._create(
-                keys=[self._key(record.session_id), self._index],
+                keys=[self._key(record.session_id), self._index, self._owner_key(record.owner)],
                 args=[
                     self._clock(),
                     TOMBSTONE_SECONDS,
@@ -186,12 +207,18 @@ class RedisSessionStore:
                     max_sessions,
                     ttl_ms,
                     record.expires_at,
+                    max_owner_sessions,
                     *_encode(record),
                 ],
             )
         )
-        if not created:
+        if created == 0:
             raise LimitExceeded(f"the server holds its maximum of {max_sessions} sessions")
+        if created == -1:
+            raise LimitExceeded(
+                f"{owner_name(record.owner)} holds its maximum of {max_owner_sessions} sessions "
+                "(max_sessions_per_principal)"
+            )
 
     async def get(self, session_id: str) -> SessionRecord:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -213,7 +240,7 @@ class RedisSessionStore:
         ttl_ms = max(1, int((record.expires_at - self._clock()) * 1000))
         stored = await self._do(
             self._cas(
-                keys=[self._key(record.session_id), self._index],
+                keys=[self._key(record.session_id), self._index, self._owner_key(record.owner)],
                 args=[
                     expected_revision,
                     record.session_id,
@@ -229,7 +256,7 @@ class RedisSessionStore:
         deleted = await self._do(
             self._delete(
                 keys=[self._key(session_id), self._index, f"{self._prefix}ended:{session_id}"],
-                args=[session_id, TOMBSTONE_SECONDS],
+                args=[session_id, TOMBSTONE_SECONDS, self._prefix],
             )
         )
         if deleted:

@@ -2,11 +2,13 @@
 
 The file is JSON with float32 arrays as base64 (never pickle), written to a temporary file,
 flushed to disk, then renamed over the old one, so a crash mid-write leaves the last good snapshot.
+A snapshot is read whole and checked before any record is used, and moved aside once restored.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from lstm_server.core.errors import InvalidInput
+from lstm_server.core.sessions import check_session_id
 from lstm_server.core.store import AppliedStep, SessionRecord
 from lstm_server.core.types import State
 
@@ -25,8 +29,21 @@ def _array(a: np.ndarray) -> dict[str, Any]:
     return {"shape": list(a.shape), "float32": base64.b64encode(a.tobytes()).decode()}
 
 
-def _from_array(d: dict[str, Any]) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(d["float32"]), np.float32).reshape(d["shape"]).copy()
+def _from_array(d: Any, what: str, dims: int) -> np.ndarray:
+    if not isinstance(d, dict) or not isinstance(d.get("float32"), str):
+        raise ValueError(f"{what} is not an array")
+    shape = d.get("shape")
+    if not (isinstance(shape, list) and len(shape) == dims):
+        raise ValueError(f"{what} does not have {dims} dimension(s)")
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"{what} has a bad shape {shape}")
+    raw = base64.b64decode(d["float32"], validate=True)
+    if len(raw) != 4 * int(np.prod(shape)):
+        raise ValueError(f"{what} holds {len(raw)} bytes, not {4 * int(np.prod(shape))}")
+    array = np.frombuffer(raw, np.float32).reshape(shape).copy()
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    return array
 
 
 def _encode(r: SessionRecord) -> dict[str, Any]:
@@ -47,26 +64,59 @@ def _encode(r: SessionRecord) -> dict[str, Any]:
             "step_number": last.step_number,
             "input_digest": last.input_digest,
             "hidden_sequence": _array(last.hidden_sequence),
+            "write_id": last.write_id,
         },
     }
 
 
-def _decode(d: dict[str, Any]) -> SessionRecord:
-    last = d["last_step"]
+def _field(d: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+    value = d.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{what}.{name} is missing or of the wrong type")
+    return value
+
+
+def _decode(d: Any, what: str) -> SessionRecord:
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} is not an object")
+    session_id = _field(d, "session_id", str, what)
+    check_session_id(session_id)
+    h = _from_array(d.get("h"), f"{what}.h", 1)
+    c = _from_array(d.get("c"), f"{what}.c", 1)
+    if h.size != c.size or h.size == 0:
+        raise ValueError(f"{what}: h and c have {h.size} and {c.size} values")
+    counts = {
+        name: _field(d, name, int, what) for name in ("step_count", "revision", "ttl_seconds")
+    }
+    if min(counts.values()) < 0 or counts["ttl_seconds"] == 0:
+        raise ValueError(f"{what} has a negative count or no ttl")
+    expires_at = _field(d, "expires_at", (int, float), what)
+    last = d.get("last_step")
+    last_step = None
+    if last is not None:
+        if not isinstance(last, dict):
+            raise ValueError(f"{what}.last_step is not an object")
+        hidden = _from_array(last.get("hidden_sequence"), f"{what}.last_step.hidden_sequence", 2)
+        if hidden.shape[1] != h.size:
+            raise ValueError(f"{what}.last_step has {hidden.shape[1]} units, the state {h.size}")
+        number = _field(last, "step_number", int, f"{what}.last_step")
+        if number != counts["step_count"]:
+            raise ValueError(f"{what}.last_step is step {number}, not the last one applied")
+        digest = _field(last, "input_digest", str, f"{what}.last_step")
+        write_id = last.get("write_id", "")
+        if not isinstance(write_id, str):
+            raise ValueError(f"{what}.last_step.write_id is not a string")
+        last_step = AppliedStep(number, digest, hidden, write_id)
     return SessionRecord(
-        session_id=d["session_id"],
-        state=State(_from_array(d["h"]), _from_array(d["c"])),
-        step_count=d["step_count"],
-        model_version=d["model_version"],
-        ttl_seconds=d["ttl_seconds"],
-        expires_at=d["expires_at"],
-        owner=d["owner"],
-        revision=d["revision"],
-        last_step=None
-        if last is None
-        else AppliedStep(
-            last["step_number"], last["input_digest"], _from_array(last["hidden_sequence"])
-        ),
+        session_id=session_id,
+        state=State(h, c),
+        step_count=counts["step_count"],
+        model_version=_field(d, "model_version", str, what),
+        ttl_seconds=counts["ttl_seconds"],
+        expires_at=float(expires_at),
+        owner=_field(d, "owner", str, what),
+        revision=counts["revision"],
+        last_step=last_step,
     )
 
 
@@ -82,8 +132,39 @@ def write_snapshot(path: Path, records: list[SessionRecord]) -> None:
 
 
 def read_snapshot(path: Path) -> list[SessionRecord]:
-    """The records in ``path``; raises ValueError for a file that is not a snapshot."""
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
+    """The records in ``path``; raises ValueError, saying what is wrong, for anything that is not
+    a whole, consistent snapshot (no record is trusted before every one has been checked)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not an lstm-serving session snapshot")
-    return [_decode(d) for d in data["sessions"]]
+    sessions = data.get("sessions")
+    if not isinstance(sessions, list):
+        raise ValueError(f"{path} has no list of sessions")
+    try:
+        records = [_decode(d, f"sessions[{i}]") for i, d in enumerate(sessions)]
+    except (InvalidInput, binascii.Error) as exc:
+        raise ValueError(str(exc)) from None
+    if len({r.session_id for r in records}) != len(records):
+        raise ValueError(f"{path} holds a session twice")
+    return records
+
+
+def check_writable(path: Path) -> None:
+    """Raise OSError now if a snapshot could not be written to ``path`` at shutdown."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+def consume(path: Path) -> Path:
+    """Move a restored snapshot aside, so that it can never be restored a second time (after a
+    crash, say, when it would bring back sessions older than the ones served since)."""
+    restored = path.with_name(f"{path.name}.restored")
+    os.replace(path, restored)
+    return restored

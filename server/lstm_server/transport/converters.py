@@ -1,42 +1,22 @@
-"""Every conversion between lstm.v1 messages and domain values, in one place."""
+"""Conversions between lstm.v1 messages and domain values for the small messages (metadata,
+sessions, states). The messages that carry sequences are read and written as bytes, at array
+speed, by ``transport.wire``."""
 
 from __future__ import annotations
-
-from collections.abc import Iterable
-from itertools import chain
-from typing import Any
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from lstm_client.v1 import lstm_service_pb2 as pb
 
-from lstm_server.core.inference import StreamChunk
-from lstm_server.core.sessions import SessionInfo, StepOutcome
+from lstm_server.core.sessions import SessionInfo
 from lstm_server.core.types import (
-    Array,
     Limits,
     ModelInfo,
-    RaggedSequence,
-    RowResult,
     State,
     StateInput,
 )
 
 # proto -> domain
-
-
-def sequence_in(message: pb.Sequence) -> RaggedSequence:
-    """A Sequence as flat float32 values plus each timestep's width; shapes are checked later."""
-    timesteps = message.timesteps
-    widths = np.fromiter((len(v.values) for v in timesteps), np.int64, count=len(timesteps))
-    values = np.fromiter(
-        chain.from_iterable(v.values for v in timesteps), np.float32, count=int(widths.sum())
-    )
-    return RaggedSequence(values, widths)
-
-
-def sequences_in(messages: Iterable[pb.Sequence]) -> list[RaggedSequence]:
-    return [sequence_in(m) for m in messages]
 
 
 def state_in(message: pb.LstmState) -> StateInput:
@@ -55,13 +35,6 @@ def optional_state_in(
 # domain -> proto
 
 
-def fill_vectors(field: Any, rows: Array) -> None:
-    """Append one Vector per row to a repeated Vector field, built in place (no copies)."""
-    add = field.add
-    for row in rows.tolist():
-        add(values=row)
-
-
 def fill_state(field: pb.LstmState, state: State) -> None:
     """Set an LstmState field in place."""
     field.h.values.extend(state.h.tolist())
@@ -71,25 +44,6 @@ def fill_state(field: pb.LstmState, state: State) -> None:
 def state_out(state: State) -> pb.LstmState:
     message = pb.LstmState()
     fill_state(message, state)
-    return message
-
-
-def predict_out(results: list[RowResult]) -> pb.PredictResponse:
-    response = pb.PredictResponse()
-    for result in results:
-        output = response.outputs.add()
-        fill_vectors(output.hidden_sequence, result.sequence)
-        fill_state(output.final_state, result.state)
-    return response
-
-
-def stream_chunk_out(chunk: StreamChunk) -> pb.PredictStreamResponse:
-    message = pb.PredictStreamResponse(
-        sequence_index=chunk.sequence_index, start_timestep=chunk.start_timestep
-    )
-    fill_vectors(message.hidden, chunk.hidden)
-    if chunk.final_state is not None:
-        fill_state(message.final_state, chunk.final_state)
     return message
 
 
@@ -113,6 +67,10 @@ def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
             max_session_ttl_seconds=limits.max_session_ttl_seconds,
             max_message_bytes=limits.max_message_bytes,
             max_concurrent_rpcs=limits.max_concurrent_rpcs,
+            max_response_bytes=limits.max_response_bytes,
+            max_sessions_per_principal=limits.max_sessions_per_principal,
+            max_concurrent_rpcs_per_principal=limits.max_concurrent_rpcs_per_principal,
+            session_memory_budget=limits.session_memory_budget,
         ),
     )
 
@@ -128,10 +86,3 @@ def session_out(session: SessionInfo) -> pb.Session:
         expires_at=expires_at,
         ttl_seconds=session.ttl_seconds,
     )
-
-
-def step_out(outcome: StepOutcome) -> pb.StepResponse:
-    message = pb.StepResponse(session_id=outcome.session_id, step_number=outcome.step_number)
-    fill_state(message.state, outcome.state)
-    fill_vectors(message.hidden_sequence, outcome.hidden_sequence)
-    return message

@@ -31,6 +31,7 @@ STATUS_CODES: dict[type[errors.ServingError], grpc.StatusCode] = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     errors.SessionNotFound: grpc.StatusCode.NOT_FOUND,
     errors.StepConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ConcurrentChange: grpc.StatusCode.ABORTED,
     errors.ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,

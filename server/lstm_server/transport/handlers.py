@@ -90,15 +90,16 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
 
 
 class GateInterceptor(WrappingInterceptor):
-    """Runs ``admit`` before a call of the service (it may abort it) and ``release`` after."""
+    """Runs ``admit`` before a call of the service (it may abort it) and, after the call,
+    ``release`` with what ``admit`` returned."""
 
     def applies_to(self, method: str) -> bool:
         return method.startswith(SERVICE_PREFIX)
 
-    async def admit(self, context: Context) -> None:
+    async def admit(self, context: Context) -> Any:
         raise NotImplementedError
 
-    def release(self) -> None:
+    def release(self, admitted: Any) -> None:
         return None
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -106,22 +107,22 @@ class GateInterceptor(WrappingInterceptor):
 
         def unary(behavior: Unary, _: str) -> Unary:
             async def gated(request: Any, context: Context) -> Any:
-                await gate.admit(context)
+                admitted = await gate.admit(context)
                 try:
                     return await behavior(request, context)
                 finally:
-                    gate.release()
+                    gate.release(admitted)
 
             return gated
 
         def streaming(behavior: Streaming, _: str) -> Streaming:
             async def gated(request: Any, context: Context) -> AsyncIterator[Any]:
-                await gate.admit(context)
+                admitted = await gate.admit(context)
                 try:
                     async for response in responses(behavior, request, context):
                         yield response
                 finally:
-                    gate.release()
+                    gate.release(admitted)
 
             return gated
 

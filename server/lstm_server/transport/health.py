@@ -28,6 +28,10 @@ class Readiness:
         self._ready = False
         self._watcher: asyncio.Task[None] | None = None
 
+    def ready(self) -> bool:
+        """Whether the server serves now (what ``/readyz`` reports)."""
+        return self._ready
+
     async def starting(self) -> None:
         """Live, not ready: the model is loading."""
         await self.servicer.set(LIVENESS, SERVING)
@@ -61,6 +65,7 @@ class Readiness:
 
     async def stop(self) -> None:
         """NOT_SERVING for every service (liveness included): the process is going away."""
+        self._ready = False
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,28 +1,83 @@
-"""A cap on calls in flight, so that overload is refused at once instead of queueing unbounded."""
+"""Limits the transport enforces: calls in flight, refused at once instead of queueing unbounded,
+and the size of a reply, refused before the work that would build it is done."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from grpc.aio import ServicerContext as Context
 
 from lstm_server.core.errors import LimitExceeded
+from lstm_server.core.types import Limits
+from lstm_server.transport.auth import PRINCIPAL
 from lstm_server.transport.errors import abort
-from lstm_server.transport.handlers import GateInterceptor
+from lstm_server.transport.handlers import HEALTH_PREFIX, GateInterceptor
+
+HEALTH_WATCH = HEALTH_PREFIX + "Watch"
 
 
 class ConcurrencyLimitInterceptor(GateInterceptor):
-    """Refuses calls of the service beyond ``limit`` in flight with RESOURCE_EXHAUSTED at once,
-    instead of queueing without bound. Health checks are not counted, so they still answer."""
+    """Refuses calls of the service beyond ``limit`` in flight (0: no cap), or beyond
+    ``per_principal`` of one principal, with RESOURCE_EXHAUSTED at once, instead of queueing
+    without bound, so that one principal cannot lock the others out. Health checks are not
+    counted, so they still answer."""
+
+    def __init__(self, limit: int, per_principal: int = 0) -> None:
+        super().__init__()
+        self.limit = limit
+        self.per_principal = per_principal
+        self.in_flight = 0
+        self._by_principal: Counter[str] = Counter()
+
+    async def admit(self, context: Context) -> str:
+        who = PRINCIPAL.get()
+        if self.limit and self.in_flight >= self.limit:
+            error = LimitExceeded(f"the server is at its limit of {self.limit} concurrent calls")
+            await abort(context, error)
+        if self.per_principal and self._by_principal[who] >= self.per_principal:
+            error = LimitExceeded(
+                f"{'principal ' + repr(who) if who else 'the caller'} is at its limit of "
+                f"{self.per_principal} concurrent calls (max_concurrent_rpcs_per_principal)"
+            )
+            await abort(context, error)
+        self.in_flight += 1
+        self._by_principal[who] += 1
+        return who
+
+    def release(self, admitted: str) -> None:
+        self.in_flight -= 1
+        self._by_principal[admitted] -= 1
+        if not self._by_principal[admitted]:
+            del self._by_principal[admitted]
+
+
+class HealthWatchLimitInterceptor(GateInterceptor):
+    """Caps open ``grpc.health.v1.Health/Watch`` streams: they need no credentials and each holds
+    memory for as long as the caller keeps it open."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
-        self.in_flight = 0
+        self.open = 0
+
+    def applies_to(self, method: str) -> bool:
+        return method == HEALTH_WATCH
 
     async def admit(self, context: Context) -> None:
-        if self.in_flight >= self.limit:
-            error = LimitExceeded(f"the server is at its limit of {self.limit} concurrent calls")
+        if self.open >= self.limit:
+            error = LimitExceeded(f"the server is at its limit of {self.limit} health watches")
             await abort(context, error)
-        self.in_flight += 1
+        self.open += 1
 
-    def release(self) -> None:
-        self.in_flight -= 1
+    def release(self, admitted: None) -> None:
+        self.open -= 1
+
+
+def check_reply_bytes(size: int, limits: Limits, instead: str) -> None:
+    """Refuse a request whose reply would exceed ``max_response_bytes`` (0: no limit)."""
+    limit = limits.max_response_bytes
+    if limit and size > limit:
+        raise LimitExceeded(
+            f"the reply would take about {size} bytes, more than the limit "
+            f"max_response_bytes={limit}; {instead}"
+        )

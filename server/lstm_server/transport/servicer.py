@@ -1,22 +1,42 @@
-"""The lstm.v1.LstmService servicer: convert in, call the core, convert out."""
+"""The lstm.v1.LstmService servicer: convert in, call the core, convert out.
+
+The methods whose messages carry sequences (Predict, PredictStream, Step, StreamSession) receive
+their request's bytes and return their reply's bytes, read and written by ``transport.wire`` at
+array speed: limits are checked before anything is converted, and large requests are read (and
+large replies written) off the event loop, so that no request holds the loop, and the health
+checks it serves, for long.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import grpc
+from google.protobuf import message_factory
 from grpc.aio import ServicerContext as Context
 from lstm_client.v1 import lstm_service_pb2 as pb
-from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
 from lstm_server.core.errors import InvalidInput, ModelNotReady, ServingError, SessionNotFound
 from lstm_server.core.inference import InferenceService
 from lstm_server.core.sessions import SessionInfo, SessionService
+from lstm_server.core.types import Limits
 from lstm_server.transport import converters as conv
+from lstm_server.transport import wire
 from lstm_server.transport.auth import principal
 from lstm_server.transport.errors import rpc_status
+from lstm_server.transport.limits import check_reply_bytes
+
+T = TypeVar("T")
+# Requests and replies larger than this are converted on a worker thread: converting them takes
+# milliseconds that the event loop would otherwise spend not answering anyone.
+OFF_LOOP_BYTES = 64 * 1024
+# Methods whose handlers take and return bytes (see the module docstring).
+RAW_METHODS = ("Predict", "PredictStream", "Step", "StreamSession")
 
 
 @dataclass(frozen=True)
@@ -32,11 +52,21 @@ def _deadline(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-class LstmServicer(pb_grpc.LstmServiceServicer):
+async def _converted(large: bool, convert: Callable[..., T], *args: Any) -> T:
+    """``convert(*args)``, on a worker thread when the work is ``large``."""
+    return await asyncio.to_thread(convert, *args) if large else convert(*args)
+
+
+async def _read(read: Callable[[bytes, Limits], T], data: bytes, limits: Limits) -> T:
+    return await _converted(len(data) > OFF_LOOP_BYTES, read, data, limits)
+
+
+class LstmServicer:
     """Every RPC of lstm.v1.LstmService. Errors are mapped by ErrorMappingInterceptor."""
 
     def __init__(self) -> None:
         self.services: Services | None = None
+        self.stopping = False  # set when the server shuts down
 
     @property
     def _core(self) -> Services:
@@ -50,80 +80,88 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
         inference = self._core.inference
         return conv.metadata_out(inference.info, inference.limits)
 
-    async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
-        results = await self._core.inference.predict(
-            conv.sequences_in(request.sequences),
-            [conv.state_in(s) for s in request.initial_states],
-            deadline=_deadline(context),
+    async def Predict(self, request: bytes, context: Context) -> bytes:
+        inference = self._core.inference
+        batch = await _read(wire.predict_request, request, inference.limits)
+        size = wire.predict_reply_bytes(batch.sequences, inference.info.units)
+        check_reply_bytes(size, inference.limits, "use PredictStream, which sends them in parts")
+        results = await inference.predict(
+            batch.sequences, batch.initial_states, deadline=_deadline(context)
         )
-        return conv.predict_out(results)
+        return await _converted(size > OFF_LOOP_BYTES, wire.predict_response, results)
 
-    async def PredictStream(
-        self, request: pb.PredictRequest, context: Context
-    ) -> AsyncIterator[pb.PredictStreamResponse]:
-        chunks = self._core.inference.predict_stream(
-            conv.sequences_in(request.sequences),
-            [conv.state_in(s) for s in request.initial_states],
-            timesteps_per_message=request.timesteps_per_message,
+    async def PredictStream(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        inference = self._core.inference
+        batch = await _read(wire.predict_request, request, inference.limits)
+        size = wire.stream_message_bytes(batch.timesteps_per_message, inference.info.units)
+        check_reply_bytes(size, inference.limits, "ask for fewer timesteps_per_message")
+        chunks = inference.predict_stream(
+            batch.sequences,
+            batch.initial_states,
+            timesteps_per_message=batch.timesteps_per_message,
             deadline=_deadline(context),
         )
         async for chunk in chunks:
-            yield conv.stream_chunk_out(chunk)
+            yield wire.stream_response(chunk)
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
         return conv.session_out(await self._create(request))
 
-    async def Step(self, request: pb.StepRequest, context: Context) -> pb.StepResponse:
-        outcome = await self._core.sessions.step(
-            request.session_id,
-            conv.sequence_in(request.input),
-            request.step_number,
+    async def Step(self, request: bytes, context: Context) -> bytes:
+        sessions = self._core.sessions
+        step = await _read(wire.step_request, request, sessions.limits)
+        size = wire.step_reply_bytes(step.input, sessions.info.units)
+        check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
+        outcome = await sessions.step(
+            step.session_id,
+            step.input,
+            step.step_number,
             owner=principal(),
             deadline=_deadline(context),
         )
-        return conv.step_out(outcome)
+        return await _converted(size > OFF_LOOP_BYTES, wire.step_response, outcome)
 
     async def StreamSession(
-        self, request_iterator: AsyncIterator[pb.SessionStreamRequest], context: Context
-    ) -> AsyncIterator[pb.SessionStreamResponse]:
+        self, request_iterator: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
         sessions = self._core.sessions
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
-        if first.WhichOneof("kind") != "open":
+        opening = (await _read(wire.stream_message, first, sessions.limits)).open
+        if opening is None:
             raise InvalidInput.single("open", "the first message of a stream must open a session")
-        opening = first.open
         if opening.WhichOneof("target") == "resume_session_id":
             session = await sessions.get(opening.resume_session_id, owner=principal())
         else:
             session = await self._create(opening.create)
-        yield pb.SessionStreamResponse(session=conv.session_out(session))
-        try:
-            async for message in request_iterator:
-                yield await self._stream_step(session.session_id, message)
-        finally:
-            if opening.close_on_end:
-                with contextlib.suppress(SessionNotFound):
-                    await sessions.close(session.session_id, owner=principal())
+        yield pb.SessionStreamResponse(session=conv.session_out(session)).SerializeToString()
+        async for message in request_iterator:
+            yield await self._stream_step(session.session_id, message)
+        # Only a client that ends the stream ends a close_on_end session. A stream cut by the
+        # network or by a server shutdown (whose streams end as if their clients had ended
+        # them) leaves it for a resume; its TTL still runs.
+        if opening.close_on_end and not context.cancelled() and not self.stopping:
+            with contextlib.suppress(SessionNotFound):
+                await sessions.close(session.session_id, owner=principal())
 
-    async def _stream_step(
-        self, session_id: str, message: pb.SessionStreamRequest
-    ) -> pb.SessionStreamResponse:
+    async def _stream_step(self, session_id: str, message: bytes) -> bytes:
         """One step of a stream; a refused step is answered in-band and the stream goes on."""
+        sessions = self._core.sessions
         try:
-            if message.WhichOneof("kind") != "step":
+            step = (await _read(wire.stream_message, message, sessions.limits)).step
+            if step is None:
                 raise InvalidInput.single(
                     "step", "after the opening message, every message is a step"
                 )
-            outcome = await self._core.sessions.step(
-                session_id,
-                conv.sequence_in(message.step.input),
-                message.step.step_number,
-                owner=principal(),
+            size = wire.step_reply_bytes(step.input, sessions.info.units)
+            check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
+            outcome = await sessions.step(
+                session_id, step.input, step.step_number, owner=principal()
             )
         except ServingError as error:
-            return pb.SessionStreamResponse(error=rpc_status(error))
-        return pb.SessionStreamResponse(step=conv.step_out(outcome))
+            return pb.SessionStreamResponse(error=rpc_status(error)).SerializeToString()
+        return await _converted(size > OFF_LOOP_BYTES, wire.stream_step_response, outcome)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
         session = await self._core.sessions.get(request.session_id, owner=principal())
@@ -147,3 +185,26 @@ class LstmServicer(pb_grpc.LstmServiceServicer):
             ttl_seconds=request.ttl_seconds,
             owner=principal(),
         )
+
+
+def method_handlers(servicer: LstmServicer) -> grpc.GenericRpcHandler:
+    """A handler for every method of the service, made from its descriptor as the generated code
+    makes them, except that the methods of ``RAW_METHODS`` take and return bytes."""
+    service = pb.DESCRIPTOR.services_by_name["LstmService"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        make = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        raw = method.name in RAW_METHODS
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=None if raw else request.FromString,
+            response_serializer=None if raw else response.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

@@ -1,0 +1,473 @@
+"""The requests and replies that carry sequences, read and written as bytes: bounded work, array
+speed. Callers still see the typed lstm.v1 messages: these are their exact bytes.
+
+``Predict``, ``PredictStream``, ``Step`` and ``StreamSession`` messages can hold hundreds of
+thousands of ``Vector`` messages. Parsing them with the protobuf library allocates one message per
+timestep while holding the GIL (about 0.1 s for a 4 MiB request of empty sequences), so no other
+thread, the event loop included, runs meanwhile. This module reads the same wire format instead:
+
+- the limits on sequences and timesteps are checked while the bytes are walked, so a request that
+  exceeds them is refused before any value is converted, however it is built;
+- a sequence whose timesteps share one encoding (what every protobuf library writes: packed floats,
+  same width) is read with a few numpy operations over its bytes;
+- anything else (unpacked floats, unknown fields, varying widths) is walked in Python, which the
+  interpreter can interrupt, and never past the timestep limit.
+
+The result is what the protobuf library would parse (tested value for value on random messages,
+in every encoding protobuf allows), as domain values; small embedded messages (states, the
+opening of a session stream) are parsed by the protobuf library itself, bounded by their size.
+
+Replies are written the same way: every timestep's ``Vector`` has the same bytes but for its
+floats, so a reply of T timesteps is one (T, header + 4 * units) byte array, filled by numpy
+(tested byte for byte against the protobuf library's serialization). Building the same reply as
+messages takes one Python call per timestep and about 25 bytes of Python objects per float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from google.protobuf.message import DecodeError, Message
+from lstm_client.v1 import lstm_service_pb2 as pb
+
+from lstm_server.core.errors import InvalidInput
+from lstm_server.core.inference import StreamChunk
+from lstm_server.core.sessions import StepOutcome
+from lstm_server.core.types import Limits, RaggedSequence, RowResult, State, StateInput
+from lstm_server.transport.converters import state_in
+
+VARINT, I64, LEN, START_GROUP, END_GROUP, I32 = 0, 1, 2, 3, 4, 5
+Span = tuple[int, int]
+# (field number, wire type, value, position after): see _entries.
+Entry = tuple[int, int, Any, int]
+M = TypeVar("M", bound=Message)
+# Top-level entries a request may have beyond the ones its limits allow: protobuf lets a field
+# repeat, but no client sends thousands of repeats, and each costs a Python iteration.
+_SPARE_ENTRIES = 64
+_FLOAT = np.dtype("<f4")
+
+
+class _Malformed(Exception):
+    """The bytes are not a protobuf message (the protobuf library would refuse them too)."""
+
+
+def malformed(reason: str) -> InvalidInput:
+    return InvalidInput.single("request", f"is not a valid message: {reason}")
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise _Malformed("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result & 0xFFFF_FFFF_FFFF_FFFF, pos
+        shift += 7
+        if shift >= 70:
+            raise _Malformed("varint longer than 10 bytes")
+
+
+def _skip_group(buf: bytes, pos: int, end: int, field: int) -> int:
+    for number, wire, _, after in _entries(buf, pos, end, in_group=True):
+        if wire == END_GROUP:
+            if number != field:
+                raise _Malformed("mismatched end of group")
+            return after
+    raise _Malformed("unterminated group")
+
+
+def _entries(buf: bytes, pos: int, end: int, *, in_group: bool = False) -> Iterator[Entry]:
+    """(field number, wire type, value, position after) for each entry in ``buf[pos:end]``.
+
+    The value of a varint is the number; of a LEN entry, its (start, end); of fixed-size
+    entries, their start. Groups (a legacy encoding of unknown fields) are skipped whole; an end
+    of group is yielded only ``in_group``, where protobuf also lets field number 0 pass.
+    """
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number >= 1 << 29 or (number == 0 and not in_group):
+            raise _Malformed(f"field number {number}")
+        value: Any
+        if wire == VARINT:
+            value, pos = _varint(buf, pos, end)
+        elif wire == LEN:
+            size, pos = _varint(buf, pos, end)
+            if size > end - pos:
+                raise _Malformed("truncated length-delimited field")
+            value, pos = (pos, pos + size), pos + size
+        elif wire in (I64, I32):
+            width = 8 if wire == I64 else 4
+            if width > end - pos:
+                raise _Malformed("truncated fixed-size field")
+            value, pos = pos, pos + width
+        elif wire == START_GROUP:
+            value, pos = pos, _skip_group(buf, pos, end, number)
+            continue
+        elif wire == END_GROUP:
+            if not in_group:
+                raise _Malformed("end of group outside a group")
+            yield number, wire, pos, pos
+            return
+        else:
+            raise _Malformed(f"wire type {wire}")
+        yield number, wire, value, pos
+
+
+def _vector_values(buf: bytes, start: int, end: int) -> np.ndarray:
+    """The floats of one Vector: packed and unpacked entries in order; other fields skipped."""
+    parts: list[np.ndarray] = []
+    for number, wire, value, _ in _entries(buf, start, end):
+        if number != 1:
+            continue
+        if wire == LEN:
+            lo, hi = value
+            if (hi - lo) % 4:
+                raise _Malformed("packed floats of a length not a multiple of 4")
+            parts.append(np.frombuffer(buf, _FLOAT, (hi - lo) // 4, lo))
+        elif wire == I32:
+            parts.append(np.frombuffer(buf, _FLOAT, 1, value))
+    if not parts:
+        return np.zeros(0, np.float32)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _uniform(buf: bytes, start: int, end: int, limit: int) -> tuple[int, int, int] | None:
+    """(timesteps, header bytes, floats per timestep) when every timestep of the Sequence at
+    ``buf[start:end]`` is encoded alike: one packed field of the same width, nothing else.
+
+    Past ``limit`` timesteps only the first ``limit + 1`` are checked: that many are enough to
+    refuse the sequence, whatever follows them."""
+    if end == start or buf[start] != 0x0A:
+        return None
+    try:
+        size, pos = _varint(buf, start + 1, end)
+        if size > end - pos:
+            return None  # truncated: the walk below says so
+        stride = pos - start + size
+        if size == 0:
+            header, count = stride, 0
+        else:
+            if buf[pos] != 0x0A:
+                return None
+            packed, inner = _varint(buf, pos + 1, end)
+            if inner - pos + packed != size or packed % 4:
+                return None
+            header, count = inner - start, packed // 4
+    except _Malformed:
+        return None
+    if (end - start) % stride:
+        return None
+    steps = (end - start) // stride
+    checked = min(steps, limit + 1)
+    rows = np.frombuffer(buf, np.uint8, checked * stride, start).reshape(checked, stride)
+    if not (rows[:, :header] == rows[0, :header]).all():
+        return None
+    return steps, header, count
+
+
+def _too_many(field: str, steps: str, limit: int) -> InvalidInput:
+    return InvalidInput.single(
+        f"{field}.timesteps", f"has {steps} timesteps, more than the limit {limit}"
+    )
+
+
+def sequence(buf: bytes, start: int, end: int, field: str, limits: Limits) -> RaggedSequence:
+    """The Sequence at ``buf[start:end]``; more timesteps than the limit are refused unread."""
+    shape = _uniform(buf, start, end, limits.max_timesteps)
+    if shape is not None:
+        steps, header, count = shape
+        if steps > limits.max_timesteps:
+            raise _too_many(field, f"{limits.max_timesteps + 1} or more", limits.max_timesteps)
+        rows = np.frombuffer(buf, np.uint8, end - start, start).reshape(steps, -1)
+        values = np.ascontiguousarray(rows[:, header:]).view(_FLOAT).reshape(-1)
+        return RaggedSequence(values, np.full(steps, count, np.int64))
+    vectors: list[np.ndarray] = []
+    for number, wire, value, _ in _entries(buf, start, end):
+        if number != 1 or wire != LEN:
+            continue
+        if len(vectors) == limits.max_timesteps:
+            raise _too_many(field, f"{limits.max_timesteps + 1} or more", limits.max_timesteps)
+        vectors.append(_vector_values(buf, *value))
+    widths = np.fromiter((v.size for v in vectors), np.int64, len(vectors))
+    values = np.concatenate(vectors) if vectors else np.zeros(0, np.float32)
+    return RaggedSequence(values.astype(np.float32, copy=False), widths)
+
+
+def _merged_sequence(buf: bytes, spans: list[Span], field: str, limits: Limits) -> RaggedSequence:
+    """A Sequence field that occurs several times: protobuf merges the occurrences, which for
+    its one repeated field means their timesteps one after the other."""
+    if len(spans) == 1:
+        return sequence(buf, *spans[0], field, limits)
+    parts: list[RaggedSequence] = []
+    steps = 0
+    for lo, hi in spans:
+        part = sequence(buf, lo, hi, field, limits)
+        steps += int(part.widths.size)
+        if steps > limits.max_timesteps:
+            raise _too_many(field, str(steps), limits.max_timesteps)
+        parts.append(part)
+    if not parts:
+        return RaggedSequence(np.zeros(0, np.float32), np.zeros(0, np.int64))
+    return RaggedSequence(
+        np.concatenate([p.values for p in parts]), np.concatenate([p.widths for p in parts])
+    )
+
+
+def _parse(kind: type[M], buf: bytes, spans: list[Span]) -> M:
+    """An embedded message, merged from its occurrences as protobuf merges them."""
+    message = kind()
+    try:
+        for lo, hi in spans:
+            message.MergeFromString(buf[lo:hi])
+    except DecodeError as error:
+        raise _Malformed(str(error)) from None
+    return message
+
+
+def _text(buf: bytes, span: tuple[int, int]) -> str:
+    try:
+        return buf[span[0] : span[1]].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Malformed("a string field is not valid UTF-8") from None
+
+
+@dataclass(frozen=True)
+class PredictInput:
+    """A Predict or PredictStream request, read."""
+
+    sequences: list[RaggedSequence]
+    initial_states: list[StateInput]
+    timesteps_per_message: int = 0
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """A session step (``Step``, or a step of ``StreamSession``), read."""
+
+    input: RaggedSequence
+    step_number: int
+    session_id: str = ""
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """A message of ``StreamSession``: the opening or a step (or neither, if it set no kind)."""
+
+    open: pb.OpenSession | None = None
+    step: StepInput | None = None
+
+
+R = TypeVar("R")
+
+
+def _refusing_malformed(read: Callable[[bytes, Limits], R]) -> Callable[[bytes, Limits], R]:
+    """``read``, with bytes that are no message refused as INVALID_ARGUMENT."""
+
+    def reader(data: bytes, limits: Limits) -> R:
+        try:
+            return read(data, limits)
+        except _Malformed as error:
+            raise malformed(str(error)) from None
+        except RecursionError:
+            raise malformed("nested too deeply") from None
+
+    reader.__doc__ = read.__doc__
+    reader.__name__ = read.__name__
+    return reader
+
+
+@_refusing_malformed
+def predict_request(data: bytes, limits: Limits) -> PredictInput:
+    """A ``PredictRequest``; more sequences or states than ``max_batch_size`` are refused at the
+    first one too many, before anything is converted."""
+    sequences: list[Span] = []
+    states: list[Span] = []
+    per_message = 0
+    budget = 2 * limits.max_batch_size + _SPARE_ENTRIES
+    for seen, (number, wire, value, _) in enumerate(_entries(data, 0, len(data))):
+        if seen > budget:
+            raise malformed("has too many fields")
+        if number in (1, 2) and wire == LEN:
+            field, spans = ("sequences", sequences) if number == 1 else ("initial_states", states)
+            if len(spans) == limits.max_batch_size:
+                raise InvalidInput.single(
+                    field,
+                    f"has {limits.max_batch_size + 1} or more entries, "
+                    f"more than the limit {limits.max_batch_size}",
+                )
+            spans.append(value)
+        elif number == 3 and wire == VARINT:
+            per_message = int(value) & 0xFFFF_FFFF
+    return PredictInput(
+        [sequence(data, lo, hi, f"sequences[{i}]", limits) for i, (lo, hi) in enumerate(sequences)],
+        [state_in(_parse(pb.LstmState, data, [span])) for span in states],
+        per_message,
+    )
+
+
+def _step(data: bytes, spans: list[Span], limits: Limits, *, unary: bool) -> StepInput:
+    """A StepRequest (``unary``) or a SessionStep, merged from its occurrences."""
+    session_id, step_number = "", 0
+    inputs: list[Span] = []
+    input_field, number_field = (2, 3) if unary else (1, 2)
+    seen = 0
+    for start, end in spans:
+        for number, wire, value, _ in _entries(data, start, end):
+            seen += 1
+            if seen > _SPARE_ENTRIES:
+                raise malformed("has too many fields")
+            if unary and number == 1 and wire == LEN:
+                session_id = _text(data, value)
+            elif number == input_field and wire == LEN:
+                inputs.append(value)
+            elif number == number_field and wire == VARINT:
+                step_number = int(value)
+    return StepInput(_merged_sequence(data, inputs, "input", limits), step_number, session_id)
+
+
+@_refusing_malformed
+def step_request(data: bytes, limits: Limits) -> StepInput:
+    """A ``StepRequest``."""
+    return _step(data, [(0, len(data))], limits, unary=True)
+
+
+@_refusing_malformed
+def stream_message(data: bytes, limits: Limits) -> StreamMessage:
+    """A ``SessionStreamRequest``: of its ``kind`` oneof, the last field set wins, and repeats of
+    that field merge, as protobuf has it (a kind that a later one replaced is still checked)."""
+    kind, spans = 0, list[Span]()
+    for seen, (number, wire, value, _) in enumerate(_entries(data, 0, len(data))):
+        if seen > _SPARE_ENTRIES:
+            raise malformed("has too many fields")
+        if number in (1, 2) and wire == LEN:
+            if number != kind:
+                _stream_kind(data, kind, spans, limits)  # replaced, but it must parse
+                kind, spans = number, []
+            spans.append(value)
+    return _stream_kind(data, kind, spans, limits)
+
+
+def _stream_kind(data: bytes, kind: int, spans: list[Span], limits: Limits) -> StreamMessage:
+    if kind == 1:
+        return StreamMessage(open=_parse(pb.OpenSession, data, spans))
+    if kind == 2:
+        return StreamMessage(step=_step(data, spans, limits, unary=False))
+    return StreamMessage()
+
+
+# Replies
+
+
+# Reply sizes, known before the work is done
+
+
+def _varint_size(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _field_size(payload: int) -> int:
+    """A length-delimited field of ``payload`` bytes (one-byte tag)."""
+    return 1 + _varint_size(payload) + payload
+
+
+def vector_size(values: int) -> int:
+    """A Vector of ``values`` floats as an entry of a repeated field."""
+    return _field_size(_field_size(4 * values) if values else 0)
+
+
+def _state_size(units: int) -> int:
+    return _field_size(2 * vector_size(units))
+
+
+def predict_reply_bytes(sequences: list[RaggedSequence], units: int) -> int:
+    timesteps = sum(int(s.widths.size) for s in sequences)
+    per_output = _state_size(units) + 2 * _varint_size(timesteps * vector_size(units)) + 2
+    return timesteps * vector_size(units) + len(sequences) * per_output
+
+
+def step_reply_bytes(sequence: RaggedSequence, units: int) -> int:
+    return int(sequence.widths.size) * vector_size(units) + _state_size(units) + 128
+
+
+def stream_message_bytes(timesteps_per_message: int, units: int) -> int:
+    return max(1, timesteps_per_message) * vector_size(units) + _state_size(units) + 16
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return _varint_bytes(number << 3 | LEN) + _varint_bytes(len(payload)) + payload
+
+
+def _scalar(number: int, value: int) -> bytes:
+    """A varint field; proto3 leaves zeros out."""
+    return _varint_bytes(number << 3 | VARINT) + _varint_bytes(value) if value else b""
+
+
+def _vector_payload(values: np.ndarray) -> bytes:
+    floats = np.ascontiguousarray(values, _FLOAT).tobytes()
+    return _field(1, floats) if floats else b""
+
+
+def vectors(number: int, rows: np.ndarray) -> bytes:
+    """A repeated Vector field, one entry per row of ``rows`` (T, units)."""
+    steps, units = rows.shape
+    inner = _field(1, b"\0" * 4 * units)[: -4 * units] if units else b""
+    head = _varint_bytes(number << 3 | LEN) + _varint_bytes(len(inner) + 4 * units) + inner
+    out = np.empty((steps, len(head) + 4 * units), np.uint8)
+    out[:, : len(head)] = np.frombuffer(head, np.uint8)
+    floats = np.ascontiguousarray(rows, _FLOAT).view(np.uint8)
+    out[:, len(head) :] = floats.reshape(steps, 4 * units)
+    return out.tobytes()
+
+
+def state(number: int, value: State) -> bytes:
+    """An LstmState field."""
+    return _field(number, _field(1, _vector_payload(value.h)) + _field(2, _vector_payload(value.c)))
+
+
+def predict_response(results: list[RowResult]) -> bytes:
+    """A PredictResponse."""
+    return b"".join(_field(1, vectors(1, r.sequence) + state(2, r.state)) for r in results)
+
+
+def stream_response(chunk: StreamChunk) -> bytes:
+    """A PredictStreamResponse."""
+    final = b"" if chunk.final_state is None else state(4, chunk.final_state)
+    return (
+        _scalar(1, chunk.sequence_index)
+        + _scalar(2, chunk.start_timestep)
+        + vectors(3, chunk.hidden)
+        + final
+    )
+
+
+def step_response(outcome: StepOutcome) -> bytes:
+    """A StepResponse."""
+    session_id = outcome.session_id.encode()
+    return (
+        (_field(1, session_id) if session_id else b"")
+        + _scalar(2, outcome.step_number)
+        + vectors(3, outcome.hidden_sequence)
+        + state(4, outcome.state)
+    )
+
+
+def stream_step_response(outcome: StepOutcome) -> bytes:
+    """A SessionStreamResponse carrying a StepResponse."""
+    return _field(2, step_response(outcome))
