@@ -124,10 +124,15 @@ class AsyncLstmClient:
         ttl: int | None = None,
         session_id: str | None = None,
         close_on_end: bool | None = None,
+        first_step_number: int | None = None,
     ) -> AsyncIterator[StepResult]:
         """Step through ``chunks`` over one stream, as ``LstmClient.stream_session`` does."""
         stream = SessionStream(
-            initial_state=initial_state, ttl=ttl, session_id=session_id, close_on_end=close_on_end
+            initial_state=initial_state,
+            ttl=ttl,
+            session_id=session_id,
+            close_on_end=close_on_end,
+            first_step_number=first_step_number,
         )
         call = self._stub.StreamSession(timeout=self.timeout, metadata=self._metadata)
         try:

@@ -141,7 +141,11 @@ class SessionHandle:
 
 class SessionStream:
     """The messages of one ``StreamSession`` call: an opening (create or resume), then one
-    numbered step per chunk; replies are read back in order."""
+    numbered step per chunk; replies are read back in order.
+
+    Steps are numbered from the session's step count, or from ``first_step_number`` when a
+    resume says which step its first chunk is: a step whose reply was lost is then answered
+    again by the server, never applied twice."""
 
     def __init__(
         self,
@@ -150,7 +154,10 @@ class SessionStream:
         ttl: int | None,
         session_id: str | None,
         close_on_end: bool | None,
+        first_step_number: int | None = None,
     ) -> None:
+        if first_step_number is not None and (session_id is None or first_step_number < 1):
+            raise ValueError("first_step_number (1 or more) goes with the session_id it resumes")
         opening = pb.OpenSession(
             close_on_end=session_id is None if close_on_end is None else close_on_end
         )
@@ -159,11 +166,14 @@ class SessionStream:
         else:
             opening.resume_session_id = session_id
         self.opening = pb.SessionStreamRequest(open=opening)
+        self._first = first_step_number
         self._number = 0
 
     def opened(self, reply: pb.SessionStreamResponse) -> None:
-        """The server's answer to the opening: steps continue from its step count."""
-        self._number = reply.session.step_count
+        """The server's answer to the opening: steps continue from its step count, unless the
+        caller said which step comes first."""
+        count = reply.session.step_count
+        self._number = count if self._first is None else self._first - 1
 
     def step(self, chunk: ArrayLike) -> pb.SessionStreamRequest:
         self._number += 1

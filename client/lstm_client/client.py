@@ -135,14 +135,21 @@ class LstmClient:
         ttl: int | None = None,
         session_id: str | None = None,
         close_on_end: bool | None = None,
+        first_step_number: int | None = None,
     ) -> Iterator[StepResult]:
         """Step through ``chunks`` over one bidirectional stream; yield each step's result.
 
         Opens a new session, or resumes ``session_id``. A new session is closed when the stream
         ends unless ``close_on_end=False``; a resumed one is kept unless ``close_on_end=True``.
+        To resume after a lost reply, pass ``first_step_number``: the number of the first chunk
+        (the first step not acknowledged), so a step that was applied is answered, not repeated.
         """
         stream = SessionStream(
-            initial_state=initial_state, ttl=ttl, session_id=session_id, close_on_end=close_on_end
+            initial_state=initial_state,
+            ttl=ttl,
+            session_id=session_id,
+            close_on_end=close_on_end,
+            first_step_number=first_step_number,
         )
         outbox: queue.SimpleQueue[pb.SessionStreamRequest | None] = queue.SimpleQueue()
         outbox.put(stream.opening)

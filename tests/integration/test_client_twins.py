@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,10 @@ import grpc
 import numpy as np
 import pytest
 from lstm_client import AsyncLstmClient, FinalState, LstmClient, LstmError, StreamChunk
+from lstm_client.v1 import lstm_service_pb2 as pb
+from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
+from tests.helpers import seq_msg
 from tests.reference import NumpyLstm
 from tests.servers import ThreadedServer
 
@@ -202,3 +206,32 @@ def test_errors_carry_code_details_and_violations(twin, rng) -> None:
         list(twin.stream_session([rng.normal(size=(1, 8)), rng.normal(size=(1, 2))]))
     assert in_band.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "expected input_features=8" in in_band.value.details
+
+
+def test_resuming_after_a_lost_reply_applies_no_step_twice(
+    twin, wide_server: ThreadedServer, wide_reference, rng
+) -> None:
+    x = rng.normal(size=(5, 8)).astype(np.float32)
+    chunks = [x[:1], x[1:2], x[2:4], x[4:]]
+    with grpc.insecure_channel(wide_server.target) as channel:
+        stub = pb_grpc.LstmServiceStub(channel)
+        outbox: queue.SimpleQueue = queue.SimpleQueue()
+        outbox.put(pb.SessionStreamRequest(open=pb.OpenSession(create=pb.CreateSessionRequest())))
+        replies = stub.StreamSession(iter(outbox.get, None))
+        session_id = next(replies).session.session_id
+        for number, chunk in enumerate(chunks[:3], start=1):
+            step = pb.SessionStep(input=seq_msg(chunk), step_number=number)
+            outbox.put(pb.SessionStreamRequest(step=step))
+            if number < 3:
+                next(replies)
+        deadline = time.monotonic() + 10  # step 3 is applied; its reply is never read
+        while stub.GetSession(pb.GetSessionRequest(session_id=session_id)).step_count < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        replies.cancel()  # the connection is lost
+    resumed = list(twin.stream_session(chunks[2:], session_id=session_id, first_step_number=3))
+    assert [r.step_number for r in resumed] == [3, 4]  # 3 answered again, not applied again
+    _, h, c = wide_reference.run(x)
+    np.testing.assert_allclose(resumed[-1].h, h, atol=TOL)
+    np.testing.assert_allclose(resumed[-1].c, c, atol=TOL)
+    assert twin.attach(session_id).step_count == 4
