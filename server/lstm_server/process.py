@@ -52,6 +52,9 @@ def ensure_free(host: str, port: int) -> None:
         return
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As gRPC binds: connections of a server that just stopped, left in TIME_WAIT, do not
+        # make the port busy; another socket listening on it does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
