@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -187,14 +188,33 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def pr_last(per_round: dict[str, list], key: str) -> dict:
+    """This round's figures for ``key``."""
+    return per_round[key][-1]
+
+
+def levels_p50(figures: dict) -> float:
+    """lstm-serving's p50 in seconds, from a round's Predict figures."""
+    return figures["batching"]["p50 ms"] / 1e3
+
+
 def measure(rounds: int, seconds: float) -> dict:
     echo = Process(
         [sys.executable, str(ROOT / "bench" / "echo_server.py"), "--port", "{port}"], health=False
     )
+    stack_path = Path(tempfile.mkdtemp()) / "stack.keras"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "stack_model.py"), str(stack_path)], check=True
+    )
     tiny = lstm_server()
     big = lstm_server(*BIG)
     unbatched = lstm_server(*BIG, "--no-batching")
-    startups = {"tiny (1 feature, 1 unit)": tiny.startup, "32 features, 128 units": big.startup}
+    stack = lstm_server("--model", str(stack_path))
+    startups = {
+        "tiny (1 feature, 1 unit)": tiny.startup,
+        "32 features, 128 units": big.startup,
+        "2 x 128-unit stack + Dense(64)": stack.startup,
+    }
     tiny_request = bench.predict_request(1, 3, 1)
     big_request = bench.predict_request(32, 100, 1)
     opening, step = bench.session_messages(32, 1)
@@ -238,6 +258,27 @@ def measure(rounds: int, seconds: float) -> dict:
                 _bidi(big.target, bench.SERVICE + "StreamSession", opening, step, 256, seconds)
             )
             record("t4", (floor.percentile(50), single.percentile(50), single.rps, many.rps))
+            stacked = run(
+                _unary(
+                    stack.target,
+                    bench.SERVICE + "Predict",
+                    big_request.SerializeToString(),
+                    1,
+                    seconds,
+                )
+            )
+            stacked_step = run(
+                _bidi(stack.target, bench.SERVICE + "StreamSession", opening, step, 1, seconds)
+            )
+            record(
+                "t8",
+                (
+                    levels_p50(pr_last(per_round, "big1")),
+                    stacked.percentile(50),
+                    single.percentile(50),
+                    stacked_step.percentile(50),
+                ),
+            )
             floor_many = run(
                 _bidi(echo.target, "/bench.Echo/Stream", None, step, 256, seconds, step_size)
             )
@@ -252,7 +293,7 @@ def measure(rounds: int, seconds: float) -> dict:
         startups["32 features, 128 units (memory run)"] = memory.startup
         memory.stop()
     finally:
-        for process in (echo, tiny, big, unbatched):
+        for process in (echo, tiny, big, unbatched, stack):
             process.stop()
     keras_runs = [
         json.loads(
@@ -295,6 +336,8 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
     t4_ratio = [s / f for f, s, _, _ in pr["t4"]]
     t4_scale = [m / s for _, _, s, m in pr["t4"]]
     t5 = [first / last for first, last in pr["t5"]]
+    t8_predict = [stacked / single for single, stacked, _, _ in pr["t8"]]
+    t8_step = [stacked / single for _, _, single, stacked in pr["t8"]]
     before, after = data["memory_mb"]
     startup = max(data["startup_s"].values())
 
@@ -364,6 +407,21 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
             f"{startup:.1f} s",
             "<= 10 s",
             ok(startup <= 10),
+        ),
+        (
+            "8. 2-layer stack (128, 128 units) + Dense(64), 32 features, 100 timesteps: "
+            "Predict p50 / single-layer Predict p50",
+            f"{median(t8_predict):.2f}x ({median([s for _, s, _, _ in pr['t8']]) * 1e3:.3f} ms vs "
+            f"{median([s for s, _, _, _ in pr['t8']]) * 1e3:.3f} ms)",
+            "<= 1.5x",
+            ok(median(t8_predict) <= 1.5),
+        ),
+        (
+            "8. same stack: 1-timestep StreamSession step p50 / single-layer step p50",
+            f"{median(t8_step):.2f}x ({median([s for *_, s in pr['t8']]) * 1e3:.3f} ms vs "
+            f"{median([s for _, _, s, _ in pr['t8']]) * 1e3:.3f} ms)",
+            "<= 1.5x",
+            ok(median(t8_step) <= 1.5),
         ),
     ]
     return rows, levels

@@ -1,4 +1,4 @@
-"""lstm-serving client SDK: call a served Keras LSTM over gRPC and get numpy arrays back.
+"""lstm-serving client SDK: call a served Keras LSTM model over gRPC and get numpy arrays back.
 
 Carries the generated lstm.v1 protobuf modules (``lstm_client.v1``); never imports TensorFlow.
 """
@@ -9,6 +9,7 @@ from lstm_client.connection import TlsOptions
 from lstm_client.errors import FieldViolation, LstmError
 from lstm_client.results import (
     FinalState,
+    LayerState,
     ModelMetadata,
     PredictResult,
     SessionInfo,
@@ -21,6 +22,7 @@ __all__ = [
     "AsyncSession",
     "FieldViolation",
     "FinalState",
+    "LayerState",
     "LstmClient",
     "LstmError",
     "ModelMetadata",

@@ -14,7 +14,7 @@ import grpc
 
 from lstm_client import calls
 from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
-from lstm_client.codec import ArrayLike, StateLike
+from lstm_client.codec import ArrayLike, Include, StateLike
 from lstm_client.connection import TlsOptions, call_metadata
 from lstm_client.errors import LstmError
 from lstm_client.results import (
@@ -80,13 +80,19 @@ class AsyncLstmClient:
     async def metadata(self) -> ModelMetadata:
         return await self._invoke(calls.metadata())
 
-    async def predict(self, x: ArrayLike, initial_state: StateLike | None = None) -> PredictResult:
-        return await self._invoke(calls.predict(x, initial_state))
+    async def predict(
+        self, x: ArrayLike, initial_state: StateLike | None = None, *, include: Include = None
+    ) -> PredictResult:
+        return await self._invoke(calls.predict(x, initial_state, include))
 
     async def predict_many(
-        self, sequences: Iterable[ArrayLike], initial_states: Iterable[StateLike] | None = None
+        self,
+        sequences: Iterable[ArrayLike],
+        initial_states: Iterable[StateLike] | None = None,
+        *,
+        include: Include = None,
     ) -> list[PredictResult]:
-        return await self._invoke(calls.predict_many(sequences, initial_states))
+        return await self._invoke(calls.predict_many(sequences, initial_states, include))
 
     async def stream(
         self,
@@ -94,8 +100,9 @@ class AsyncLstmClient:
         initial_state: StateLike | None = None,
         *,
         timesteps_per_message: int = 1,
+        include: Include = None,
     ) -> AsyncIterator[StreamChunk | FinalState]:
-        request = calls.stream_request(x, initial_state, timesteps_per_message)
+        request = calls.stream_request(x, initial_state, timesteps_per_message, include)
         call = self._stub.PredictStream(request, timeout=self.timeout, metadata=self._metadata)
         try:
             async for message in call:
@@ -125,6 +132,7 @@ class AsyncLstmClient:
         session_id: str | None = None,
         close_on_end: bool | None = None,
         first_step_number: int | None = None,
+        include: Include = None,
     ) -> AsyncIterator[StepResult]:
         """Step through ``chunks`` over one stream, as ``LstmClient.stream_session`` does."""
         stream = SessionStream(
@@ -133,6 +141,7 @@ class AsyncLstmClient:
             session_id=session_id,
             close_on_end=close_on_end,
             first_step_number=first_step_number,
+            include=include,
         )
         call = self._stub.StreamSession(timeout=self.timeout, metadata=self._metadata)
         try:
@@ -172,8 +181,8 @@ class AsyncSession(SessionHandle):
     ) -> None:
         await self.close()
 
-    async def step(self, x: ArrayLike) -> StepResult:
-        call = calls.step(self.info, x)
+    async def step(self, x: ArrayLike, *, include: Include = None) -> StepResult:
+        call = calls.step(self.info, x, include)
         retries = StepRetries(self._retries)
         while True:
             try:

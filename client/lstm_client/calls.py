@@ -10,14 +10,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import numpy as np
-
 from lstm_client import codec
-from lstm_client.codec import ArrayLike, StateLike
+from lstm_client.codec import ArrayLike, Include, StateLike
 from lstm_client.errors import RETRYABLE_CODES, LstmError, retry_delays
 from lstm_client.results import (
     FinalState,
+    LayerState,
     ModelMetadata,
+    NextState,
     PredictResult,
     SessionInfo,
     StepResult,
@@ -41,8 +41,10 @@ def metadata() -> UnaryCall[ModelMetadata]:
     return UnaryCall("GetModelMetadata", pb.GetModelMetadataRequest(), codec.model_metadata)
 
 
-def predict(x: ArrayLike, initial_state: StateLike | None) -> UnaryCall[PredictResult]:
-    request, batched = codec.batch_of(x, initial_state)
+def predict(
+    x: ArrayLike, initial_state: StateLike | None, include: Include = None
+) -> UnaryCall[PredictResult]:
+    request, batched = codec.batch_of(x, initial_state, include)
 
     def read(response: pb.PredictResponse) -> PredictResult:
         results = codec.predict_results(response)
@@ -52,16 +54,21 @@ def predict(x: ArrayLike, initial_state: StateLike | None) -> UnaryCall[PredictR
 
 
 def predict_many(
-    sequences: Iterable[ArrayLike], initial_states: Iterable[StateLike] | None
+    sequences: Iterable[ArrayLike],
+    initial_states: Iterable[StateLike] | None,
+    include: Include = None,
 ) -> UnaryCall[list[PredictResult]]:
-    request = codec.predict_request(sequences, initial_states)
+    request = codec.predict_request(sequences, initial_states, include)
     return UnaryCall("Predict", request, codec.predict_results)
 
 
 def stream_request(
-    x: ArrayLike, initial_state: StateLike | None, timesteps_per_message: int
+    x: ArrayLike,
+    initial_state: StateLike | None,
+    timesteps_per_message: int,
+    include: Include = None,
 ) -> pb.PredictRequest:
-    request, _ = codec.batch_of(x, initial_state)
+    request, _ = codec.batch_of(x, initial_state, include)
     request.timesteps_per_message = timesteps_per_message
     return request
 
@@ -90,12 +97,13 @@ def close_session(session_id: str) -> UnaryCall[None]:
     return UnaryCall("CloseSession", request, lambda _: None)
 
 
-def step(info: SessionInfo, x: ArrayLike) -> UnaryCall[StepResult]:
+def step(info: SessionInfo, x: ArrayLike, include: Include = None) -> UnaryCall[StepResult]:
     """The next step of a session, numbered ``step_count + 1`` so that a retry is answered once."""
     request = pb.StepRequest(
         session_id=info.session_id,
         input=codec.sequence_message(x),
         step_number=info.step_count + 1,
+        include=codec.include_values(include),
     )
     return UnaryCall("Step", request, codec.step_result)
 
@@ -126,9 +134,14 @@ class SessionHandle:
         return self.info.session_id
 
     @property
-    def state(self) -> tuple[np.ndarray, np.ndarray]:
-        """``[h, c]`` after the last step."""
-        return self.info.h, self.info.c
+    def state(self) -> NextState:
+        """The state after the last step: ``(h, c)``, or every layer's for a stack."""
+        return self.info.state
+
+    @property
+    def states(self) -> tuple[LayerState, ...]:
+        """Every LSTM layer's state after the last step, bottom to top."""
+        return self.info.states
 
     @property
     def step_count(self) -> int:
@@ -155,7 +168,9 @@ class SessionStream:
         session_id: str | None,
         close_on_end: bool | None,
         first_step_number: int | None = None,
+        include: Include = None,
     ) -> None:
+        self._include = codec.include_values(include)
         if first_step_number is not None and (session_id is None or first_step_number < 1):
             raise ValueError("first_step_number (1 or more) goes with the session_id it resumes")
         opening = pb.OpenSession(
@@ -177,7 +192,9 @@ class SessionStream:
 
     def step(self, chunk: ArrayLike) -> pb.SessionStreamRequest:
         self._number += 1
-        step = pb.SessionStep(input=codec.sequence_message(chunk), step_number=self._number)
+        step = pb.SessionStep(
+            input=codec.sequence_message(chunk), step_number=self._number, include=self._include
+        )
         return pb.SessionStreamRequest(step=step)
 
     @staticmethod

@@ -14,6 +14,7 @@ from lstm_client import bench
 from lstm_client.client import LstmClient
 from lstm_client.connection import TlsOptions
 from lstm_client.errors import LstmError
+from lstm_client.results import LayerState
 
 TUTORIAL_INPUT = [0.1, 0.2, 0.3]
 
@@ -22,10 +23,40 @@ def _fmt(array: np.ndarray) -> str:
     return np.array2string(np.asarray(array), precision=6, suppress_small=True, separator=", ")
 
 
-def _sequence(values: list[float], features: int) -> np.ndarray:
-    if len(values) % features:
-        raise SystemExit(f"{len(values)} values do not split into timesteps of {features} features")
-    return np.asarray(values, np.float32).reshape(-1, features)
+def _sequence(client: LstmClient, values: list[str], features: int) -> np.ndarray:
+    """The command line's values: token ids for a token model, else floats in timesteps of
+    ``features``."""
+    try:
+        if client.metadata().vocabulary_size:
+            return np.asarray([int(v) for v in values], np.int64)
+        numbers = [float(v) for v in values]
+    except ValueError as error:
+        raise SystemExit(f"cannot read the input values: {error}") from None
+    if len(numbers) % features:
+        raise SystemExit(
+            f"{len(numbers)} values do not split into timesteps of {features} features"
+        )
+    return np.asarray(numbers, np.float32).reshape(-1, features)
+
+
+def _print_results(
+    outputs: np.ndarray | None,
+    hidden: np.ndarray | None,
+    states: tuple[LayerState, ...],
+    indent: str = "",
+) -> None:
+    """The model's outputs, the top LSTM's hidden sequence when it differs, every layer's state."""
+    if hidden is not None and hidden is outputs:  # a model without output layers
+        print(f"{indent}hidden sequence (one row per timestep):\n{_fmt(hidden)}")
+    else:
+        if outputs is not None:
+            print(f"{indent}outputs (one row per timestep):\n{_fmt(outputs)}")
+        if hidden is not None:
+            print(f"{indent}hidden sequence of the top LSTM:\n{_fmt(hidden)}")
+    for k, state in enumerate(states):
+        label = f"layer {k} " if len(states) > 1 else ""
+        print(f"{indent}{label}h: {_fmt(state.h)}")
+        print(f"{indent}{label}c: {_fmt(state.c)}")
 
 
 def cmd_metadata(client: LstmClient, args: argparse.Namespace) -> None:
@@ -35,22 +66,27 @@ def cmd_metadata(client: LstmClient, args: argparse.Namespace) -> None:
 
 
 def cmd_predict(client: LstmClient, args: argparse.Namespace) -> None:
-    result = client.predict(_sequence(args.values, args.features))
-    print(f"hidden sequence (one row per timestep):\n{_fmt(result.sequence)}")
-    print(f"h: {_fmt(result.h)}")
-    print(f"c: {_fmt(result.c)}")
+    result = client.predict(_sequence(client, args.values, args.features), include=_INCLUDE)
+    _print_results(result.outputs, result.sequence, result.states)
+
+
+# What the CLI asks for: the model's outputs and, for models with output layers, the hidden ones.
+_INCLUDE = ("outputs", "hidden")
 
 
 def cmd_stream(client: LstmClient, args: argparse.Namespace) -> None:
-    x = _sequence(args.values, args.features)
+    x = _sequence(client, args.values, args.features)
     for item in client.stream(x, timesteps_per_message=args.per_message):
         print(item)
 
 
 def cmd_demo(client: LstmClient, args: argparse.Namespace) -> None:
     meta = client.metadata()
+    if meta.vocabulary_size or meta.has_output_layers or meta.lstm_layers > 1:
+        raise SystemExit("the demo replays the tutorial's single LSTM; this model is a chain")
     x = np.asarray(TUTORIAL_INPUT, np.float32).reshape(-1, 1).repeat(meta.input_features, axis=1)
     result = client.predict(x)
+    assert result.sequence is not None
     print(
         f"model {meta.name} {meta.version}: {meta.input_features} feature(s), {meta.units} unit(s)"
     )
@@ -68,21 +104,23 @@ def cmd_demo(client: LstmClient, args: argparse.Namespace) -> None:
 
 
 def cmd_session(client: LstmClient, args: argparse.Namespace) -> None:
-    x = _sequence(args.values, args.features)
+    x = _sequence(client, args.values, args.features)
     whole = client.predict(x)
     outputs = []
     with client.session() as session:
         print(f"session {session.session_id}")
         for start in range(0, len(x), args.chunk):
             step = session.step(x[start : start + args.chunk])
-            outputs.append(step.sequence)
-            print(
-                f"step {step.step_number}: hidden {_fmt(step.sequence)} "
-                f"h {_fmt(step.h)} c {_fmt(step.c)}"
-            )
+            assert step.outputs is not None
+            outputs.append(step.outputs)
+            print(f"step {step.step_number}:")
+            _print_results(step.outputs, step.sequence, step.states, indent="  ")
     stepped = np.concatenate(outputs)
     same = bool(
-        np.allclose(stepped, whole.sequence, atol=1e-5) and np.allclose(step.c, whole.c, atol=1e-5)
+        np.allclose(stepped, np.asarray(whole.outputs), atol=1e-5)
+        and all(
+            np.allclose(a.c, b.c, atol=1e-5) for a, b in zip(step.states, whole.states, strict=True)
+        )
     )
     print(f"equals predict over the whole sequence: {same}")
     if not same:
@@ -145,12 +183,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up first")
     b.set_defaults(run=None)
     for name, run, text in (
-        ("predict", cmd_predict, "run one sequence; print the hidden sequence, h and c"),
+        ("predict", cmd_predict, "run one sequence; print its outputs and every layer's h, c"),
         ("stream", cmd_stream, "stream the hidden outputs of one sequence"),
         ("session", cmd_session, "step a server-held session through one sequence"),
     ):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("values", nargs="+", type=float, help="input values, timestep by timestep")
+        cmd.add_argument(
+            "values",
+            nargs="+",
+            help="input values timestep by timestep (token ids for token models)",
+        )
         cmd.add_argument("--features", type=int, default=1, help="values per timestep")
         cmd.set_defaults(run=run)
         if name == "stream":

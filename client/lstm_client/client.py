@@ -16,7 +16,7 @@ import grpc
 
 from lstm_client import calls
 from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
-from lstm_client.codec import ArrayLike, StateLike
+from lstm_client.codec import ArrayLike, Include, StateLike
 from lstm_client.connection import TlsOptions, call_metadata
 from lstm_client.errors import LstmError
 from lstm_client.results import (
@@ -86,15 +86,21 @@ class LstmClient:
     def metadata(self) -> ModelMetadata:
         return self._invoke(calls.metadata())
 
-    def predict(self, x: ArrayLike, initial_state: StateLike | None = None) -> PredictResult:
+    def predict(
+        self, x: ArrayLike, initial_state: StateLike | None = None, *, include: Include = None
+    ) -> PredictResult:
         """Run (T, F) or (B, T, F) input; the result keeps the batch axis if the input had one."""
-        return self._invoke(calls.predict(x, initial_state))
+        return self._invoke(calls.predict(x, initial_state, include))
 
     def predict_many(
-        self, sequences: Iterable[ArrayLike], initial_states: Iterable[StateLike] | None = None
+        self,
+        sequences: Iterable[ArrayLike],
+        initial_states: Iterable[StateLike] | None = None,
+        *,
+        include: Include = None,
     ) -> list[PredictResult]:
         """Run sequences of different lengths in one request; one result per sequence."""
-        return self._invoke(calls.predict_many(sequences, initial_states))
+        return self._invoke(calls.predict_many(sequences, initial_states, include))
 
     def stream(
         self,
@@ -102,12 +108,13 @@ class LstmClient:
         initial_state: StateLike | None = None,
         *,
         timesteps_per_message: int = 1,
+        include: Include = None,
     ) -> Iterator[StreamChunk | FinalState]:
         """Yield hidden outputs as the server computes them, then each sequence's final state.
 
         Stopping early (``break``, or closing the iterator) cancels the call, which stops the
         server's computation."""
-        request = calls.stream_request(x, initial_state, timesteps_per_message)
+        request = calls.stream_request(x, initial_state, timesteps_per_message, include)
         call = self._stub.PredictStream(request, timeout=self.timeout, metadata=self._metadata)
         try:
             for message in call:
@@ -136,6 +143,7 @@ class LstmClient:
         session_id: str | None = None,
         close_on_end: bool | None = None,
         first_step_number: int | None = None,
+        include: Include = None,
     ) -> Iterator[StepResult]:
         """Step through ``chunks`` over one bidirectional stream; yield each step's result.
 
@@ -150,6 +158,7 @@ class LstmClient:
             session_id=session_id,
             close_on_end=close_on_end,
             first_step_number=first_step_number,
+            include=include,
         )
         outbox: queue.SimpleQueue[pb.SessionStreamRequest | None] = queue.SimpleQueue()
         outbox.put(stream.opening)
@@ -194,8 +203,8 @@ class Session(SessionHandle):
     ) -> None:
         self.close()
 
-    def step(self, x: ArrayLike) -> StepResult:
-        call = calls.step(self.info, x)
+    def step(self, x: ArrayLike, *, include: Include = None) -> StepResult:
+        call = calls.step(self.info, x, include)
         retries = StepRetries(self._retries)
         while True:
             try:

@@ -4,34 +4,63 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 
 
-@dataclass(frozen=True)
-class PredictResult:
-    """Keras' ``[sequence, h, c]``: the hidden output of every timestep and the final state.
+class LayerState(NamedTuple):
+    """One LSTM layer's state in Keras order ``[h, c]``."""
 
-    Shapes are (T, units), (units,), (units,), with a leading batch axis when the input had one.
-    """
-
-    sequence: np.ndarray
     h: np.ndarray
     c: np.ndarray
 
+
+# What a call takes as the next call's initial state: (h, c) for a single-layer model, or a list
+# of every layer's LayerState, bottom to top.
+NextState = tuple[np.ndarray, np.ndarray] | list[LayerState]
+
+
+def _next_state(h: np.ndarray, c: np.ndarray, states: tuple[LayerState, ...]) -> NextState:
+    return list(states) if len(states) > 1 else (h, c)
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """Keras' ``[sequence, h, c]`` and the model's outputs.
+
+    ``sequence`` is the top LSTM's hidden output per timestep (T, units); ``outputs`` the
+    model's (T, output_size): the same array for a model without output layers; ``h`` and ``c``
+    the top LSTM's final state and ``states`` every LSTM layer's, bottom to top. A leading batch
+    axis is kept when the input had one. ``sequence`` is None for a model with output layers
+    unless ``include`` asked for "hidden"; ``layer_sequences`` (every LSTM's hidden output)
+    is filled when it asked for "layer_hidden".
+    """
+
+    sequence: np.ndarray | None
+    h: np.ndarray
+    c: np.ndarray
+    outputs: np.ndarray | None = None
+    states: tuple[LayerState, ...] = ()
+    layer_sequences: tuple[np.ndarray, ...] = ()
+
     @property
-    def state(self) -> tuple[np.ndarray, np.ndarray]:
-        """``[h, c]``, ready to pass as the next call's ``initial_state``."""
-        return self.h, self.c
+    def state(self) -> NextState:
+        """The final state, ready to pass as the next call's ``initial_state``: ``(h, c)`` for
+        a single-layer model, every layer's ``LayerState`` for a stack."""
+        return _next_state(self.h, self.c, self.states)
 
 
 @dataclass(frozen=True)
 class StreamChunk:
-    """Hidden outputs (k, units) of one sequence, starting at timestep ``start_timestep``."""
+    """Results of one sequence from timestep ``start_timestep``: the top LSTM's hidden outputs
+    (k, units) and the model's outputs (see ``PredictResult``)."""
 
     sequence_index: int
     start_timestep: int
-    hidden: np.ndarray
+    hidden: np.ndarray | None
+    outputs: np.ndarray | None = None
+    layer_hidden: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,26 +70,31 @@ class FinalState:
     sequence_index: int
     h: np.ndarray
     c: np.ndarray
+    states: tuple[LayerState, ...] = ()
 
 
 @dataclass(frozen=True)
 class StepResult:
-    """One applied session step: every timestep's hidden output and the state after it."""
+    """One applied session step: every timestep's results and the state after it (fields as in
+    ``PredictResult``)."""
 
     session_id: str
     step_number: int
-    sequence: np.ndarray
+    sequence: np.ndarray | None
     h: np.ndarray
     c: np.ndarray
+    outputs: np.ndarray | None = None
+    states: tuple[LayerState, ...] = ()
+    layer_sequences: tuple[np.ndarray, ...] = ()
 
     @property
-    def state(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.h, self.c
+    def state(self) -> NextState:
+        return _next_state(self.h, self.c, self.states)
 
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A session as the server holds it."""
+    """A session as the server holds it (``h``, ``c``: the top LSTM's state)."""
 
     session_id: str
     h: np.ndarray
@@ -69,6 +103,11 @@ class SessionInfo:
     model_version: str
     expires_at: datetime
     ttl_seconds: int
+    states: tuple[LayerState, ...] = ()
+
+    @property
+    def state(self) -> NextState:
+        return _next_state(self.h, self.c, self.states)
 
 
 @dataclass(frozen=True)
@@ -86,3 +125,8 @@ class ModelMetadata:
     recurrent_activation: str
     use_bias: bool
     limits: dict[str, int] = field(default_factory=dict)
+    vocabulary_size: int = 0
+    layers: list[dict[str, object]] = field(default_factory=list)
+    output_size: int = 0
+    has_output_layers: bool = False
+    lstm_layers: int = 1

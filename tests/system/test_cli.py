@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import zoo
 from tests.servers import ServerProcess
 
 
@@ -92,3 +93,43 @@ def test_second_server_on_a_busy_port_exits_at_once(served) -> None:
     )
     assert done.returncode == 1
     assert f"cannot bind 127.0.0.1:{served.port}" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """A stacked token model: Embedding, two LSTMs, a Dense head."""
+    import keras
+
+    path = tmp_path_factory.mktemp("models") / "tokens.keras"
+    keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(zoo.V, 3),
+            keras.layers.LSTM(4, return_sequences=True),
+            keras.layers.LSTM(3, return_sequences=True),
+            keras.layers.Dense(zoo.V),
+        ]
+    ).save(path)
+    server = ServerProcess(["--model", str(path)], log_dir=tmp_path_factory.mktemp("logs"))
+    yield server
+    assert server.stop(signal.SIGTERM) == 0, server.log()
+
+
+def test_token_models_take_ids_and_print_outputs_and_every_layer_state(token_server) -> None:
+    done = client(token_server, "predict", "3", "1", "4")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "outputs (one row per timestep):"
+    assert "hidden sequence of the top LSTM:" in lines
+    for label in ("layer 0 h: [", "layer 0 c: [", "layer 1 h: [", "layer 1 c: ["):
+        assert any(line.startswith(label) for line in lines), label
+    done = client(token_server, "session", "3", "1", "4", "1", "--chunk", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("step ") == 2
+    assert "equals predict over the whole sequence: True" in done.stdout
+    done = client(token_server, "predict", "3", str(zoo.V))
+    assert done.returncode == 1
+    assert f"sequences[0].tokens[1]: is {zoo.V}, outside the vocabulary" in done.stderr
+    done = client(token_server, "predict", "0.5")
+    assert done.returncode != 0
+    assert "cannot read the input values" in done.stderr

@@ -92,12 +92,12 @@ def reference(service: SessionService) -> NumpyLstm:
 
 async def test_steps_chain_like_one_call(service: SessionService, rng) -> None:
     x = rng.normal(size=(7, 3)).astype(np.float32)
-    session = await service.create((None, None))
+    session = await service.create(None)
     outputs = []
     for number, part in enumerate((x[:2], x[2:3], x[3:]), start=1):
         outcome = await service.step(session.session_id, ragged(part), number)
         assert outcome.step_number == number
-        outputs.append(outcome.hidden_sequence)
+        outputs.append(outcome.sequence)
     seq, h, c = reference(service).run(x)
     np.testing.assert_allclose(np.concatenate(outputs), seq, atol=TOL)
     np.testing.assert_allclose(outcome.state.h, h, atol=TOL)
@@ -110,13 +110,13 @@ async def test_steps_chain_like_one_call(service: SessionService, rng) -> None:
 async def test_a_retry_gets_the_same_reply_and_applies_nothing(
     service: SessionService, counts: Counts, rng
 ) -> None:
-    session = await service.create((None, None))
+    session = await service.create(None)
     x = ragged(rng.normal(size=(2, 3)))
     first = await service.step(session.session_id, x, 1)
     again = await service.step(session.session_id, x, 1)
     assert again.replayed
     assert not first.replayed
-    np.testing.assert_array_equal(again.hidden_sequence, first.hidden_sequence)
+    np.testing.assert_array_equal(again.sequence, first.sequence)
     np.testing.assert_array_equal(again.state.h, first.state.h)
     assert (await service.get(session.session_id)).step_count == 1
     assert (counts.stepped, counts.replayed) == (1, 1)
@@ -128,21 +128,21 @@ async def test_a_retry_gets_the_same_reply_and_applies_nothing(
 async def test_wrong_step_numbers_name_the_expected_one(
     service: SessionService, number: int, rng
 ) -> None:
-    session = await service.create((None, None))
+    session = await service.create(None)
     with pytest.raises(StepConflict, match=r"expects step_number 1 \(or 0 to append\)"):
         await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), number)
     assert (await service.get(session.session_id)).step_count == 0
 
 
 async def test_step_zero_appends(service: SessionService, rng) -> None:
-    session = await service.create((None, None))
+    session = await service.create(None)
     for expected in (1, 2):
         outcome = await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), 0)
         assert outcome.step_number == expected
 
 
 async def test_bad_input_changes_nothing(service: SessionService) -> None:
-    session = await service.create((None, None))
+    session = await service.create(None)
     bad = RaggedSequence(np.zeros(4, np.float32), np.array([2, 2]))
     with pytest.raises(InvalidInput, match=r"input.timesteps\[0\].values: has 2 values"):
         await service.step(session.session_id, bad, 1)
@@ -150,7 +150,7 @@ async def test_bad_input_changes_nothing(service: SessionService) -> None:
 
 
 async def test_another_owner_sees_nothing(service: SessionService, rng) -> None:
-    session = await service.create((None, None), owner="alice")
+    session = await service.create(None, owner="alice")
     with pytest.raises(SessionNotFound, match="does not exist"):
         await service.get(session.session_id, owner="bob")
     with pytest.raises(SessionNotFound):
@@ -168,7 +168,7 @@ async def test_initial_state_reset_and_close(service: SessionService, rng) -> No
     outcome = await service.step(session.session_id, ragged(x), 1)
     _, h, _ = reference(service).run(x, h0, c0)
     np.testing.assert_allclose(outcome.state.h, h, atol=TOL)
-    reset = await service.reset(session.session_id, (None, None))
+    reset = await service.reset(session.session_id, None)
     assert reset.step_count == 0
     np.testing.assert_array_equal(reset.state.h, np.zeros(4))
     await service.close(session.session_id)
@@ -180,8 +180,8 @@ async def test_initial_state_reset_and_close(service: SessionService, rng) -> No
 
 async def test_ttl_limits_and_expiry(service: SessionService, clock: Clock) -> None:
     with pytest.raises(InvalidInput, match="more than the maximum 100"):
-        await service.create((None, None), ttl_seconds=101)
-    session = await service.create((None, None))
+        await service.create(None, ttl_seconds=101)
+    session = await service.create(None)
     assert session.ttl_seconds == 10
     clock.now += 11
     with pytest.raises(SessionNotFound, match="was expired"):
@@ -192,8 +192,8 @@ async def test_reaper_sweeps_and_reports_the_live_count(
     clock: Clock, counts: Counts, service: SessionService
 ) -> None:
     service.reap_interval = 0.01
-    kept = await service.create((None, None), ttl_seconds=100)
-    gone = await service.create((None, None), ttl_seconds=5)
+    kept = await service.create(None, ttl_seconds=100)
+    gone = await service.create(None, ttl_seconds=5)
     await service.start()
     assert counts.live == [2]
     clock.now += 6
@@ -210,7 +210,7 @@ async def test_reaper_sweeps_and_reports_the_live_count(
 async def test_a_session_of_other_weights_is_refused(
     service: SessionService, clock: Clock, rng
 ) -> None:
-    session = await service.create((None, None))
+    session = await service.create(None)
     other = SessionService(
         service.store, BatchScheduler(NumpyRuntime(seed=1)), service.limits, clock=clock
     )
@@ -242,7 +242,7 @@ async def test_a_step_whose_write_was_not_confirmed_is_read_back(
     clock: Clock, counts: Counts, rng
 ) -> None:
     service = await service_on(FlakyStore(clock, "lost"), clock, counts)
-    session = await service.create((None, None))
+    session = await service.create(None)
     outcome = await service.step(session.session_id, ragged(rng.normal(size=(2, 3))), 1)
     assert outcome.step_number == 1
     assert (await service.get(session.session_id)).step_count == 1
@@ -253,7 +253,7 @@ async def test_writers_that_keep_conflicting_get_a_retryable_error(
     clock: Clock, counts: Counts, rng
 ) -> None:
     service = await service_on(FlakyStore(clock, "conflict"), clock, counts)
-    session = await service.create((None, None))
+    session = await service.create(None)
     with pytest.raises(ConcurrentChange, match="being changed by other writers; retry"):
         await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), 1)
     assert counts.stepped == 0

@@ -14,7 +14,7 @@ from grpc_status import rpc_status as grpc_rpc_status
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_server.core import errors
 from lstm_server.core.sessions import SessionInfo
-from lstm_server.core.types import State
+from lstm_server.core.types import ModelInfo, State
 from lstm_server.transport import converters as conv
 from lstm_server.transport.auth import PRINCIPAL, AuthInterceptor
 from lstm_server.transport.errors import (
@@ -82,12 +82,13 @@ def test_state_in_says_which_parts_are_absent() -> None:
     h, c = conv.state_in(pb.LstmState(h=pb.Vector(values=[1.5])))
     np.testing.assert_array_equal(h, [1.5])
     assert c is None
-    assert conv.optional_state_in(pb.ResetSessionRequest(), "state") == (None, None)
+    assert conv.optional_state_in(pb.ResetSessionRequest(), "state", "layer_states") is None
 
 
 def test_session_out_shows_no_bookkeeping() -> None:
     info = SessionInfo("abc", State.zeros(2), 3, "sha256:v", 60, 1_700_000_000.5)
-    message = conv.session_out(info)
+    model = ModelInfo("m", "sha256:v", 1, 2, "tanh", "sigmoid", True)
+    message = conv.session_out(info, model)
     assert (message.session_id, message.step_count, message.ttl_seconds) == ("abc", 3, 60)
     assert (message.expires_at.seconds, message.expires_at.nanos) == (1_700_000_000, 500_000_000)
     assert message.model_version == "sha256:v"

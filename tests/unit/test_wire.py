@@ -12,7 +12,7 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_server.core.errors import InvalidInput
 from lstm_server.core.inference import StreamChunk
 from lstm_server.core.sessions import StepOutcome
-from lstm_server.core.types import Limits, RaggedSequence, RowResult, State
+from lstm_server.core.types import Limits, ModelInfo, RaggedSequence, RowResult, State
 from lstm_server.transport import wire
 from lstm_server.transport.converters import state_in
 
@@ -325,6 +325,14 @@ def _state_msg(state: State) -> pb.LstmState:
     return pb.LstmState(h=pb.Vector(values=state.h.tolist()), c=pb.Vector(values=state.c.tolist()))
 
 
+def _bare(units: int) -> ModelInfo:
+    return ModelInfo("m", "v", 1, units, "tanh", "sigmoid", True)
+
+
+def _replies(units: int) -> wire.Replies:
+    return wire.Replies(_bare(units), wire.Selection())
+
+
 @PROPERTY
 @given(st.lists(ARRAYS, min_size=0, max_size=4))
 def test_predict_responses_are_the_bytes_protobuf_writes(sequences: list[np.ndarray]) -> None:
@@ -335,12 +343,12 @@ def test_predict_responses_are_the_bytes_protobuf_writes(sequences: list[np.ndar
             for r in results
         ]
     )
-    data = wire.predict_response(results)
+    units = max((s.shape[1] for s in sequences), default=1)
+    data = _replies(units).predict_response(results)
     assert data == expected.SerializeToString()
     ragged = [RaggedSequence(np.zeros(0), np.zeros(s.shape[0])) for s in sequences]
-    units = max((s.shape[1] for s in sequences), default=1)
     assert (
-        len(data) <= wire.predict_reply_bytes(ragged, units)
+        len(data) <= wire.predict_reply_bytes(ragged, _bare(units), wire.Selection())
         if len({s.shape[1] for s in sequences}) <= 1
         else True
     )
@@ -357,9 +365,8 @@ def test_stream_responses_are_the_bytes_protobuf_writes(
     )
     if final is not None:
         expected.final_state.CopyFrom(_state_msg(final))
-    assert wire.stream_response(StreamChunk(index, start, hidden, final)) == (
-        expected.SerializeToString()
-    )
+    chunk = StreamChunk(index, start, hidden, final)
+    assert _replies(hidden.shape[1]).stream_response(chunk) == expected.SerializeToString()
 
 
 @PROPERTY
@@ -375,11 +382,86 @@ def test_step_responses_are_the_bytes_protobuf_writes(
         hidden_sequence=_vectors(hidden),
         state=_state_msg(state),
     )
-    assert wire.step_response(outcome) == expected.SerializeToString()
-    assert wire.stream_step_response(outcome) == (
+    replies = _replies(hidden.shape[1])
+    assert replies.step_response(outcome) == expected.SerializeToString()
+    assert replies.stream_step_response(outcome) == (
         pb.SessionStreamResponse(step=expected).SerializeToString()
     )
     steps = RaggedSequence(np.zeros(0), np.zeros(hidden.shape[0]))
-    assert len(wire.step_response(outcome)) <= wire.step_reply_bytes(steps, hidden.shape[1]) + len(
-        session_id.encode()
+    bound = wire.step_reply_bytes(steps, _bare(hidden.shape[1]), wire.Selection())
+    assert len(replies.step_response(outcome)) <= bound + len(session_id.encode())
+
+
+STACK = ModelInfo("stack", "v", 3, 2, "tanh", "sigmoid", True, lstm_units=(3, 2), output_size=4)
+SELECTIONS = st.builds(wire.Selection, st.booleans(), st.booleans(), st.booleans())
+
+
+def _layer_states_msg(state: State, info: ModelInfo) -> pb.LayerStates:
+    return pb.LayerStates(
+        layers=[_state_msg(State(state.h[p], state.c[p])) for p in info.layer_slices()]
     )
+
+
+@PROPERTY
+@given(st.integers(0, 5), SELECTIONS, st.integers(0, 2**32 - 1))
+def test_stack_replies_carry_what_was_asked_as_protobuf_writes_it(
+    steps: int, selection: wire.Selection, number: int
+) -> None:
+    info = STACK
+    rng = np.random.default_rng(steps)
+    rows = rng.normal(size=(steps, info.timestep_width)).astype(np.float32)
+    state = _state(info.state_size, 3)
+    top = info.hidden_columns()
+    expected = pb.StepResponse(
+        session_id="s",
+        step_number=number,
+        state=_state_msg(State(state.h[top], state.c[top])),
+        layer_states=_layer_states_msg(state, info),
+    )
+    if selection.hidden:
+        expected.hidden_sequence.extend(_vectors(rows[:, top]))
+    if selection.outputs:
+        expected.outputs.extend(_vectors(rows[:, info.output_columns()]))
+    if selection.layer_hidden:
+        for part in info.layer_slices():
+            expected.layer_hidden.add().timesteps.extend(_vectors(rows[:, part]))
+    replies = wire.Replies(info, selection)
+    data = replies.step_response(StepOutcome("s", number, rows, state))
+    assert data == expected.SerializeToString()
+    ragged = RaggedSequence(np.zeros(0), np.zeros(steps))
+    assert len(data) <= wire.step_reply_bytes(ragged, info, selection)
+    whole = replies.predict_response([RowResult(rows, state)])
+    assert pb.PredictResponse.FromString(whole).outputs[0].final_layer_states == (
+        expected.layer_states
+    )
+    assert len(whole) <= wire.predict_reply_bytes([ragged], info, selection)
+
+
+@PROPERTY
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40), st.booleans())
+def test_token_ids_read_as_protobuf_parses_them(ids: list[int], packed: bool) -> None:
+    message = pb.StepRequest(session_id="s", input=pb.Sequence(tokens=ids), include=[2, 3])
+    data = message.SerializeToString()
+    if not packed:  # the same ids, one varint entry each (protobuf parsers accept both)
+        entries = b"".join(tag(2, 0) + varint(i & (2**64 - 1)) for i in ids)
+        data = (
+            length_delimited(1, b"s")
+            + length_delimited(2, entries)
+            + tag(4, 0)
+            + varint(2)
+            + tag(4, 0)
+            + varint(3)
+        )
+    step = wire.step_request(data, Limits())
+    got = step.input.tokens
+    assert (got.tolist() if got is not None else []) == ids
+    assert wire.selection(step.include) == wire.Selection(False, True, True)
+
+
+def test_unknown_outputs_and_too_many_tokens_are_refused() -> None:
+    read = wire.step_request(pb.StepRequest(include=[9]).SerializeToString(), Limits())
+    with pytest.raises(InvalidInput, match="include: has 9, which is not an Output"):
+        wire.selection(read.include)
+    data = pb.StepRequest(input=pb.Sequence(tokens=[1] * 11)).SerializeToString()
+    with pytest.raises(InvalidInput, match="limit 10"):
+        wire.step_request(data, Limits(max_timesteps=10))

@@ -6,17 +6,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from lstm_server.core.scheduler import BatchScheduler
-from lstm_server.core.types import Array, Limits, ModelInfo, Row, RowResult, State, StateInput
+from lstm_server.core.types import Array, GivenState, Limits, ModelInfo, Row, RowResult, State
 from lstm_server.core.validation import RaggedSequence, predict_rows
 
 
 @dataclass(frozen=True)
 class StreamChunk:
-    """Hidden outputs of a sequence from ``start_timestep``; its last chunk has the state."""
+    """Results (k, timestep_width) of a sequence from ``start_timestep``; its last chunk has
+    the final state."""
 
     sequence_index: int
     start_timestep: int
-    hidden: Array
+    results: Array
     final_state: State | None = None
 
 
@@ -41,11 +42,11 @@ class InferenceService:
     async def predict(
         self,
         sequences: list[RaggedSequence],
-        initial_states: list[StateInput],
+        initial_states: list[GivenState],
         *,
         deadline: float | None = None,
     ) -> list[RowResult]:
-        """Each sequence's hidden outputs and final state, exactly as Keras gives them alone."""
+        """Each sequence's results and final state, exactly as Keras gives them alone."""
         rows = [
             Row(x, s) for x, s in predict_rows(sequences, initial_states, self.info, self.limits)
         ]
@@ -54,7 +55,7 @@ class InferenceService:
     async def predict_stream(
         self,
         sequences: list[RaggedSequence],
-        initial_states: list[StateInput],
+        initial_states: list[GivenState],
         *,
         timesteps_per_message: int = 1,
         deadline: float | None = None,
@@ -76,6 +77,6 @@ class InferenceService:
                 states[i] = result.state
                 last = start + result.sequence.shape[0] >= validated[i][0].shape[0]
                 for offset in range(0, result.sequence.shape[0], per_message):
-                    hidden = result.sequence[offset : offset + per_message]
+                    part = result.sequence[offset : offset + per_message]
                     ends = last and offset + per_message >= result.sequence.shape[0]
-                    yield StreamChunk(i, start + offset, hidden, result.state if ends else None)
+                    yield StreamChunk(i, start + offset, part, result.state if ends else None)

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
-    """A stateless LSTM: right-padded x (B, T, F) with lengths (B,), states (B, units).
+    """A stateless model: right-padded x (B, T, input_width) with lengths (B,) and states
+    (B, state_size) to results (B, T, timestep_width) and states (see ``ModelInfo``).
 
     The scheduler asks ``runs_inline`` once per batch and then calls ``run_inline`` (on the event
     loop) or ``run`` (on its worker thread); the runtime does not ask again.

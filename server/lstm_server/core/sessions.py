@@ -23,7 +23,7 @@ from lstm_server.core.errors import (
 )
 from lstm_server.core.scheduler import BatchScheduler
 from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore
-from lstm_server.core.types import Array, Limits, ModelInfo, RaggedSequence, Row, State, StateInput
+from lstm_server.core.types import Array, GivenState, Limits, ModelInfo, RaggedSequence, Row, State
 from lstm_server.core.validation import optional_state, step_input
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,12 @@ class SessionInfo:
 
 @dataclass(frozen=True)
 class StepOutcome:
-    """One applied step: its number, every timestep's hidden output and the state after it."""
+    """One applied step: its number, every timestep's result (T, timestep_width) and the state
+    after it."""
 
     session_id: str
     step_number: int
-    hidden_sequence: Array
+    sequence: Array
     state: State
     replayed: bool = False  # a retry of the last applied step, answered from the record
 
@@ -189,10 +190,10 @@ class SessionService:
         return ttl_seconds or self.limits.default_session_ttl_seconds
 
     async def create(
-        self, initial_state: StateInput, *, ttl_seconds: int = 0, owner: str = ""
+        self, initial_state: GivenState | None, *, ttl_seconds: int = 0, owner: str = ""
     ) -> SessionInfo:
-        """A new session starting from ``initial_state`` (zeros if both parts are None)."""
-        state = optional_state(*initial_state, "initial_state", self.info)
+        """A new session starting from ``initial_state`` (zeros if None)."""
+        state = optional_state(initial_state, "initial_state", "initial_layer_states", self.info)
         ttl = self._ttl(ttl_seconds)
         record = SessionRecord(
             session_id=new_session_id(),
@@ -287,10 +288,10 @@ class SessionService:
                 f"session {record.session_id} was made with model {record.model_version}; "
                 f"the server now serves {self.info.version}"
             )
-        if record.state.h.size != self.info.units:
+        if record.state.h.size != self.info.state_size:
             raise ModelMismatch(
-                f"session {record.session_id} holds a state of {record.state.h.size} units; "
-                f"the model has {self.info.units}"
+                f"session {record.session_id} holds a state of {record.state.h.size} values; "
+                f"the model's has {self.info.state_size}"
             )
 
     def _replay(self, record: SessionRecord, step_number: int, digest: str) -> StepOutcome | None:
@@ -310,9 +311,11 @@ class SessionService:
         if self._observer is not None:
             self._observer.session_stepped(replayed=replayed)
 
-    async def reset(self, session_id: str, state: StateInput, *, owner: str = "") -> SessionInfo:
+    async def reset(
+        self, session_id: str, state: GivenState | None, *, owner: str = ""
+    ) -> SessionInfo:
         """Back to zeros or to ``state``; the step count restarts at 0."""
-        new_state = optional_state(*state, "state", self.info)
+        new_state = optional_state(state, "state", "layer_states", self.info)
         async with self._locks.hold(session_id):
             for _ in range(_CAS_ATTEMPTS):
                 record = await self._record(session_id, owner)

@@ -22,7 +22,7 @@ class AppliedStep:
 
     step_number: int
     input_digest: str
-    hidden_sequence: Array
+    hidden_sequence: Array  # every timestep's result (T, timestep_width), as the reply had it
     write_id: str = ""  # random per attempt: tells a writer whether the stored step is its own
 
 

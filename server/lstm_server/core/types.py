@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,19 +10,47 @@ import numpy as np
 Array = np.ndarray
 # A state as received: (h, c), each None where the request left it out.
 StateInput = tuple[Array | None, Array | None]
+# What a request gave as a model's state: one (h, c) (the single-layer form) or a list of one
+# (h, c) per LSTM layer, bottom to top.
+GivenState = StateInput | list[StateInput]
 
 
 @dataclass(frozen=True)
 class RaggedSequence:
-    """A sequence as received: all values flattened, and how many values each timestep had."""
+    """A sequence as received: all values flattened, and how many values each timestep had;
+    or, for token models, one id per timestep in ``tokens``."""
 
     values: Array
     widths: Array
+    tokens: Array | None = None
+
+    @property
+    def timesteps(self) -> int:
+        return int(self.widths.size if self.tokens is None else self.tokens.size)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer of the served chain: its Keras type and name, the values per timestep it outputs,
+    and whether it is an LSTM (with a state)."""
+
+    type: str
+    name: str
+    units: int
+    lstm: bool = False
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What is served: the LSTM's configuration and a digest of its weights."""
+    """What is served: the chain of layers, its top LSTM's configuration and a digest of its
+    weights.
+
+    Shapes the core passes around follow from it. A state is every LSTM layer's ``h`` (and
+    ``c``) one after the other, bottom to top: ``state_size`` values. Each timestep's result is
+    every LSTM layer's hidden output, bottom to top, then the output layers' values (when the
+    model has output layers): ``timestep_width`` values. Token models take one id per timestep,
+    carried as one float (exact below 2**24, the largest vocabulary served).
+    """
 
     name: str
     version: str
@@ -31,6 +60,50 @@ class ModelInfo:
     recurrent_activation: str
     use_bias: bool
     dtype: str = "float32"
+    vocabulary_size: int = 0
+    lstm_units: tuple[int, ...] = ()  # bottom to top; () means one layer of ``units``
+    output_size: int = 0  # values per timestep of the output layers; 0: none
+    layers: tuple[LayerInfo, ...] = ()
+
+    @property
+    def layer_units(self) -> tuple[int, ...]:
+        return self.lstm_units or (self.units,)
+
+    @property
+    def lstm_layers(self) -> int:
+        return len(self.layer_units)
+
+    @property
+    def state_size(self) -> int:
+        return sum(self.layer_units)
+
+    @property
+    def has_output_layers(self) -> bool:
+        return self.output_size > 0
+
+    @property
+    def timestep_width(self) -> int:
+        return self.state_size + self.output_size
+
+    @property
+    def input_width(self) -> int:
+        """Values per timestep the runtime takes: the features, or one token id."""
+        return 1 if self.vocabulary_size else self.input_features
+
+    def layer_slices(self) -> list[slice]:
+        """Where each LSTM layer's part of a state (or of a timestep's result) lies."""
+        bounds = np.cumsum((0, *self.layer_units))
+        return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+    def hidden_columns(self) -> slice:
+        """The top LSTM's hidden output within a timestep's result."""
+        return self.layer_slices()[-1]
+
+    def output_columns(self) -> slice:
+        """The model's outputs within a timestep's result."""
+        if self.has_output_layers:
+            return slice(self.state_size, self.timestep_width)
+        return self.hidden_columns()
 
 
 @dataclass(frozen=True)
@@ -52,7 +125,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class State:
-    """The recurrent state in Keras order ``[h, c]``; each a float32 vector of ``units``."""
+    """The recurrent state in Keras order ``[h, c]``; each a float32 vector of ``state_size``
+    (every LSTM layer's, bottom to top)."""
 
     h: Array
     c: Array
@@ -73,7 +147,8 @@ class Row:
 
 @dataclass(frozen=True)
 class RowResult:
-    """What Keras returns for one sequence: the hidden sequence (T, units) and the final state."""
+    """What Keras returns for one sequence: every timestep's result (T, timestep_width) and the
+    final state."""
 
     sequence: Array
     state: State

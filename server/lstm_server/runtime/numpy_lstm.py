@@ -58,6 +58,17 @@ class NumpyLstm:
         return activation in ACTIVATIONS and recurrent_activation in ACTIVATIONS
 
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
+        """Right-padded x (B, T, F) of the given lengths from states (B, units)."""
+        steps = x.shape[1]
+        ragged = bool((lengths < steps).any())
+        mask = np.arange(steps)[None, :] < lengths[:, None] if ragged else None
+        return self.run_masked(x, mask, h0, c0)
+
+    def run_masked(
+        self, x: Array, mask: Array | None, h0: Array, c0: Array
+    ) -> tuple[Array, Array, Array]:
+        """x (B, T, F) where ``mask`` (B, T), if given, says which timesteps count: a masked one
+        leaves the state as it is and outputs the current h, as Keras' mask does."""
         rows, steps, _ = x.shape
         u = self.units
         # The input projection of every timestep at once; only the recurrence is sequential.
@@ -66,15 +77,14 @@ class NumpyLstm:
         h = np.array(h0, np.float32, copy=True)
         c = np.array(c0, np.float32, copy=True)
         sequence = np.zeros((rows, steps, u), np.float32)
-        ragged = bool((lengths < steps).any())
         for t in range(steps):
             z = projected[:, t] + h @ self.recurrent_kernel
             gates = self.recurrent_activation(z)  # i, f and o; the c slot is recomputed below
             g = self.activation(z[:, 2 * u : 3 * u])
             c_next = gates[:, u : 2 * u] * c + gates[:, :u] * g
             h_next = gates[:, 3 * u :] * self.activation(c_next)
-            if ragged:  # finished rows keep their state, as Keras' mask does
-                live = (t < lengths)[:, None]
+            if mask is not None:  # masked rows keep their state
+                live = mask[:, t, None]
                 c_next = np.where(live, c_next, c)
                 h_next = np.where(live, h_next, h)
             c, h = c_next, h_next

@@ -1,4 +1,4 @@
-"""The compiled, stateless LSTM function and the shape buckets it runs on."""
+"""The compiled, stateless function of the served chain and the shape buckets it runs on."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import numpy as np
 import tensorflow as tf
 
 from lstm_server.core.types import Array, ModelInfo
+from lstm_server.runtime.chain import Chain, load_chain
 from lstm_server.runtime.keras_model import (
-    DEFAULT_MODEL_NAME,
-    default_lstm,
-    load_lstm,
-    model_info,
-    save_model,
+    chain_info,
+    default_chain,
+    is_bare,
+    numpy_chain,
+    save_chain,
+    served_lstms,
 )
-from lstm_server.runtime.numpy_lstm import NumpyLstm
+from lstm_server.runtime.numpy_chain import NumpyChain
 from lstm_server.runtime.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -29,8 +31,53 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def chain_function(chain: Chain, info: ModelInfo) -> Callable[..., list[tf.Tensor]]:
+    """``(x, mask, h0, c0) -> (results, h, c)``: the chain at inference, stateless.
+
+    States are every LSTM's, one after the other; results are every LSTM's hidden output, then
+    the output layers' values (a bare LSTM's results are its hidden output alone). A timestep
+    that ``mask`` or the model's own masking (``Masking``, ``Embedding(mask_zero=True)``) leaves
+    out keeps each LSTM's state and outputs its current h, as Keras does within one call, so
+    that a sequence run in pieces gives what one call gives.
+    """
+    lstms = served_lstms(chain)
+    parts = info.layer_slices()
+    masks_content = chain.masks_content
+
+    def run(x: tf.Tensor, mask: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor) -> list[tf.Tensor]:
+        y = tf.cast(x[..., 0], tf.int32) if chain.vocabulary_size else x
+        hidden: list[tf.Tensor] = []
+        hs: list[tf.Tensor] = []
+        cs: list[tf.Tensor] = []
+        for layer in chain.layers:
+            if isinstance(layer, keras.layers.LSTM):
+                k = len(hidden)
+                h_in, c_in = h0[:, parts[k]], c0[:, parts[k]]
+                y, h, c = lstms[k](y, initial_state=[h_in, c_in], mask=mask, training=False)
+                if masks_content:  # Keras outputs zeros before a call's first counted timestep
+                    seen = tf.cumsum(tf.cast(mask, tf.int32), axis=1)[..., None] > 0
+                    y = tf.where(seen, y, h_in[:, None, :])
+                hidden.append(y)
+                hs.append(h)
+                cs.append(c)
+                continue
+            if isinstance(layer, keras.layers.Masking):
+                mask = mask & tf.reduce_any(tf.not_equal(y, layer.mask_value), axis=-1)
+            elif isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
+                mask = mask & tf.not_equal(y, 0)
+            if isinstance(layer, keras.layers.TimeDistributed):
+                layer = layer.layer  # per-timestep already: its reshaping needs static shapes
+            y = layer(y, training=False)
+        if is_bare(chain):
+            return [hidden[0], hs[0], cs[0]]
+        results = [*hidden, y] if info.has_output_layers else hidden
+        return [tf.concat(results, -1), tf.concat(hs, -1), tf.concat(cs, -1)]
+
+    return run
+
+
 class TfLstmRuntime:
-    """Runs ``(x, lengths, h0, c0) -> (sequence, h, c)`` through one compiled function.
+    """Runs ``(x, lengths, h0, c0) -> (results, h, c)`` through one compiled function.
 
     Long sequences run in chunks of at most ``chunk_timesteps`` with the state carried over, and
     rows that have finished drop out of later chunks. Batch and time are padded to powers of two
@@ -43,13 +90,13 @@ class TfLstmRuntime:
 
     def __init__(
         self,
-        layer: keras.layers.LSTM,
+        chain: Chain,
         info: ModelInfo,
         *,
         chunk_timesteps: int = 128,
         max_rows: int = 64,
         xla: bool = True,
-        fast: NumpyLstm | None = None,
+        fast: NumpyChain | None = None,
     ) -> None:
         self.info = info
         self.fast = fast
@@ -58,22 +105,21 @@ class TfLstmRuntime:
         self._tensorflow_call = 0.0
         self.chunk_timesteps = _next_power_of_two(chunk_timesteps)
         self.max_rows = _next_power_of_two(max_rows)
-        features, units = info.input_features, info.units
+        features, units = info.input_width, info.state_size
         signature = [
             tf.TensorSpec([None, None, features], tf.float32),
             tf.TensorSpec([None, None], tf.bool),
             tf.TensorSpec([None, units], tf.float32),
             tf.TensorSpec([None, units], tf.float32),
         ]
-
-        def lstm(x: tf.Tensor, mask: tf.Tensor, h0: tf.Tensor, c0: tf.Tensor) -> list[tf.Tensor]:
-            return layer(x, initial_state=[h0, c0], mask=mask, training=False)
+        function = chain_function(chain, info)
 
         # XLA compiles once per concrete shape (about 0.2 s each). Shapes not compiled yet run on
         # the plain graph function, which takes any shape, while a background thread compiles them,
         # so a new shape never stalls the calls queued behind it.
-        self._graph = tf.function(lstm, input_signature=signature)
-        self._xla = tf.function(lstm, input_signature=signature, jit_compile=True) if xla else None
+        self._graph = tf.function(function, input_signature=signature)
+        compiled = tf.function(function, input_signature=signature, jit_compile=True)
+        self._xla = compiled if xla else None
         self._compiled: set[tuple[int, int]] = set()
         self._compiling: set[tuple[int, int]] = set()
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xla-compile")
@@ -92,11 +138,10 @@ class TfLstmRuntime:
         return self.fast.run(x, lengths, h0, c0)
 
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
-        """Run B right-padded sequences x (B, T, F) of the given lengths from states (B, units)
-        through TensorFlow, for any size of work."""
+        """Run B right-padded sequences x (B, T, input_width) of the given lengths from states
+        (B, state_size) through TensorFlow, for any size of work."""
         rows, steps = x.shape[0], x.shape[1]
-        units = self.info.units
-        sequence = np.zeros((rows, steps, units), np.float32)
+        sequence = np.zeros((rows, steps, self.info.timestep_width), np.float32)
         h = np.array(h0, np.float32, copy=True)
         c = np.array(c0, np.float32, copy=True)
         for start in range(0, steps, self.chunk_timesteps):
@@ -119,7 +164,7 @@ class TfLstmRuntime:
         xp = np.zeros((padded_rows, padded_span, features), np.float32)
         xp[:rows, :span] = x
         mask = np.arange(padded_span)[None, :] < np.pad(lengths, (0, padded_rows - rows))[:, None]
-        hp = np.zeros((padded_rows, self.info.units), np.float32)
+        hp = np.zeros((padded_rows, self.info.state_size), np.float32)
         cp = np.zeros_like(hp)
         hp[:rows], cp[:rows] = h0, c0
         s, h, c = self._function_for((padded_rows, padded_span))(xp, mask, hp, cp)
@@ -136,8 +181,8 @@ class TfLstmRuntime:
     def _compile(self, shape: tuple[int, int]) -> None:
         assert self._xla is not None
         rows, span = shape
-        state = np.zeros((rows, self.info.units), np.float32)
-        x = np.zeros((rows, span, self.info.input_features), np.float32)
+        state = np.zeros((rows, self.info.state_size), np.float32)
+        x = np.zeros((rows, span, self.info.input_width), np.float32)
         self._xla(x, np.ones((rows, span), bool), state, state)
         self._compiled.add(shape)
 
@@ -151,8 +196,8 @@ class TfLstmRuntime:
         spans = [1 << i for i in range(self.chunk_timesteps.bit_length())]
         rows = [1 << i for i in range(1, self.max_rows.bit_length())]
         shapes = [(1, s) for s in spans] + [(r, 1) for r in rows]
-        state = np.zeros((1, self.info.units), np.float32)
-        x = np.zeros((1, 1, self.info.input_features), np.float32)
+        state = np.zeros((1, self.info.state_size), np.float32)
+        x = np.zeros((1, 1, self.info.input_width), np.float32)
         self._graph(x, np.ones((1, 1), bool), state, state)  # trace the fallback once
         if self._xla is not None:
             for shape in shapes:
@@ -166,7 +211,7 @@ class TfLstmRuntime:
         """Measure what decides between the paths: numpy per timestep, TensorFlow per call."""
         if self.fast is None:
             return
-        features, units = self.info.input_features, self.info.units
+        features, units = self.info.input_width, self.info.state_size
 
         def median_seconds(run: Callable[..., object], rows: int, steps: int) -> float:
             x = np.zeros((rows, steps, features), np.float32)
@@ -196,34 +241,28 @@ class TfLstmRuntime:
 def load_runtime(options: RuntimeOptions) -> TfLstmRuntime:
     """Load the user's model (or build the seeded default), optionally save it, and compile it."""
     if options.model is not None:
-        layer = load_lstm(options.model)
-        name = options.model.stem
+        chain = load_chain(options.model)
     else:
-        layer = default_lstm(options.features, options.units, options.seed)
-        name = DEFAULT_MODEL_NAME
+        chain = default_chain(options.features, options.units, options.seed)
     if options.save_model is not None:
-        save_model(layer, options.save_model)
+        save_chain(chain, options.save_model)
         log.info("saved the served model to %s", options.save_model)
-    info = model_info(layer, name)
+    info = chain_info(chain, chain.name)
     log.info(
-        "serving %s %s: %d features, %d units",
+        "serving %s %s: %s, LSTM units %s, %d values per timestep out",
         info.name,
         info.version,
-        info.input_features,
-        info.units,
+        f"{info.vocabulary_size} token ids"
+        if info.vocabulary_size
+        else f"{info.input_features} features",
+        "/".join(str(u) for u in info.layer_units),
+        info.output_size or info.units,
     )
-    fast = None
-    if options.fast_path and NumpyLstm.supports(info.activation, info.recurrent_activation):
-        weights = layer.cell.get_weights()
-        fast = NumpyLstm(
-            weights[0],
-            weights[1],
-            weights[2] if info.use_bias else None,
-            info.activation,
-            info.recurrent_activation,
-        )
+    fast = numpy_chain(chain) if options.fast_path else None
+    if options.fast_path and fast is None:
+        log.info("a layer has no numpy form here: every call runs on TensorFlow")
     return TfLstmRuntime(
-        layer,
+        chain,
         info,
         chunk_timesteps=options.chunk_timesteps,
         max_rows=options.max_rows,

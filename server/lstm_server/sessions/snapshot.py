@@ -97,8 +97,11 @@ def _decode(d: Any, what: str) -> SessionRecord:
         if not isinstance(last, dict):
             raise ValueError(f"{what}.last_step is not an object")
         hidden = _from_array(last.get("hidden_sequence"), f"{what}.last_step.hidden_sequence", 2)
-        if hidden.shape[1] != h.size:
-            raise ValueError(f"{what}.last_step has {hidden.shape[1]} units, the state {h.size}")
+        if hidden.shape[1] < h.size:  # every LSTM's hidden output, then any output layers'
+            raise ValueError(
+                f"{what}.last_step has {hidden.shape[1]} values per timestep, fewer than the "
+                f"state's {h.size}"
+            )
         number = _field(last, "step_number", int, f"{what}.last_step")
         if number != counts["step_count"]:
             raise ValueError(f"{what}.last_step is step {number}, not the last one applied")

@@ -8,8 +8,10 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from lstm_client.v1 import lstm_service_pb2 as pb
 
+from lstm_server.core.errors import InvalidInput
 from lstm_server.core.sessions import SessionInfo
 from lstm_server.core.types import (
+    GivenState,
     Limits,
     ModelInfo,
     State,
@@ -26,25 +28,39 @@ def state_in(message: pb.LstmState) -> StateInput:
     return h, c
 
 
+def layer_states_in(message: pb.LayerStates) -> list[StateInput]:
+    """Every layer's (h, c), bottom to top."""
+    return [state_in(layer) for layer in message.layers]
+
+
 def optional_state_in(
-    owner: pb.CreateSessionRequest | pb.ResetSessionRequest, field: str
-) -> StateInput:
-    return state_in(getattr(owner, field)) if owner.HasField(field) else (None, None)
+    owner: pb.CreateSessionRequest | pb.ResetSessionRequest, field: str, layers_field: str
+) -> GivenState | None:
+    """The state a request gave in either form, or None if it gave none."""
+    single, layered = owner.HasField(field), owner.HasField(layers_field)  # type: ignore[arg-type]
+    if single and layered:
+        raise InvalidInput.single(layers_field, f"is set with {field}; send one or the other")
+    if layered:
+        return layer_states_in(getattr(owner, layers_field))
+    return state_in(getattr(owner, field)) if single else None
 
 
 # domain -> proto
 
 
-def fill_state(field: pb.LstmState, state: State) -> None:
-    """Set an LstmState field in place."""
-    field.h.values.extend(state.h.tolist())
-    field.c.values.extend(state.c.tolist())
-
-
-def state_out(state: State) -> pb.LstmState:
+def layer_state_out(state: State, part: slice) -> pb.LstmState:
+    """One LSTM layer's part of a state."""
     message = pb.LstmState()
-    fill_state(message, state)
+    message.h.values.extend(state.h[part].tolist())
+    message.c.values.extend(state.c[part].tolist())
     return message
+
+
+def layer_states_out(state: State, info: ModelInfo) -> pb.LayerStates | None:
+    """Every layer's state, for models with several LSTM layers (None for one)."""
+    if info.lstm_layers == 1:
+        return None
+    return pb.LayerStates(layers=[layer_state_out(state, part) for part in info.layer_slices()])
 
 
 def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
@@ -59,6 +75,14 @@ def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
         activation=info.activation,
         recurrent_activation=info.recurrent_activation,
         use_bias=info.use_bias,
+        vocabulary_size=info.vocabulary_size,
+        layers=[
+            pb.Layer(type=layer.type, name=layer.name, units=layer.units, lstm=layer.lstm)
+            for layer in info.layers
+        ],
+        output_size=info.output_size or info.units,
+        has_output_layers=info.has_output_layers,
+        lstm_layers=info.lstm_layers,
         limits=pb.ServerLimits(
             max_timesteps=limits.max_timesteps,
             max_batch_size=limits.max_batch_size,
@@ -75,14 +99,15 @@ def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
     )
 
 
-def session_out(session: SessionInfo) -> pb.Session:
+def session_out(session: SessionInfo, info: ModelInfo) -> pb.Session:
     expires_at = Timestamp()
     expires_at.FromNanoseconds(int(session.expires_at * 1e9))
     return pb.Session(
         session_id=session.session_id,
-        state=state_out(session.state),
+        state=layer_state_out(session.state, info.hidden_columns()),
         step_count=session.step_count,
         model_version=session.model_version,
         expires_at=expires_at,
         ttl_seconds=session.ttl_seconds,
+        layer_states=layer_states_out(session.state, info),
     )

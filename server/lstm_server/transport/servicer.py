@@ -83,17 +83,20 @@ class LstmServicer:
     async def Predict(self, request: bytes, context: Context) -> bytes:
         inference = self._core.inference
         batch = await _read(wire.predict_request, request, inference.limits)
-        size = wire.predict_reply_bytes(batch.sequences, inference.info.units)
+        selection = wire.selection(batch.include)
+        size = wire.predict_reply_bytes(batch.sequences, inference.info, selection)
         check_reply_bytes(size, inference.limits, "use PredictStream, which sends them in parts")
         results = await inference.predict(
             batch.sequences, batch.initial_states, deadline=_deadline(context)
         )
-        return await _converted(size > OFF_LOOP_BYTES, wire.predict_response, results)
+        replies = wire.Replies(inference.info, selection)
+        return await _converted(size > OFF_LOOP_BYTES, replies.predict_response, results)
 
     async def PredictStream(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         inference = self._core.inference
         batch = await _read(wire.predict_request, request, inference.limits)
-        size = wire.stream_message_bytes(batch.timesteps_per_message, inference.info.units)
+        selection = wire.selection(batch.include)
+        size = wire.stream_message_bytes(batch.timesteps_per_message, inference.info, selection)
         check_reply_bytes(size, inference.limits, "ask for fewer timesteps_per_message")
         chunks = inference.predict_stream(
             batch.sequences,
@@ -101,16 +104,18 @@ class LstmServicer:
             timesteps_per_message=batch.timesteps_per_message,
             deadline=_deadline(context),
         )
+        replies = wire.Replies(inference.info, selection)
         async for chunk in chunks:
-            yield wire.stream_response(chunk)
+            yield replies.stream_response(chunk)
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
-        return conv.session_out(await self._create(request))
+        return self._session_out(await self._create(request))
 
     async def Step(self, request: bytes, context: Context) -> bytes:
         sessions = self._core.sessions
         step = await _read(wire.step_request, request, sessions.limits)
-        size = wire.step_reply_bytes(step.input, sessions.info.units)
+        selection = wire.selection(step.include)
+        size = wire.step_reply_bytes(step.input, sessions.info, selection)
         check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
         outcome = await sessions.step(
             step.session_id,
@@ -119,7 +124,8 @@ class LstmServicer:
             owner=principal(),
             deadline=_deadline(context),
         )
-        return await _converted(size > OFF_LOOP_BYTES, wire.step_response, outcome)
+        replies = wire.Replies(sessions.info, selection)
+        return await _converted(size > OFF_LOOP_BYTES, replies.step_response, outcome)
 
     async def StreamSession(
         self, request_iterator: AsyncIterator[bytes], context: Context
@@ -135,7 +141,7 @@ class LstmServicer:
             session = await sessions.get(opening.resume_session_id, owner=principal())
         else:
             session = await self._create(opening.create)
-        yield pb.SessionStreamResponse(session=conv.session_out(session)).SerializeToString()
+        yield pb.SessionStreamResponse(session=self._session_out(session)).SerializeToString()
         async for message in request_iterator:
             yield await self._stream_step(session.session_id, message)
         # Only a client that ends the stream ends a close_on_end session. A stream cut by the
@@ -154,24 +160,28 @@ class LstmServicer:
                 raise InvalidInput.single(
                     "step", "after the opening message, every message is a step"
                 )
-            size = wire.step_reply_bytes(step.input, sessions.info.units)
+            selection = wire.selection(step.include)
+            size = wire.step_reply_bytes(step.input, sessions.info, selection)
             check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
             outcome = await sessions.step(
                 session_id, step.input, step.step_number, owner=principal()
             )
         except ServingError as error:
             return pb.SessionStreamResponse(error=rpc_status(error)).SerializeToString()
-        return await _converted(size > OFF_LOOP_BYTES, wire.stream_step_response, outcome)
+        replies = wire.Replies(sessions.info, selection)
+        return await _converted(size > OFF_LOOP_BYTES, replies.stream_step_response, outcome)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
         session = await self._core.sessions.get(request.session_id, owner=principal())
-        return conv.session_out(session)
+        return self._session_out(session)
 
     async def ResetSession(self, request: pb.ResetSessionRequest, context: Context) -> pb.Session:
         session = await self._core.sessions.reset(
-            request.session_id, conv.optional_state_in(request, "state"), owner=principal()
+            request.session_id,
+            conv.optional_state_in(request, "state", "layer_states"),
+            owner=principal(),
         )
-        return conv.session_out(session)
+        return self._session_out(session)
 
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Context
@@ -179,9 +189,12 @@ class LstmServicer:
         await self._core.sessions.close(request.session_id, owner=principal())
         return pb.CloseSessionResponse()
 
+    def _session_out(self, session: SessionInfo) -> pb.Session:
+        return conv.session_out(session, self._core.sessions.info)
+
     async def _create(self, request: pb.CreateSessionRequest) -> SessionInfo:
         return await self._core.sessions.create(
-            conv.optional_state_in(request, "initial_state"),
+            conv.optional_state_in(request, "initial_state", "initial_layer_states"),
             ttl_seconds=request.ttl_seconds,
             owner=principal(),
         )

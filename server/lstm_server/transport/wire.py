@@ -36,8 +36,8 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_server.core.errors import InvalidInput
 from lstm_server.core.inference import StreamChunk
 from lstm_server.core.sessions import StepOutcome
-from lstm_server.core.types import Limits, RaggedSequence, RowResult, State, StateInput
-from lstm_server.transport.converters import state_in
+from lstm_server.core.types import GivenState, Limits, ModelInfo, RaggedSequence, RowResult, State
+from lstm_server.transport.converters import layer_states_in, state_in
 
 VARINT, I64, LEN, START_GROUP, END_GROUP, I32 = 0, 1, 2, 3, 4, 5
 Span = tuple[int, int]
@@ -189,15 +189,39 @@ def sequence(buf: bytes, start: int, end: int, field: str, limits: Limits) -> Ra
         values = np.ascontiguousarray(rows[:, header:]).view(_FLOAT).reshape(-1)
         return RaggedSequence(values, np.full(steps, count, np.int64))
     vectors: list[np.ndarray] = []
+    tokens: list[np.ndarray] = []
+    count = 0
     for number, wire, value, _ in _entries(buf, start, end):
-        if number != 1 or wire != LEN:
-            continue
-        if len(vectors) == limits.max_timesteps:
+        if number == 1 and wire == LEN:
+            vectors.append(_vector_values(buf, *value))
+            count += 1
+        elif number == 2 and wire in (VARINT, LEN):
+            found = _packed_varints(buf, *value) if wire == LEN else np.array([value], np.uint64)
+            tokens.append(found.view(np.int64))
+            count += found.size
+        if count > limits.max_timesteps:
             raise _too_many(field, f"{limits.max_timesteps + 1} or more", limits.max_timesteps)
-        vectors.append(_vector_values(buf, *value))
     widths = np.fromiter((v.size for v in vectors), np.int64, len(vectors))
     values = np.concatenate(vectors) if vectors else np.zeros(0, np.float32)
-    return RaggedSequence(values.astype(np.float32, copy=False), widths)
+    ids = np.concatenate(tokens) if tokens else None
+    return RaggedSequence(values.astype(np.float32, copy=False), widths, ids)
+
+
+def _packed_varints(buf: bytes, start: int, end: int) -> np.ndarray:
+    """The varints packed in ``buf[start:end]`` as uint64 (protobuf keeps the low 64 bits)."""
+    raw = np.frombuffer(buf, np.uint8, end - start, start)
+    if raw.size and raw[-1] & 0x80:
+        raise _Malformed("truncated varint")
+    last = np.flatnonzero(raw < 0x80)
+    first = np.concatenate(([0], last[:-1] + 1))
+    sizes = last - first + 1
+    if sizes.size and sizes.max() > 10:
+        raise _Malformed("varint longer than 10 bytes")
+    owner = np.repeat(np.arange(last.size), sizes)
+    shifts = (7 * (np.arange(raw.size) - first[owner])).astype(np.uint64)
+    values = np.zeros(last.size, np.uint64)
+    np.bitwise_or.at(values, owner, (raw & 0x7F).astype(np.uint64) << shifts)
+    return values
 
 
 def _merged_sequence(buf: bytes, spans: list[Span], field: str, limits: Limits) -> RaggedSequence:
@@ -209,14 +233,17 @@ def _merged_sequence(buf: bytes, spans: list[Span], field: str, limits: Limits) 
     steps = 0
     for lo, hi in spans:
         part = sequence(buf, lo, hi, field, limits)
-        steps += int(part.widths.size)
+        steps += part.timesteps
         if steps > limits.max_timesteps:
             raise _too_many(field, str(steps), limits.max_timesteps)
         parts.append(part)
     if not parts:
         return RaggedSequence(np.zeros(0, np.float32), np.zeros(0, np.int64))
+    tokens = [p.tokens for p in parts if p.tokens is not None]
     return RaggedSequence(
-        np.concatenate([p.values for p in parts]), np.concatenate([p.widths for p in parts])
+        np.concatenate([p.values for p in parts]),
+        np.concatenate([p.widths for p in parts]),
+        np.concatenate(tokens) if tokens else None,
     )
 
 
@@ -239,12 +266,48 @@ def _text(buf: bytes, span: tuple[int, int]) -> str:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """The per-timestep results a request asks for (its ``include`` field)."""
+
+    outputs: bool = True
+    hidden: bool = False
+    layer_hidden: bool = False
+
+
+_OUTPUTS = {0: "outputs", 1: "outputs", 2: "hidden", 3: "layer_hidden"}
+
+
+def selection(values: tuple[int, ...], field: str = "include") -> Selection:
+    """What a request's ``include`` asks for; values that are no ``Output`` are refused."""
+    if not values:
+        return Selection()
+    unknown = [v for v in values if v not in _OUTPUTS]
+    if unknown:
+        raise InvalidInput.single(
+            field, f"has {unknown[0]}, which is not an Output (known: {sorted(_OUTPUTS)})"
+        )
+    chosen = {_OUTPUTS[v] for v in values}
+    return Selection("outputs" in chosen, "hidden" in chosen, "layer_hidden" in chosen)
+
+
+def _include(buf: bytes, wire: int, value: Any, into: list[int]) -> None:
+    """An entry of a repeated Output field, packed or not."""
+    if wire == VARINT:
+        into.append(int(value))
+    elif wire == LEN:
+        into.extend(int(v) for v in _packed_varints(buf, *value)[: _SPARE_ENTRIES + 1])
+    if len(into) > _SPARE_ENTRIES:
+        raise malformed("has too many include entries")
+
+
+@dataclass(frozen=True)
 class PredictInput:
     """A Predict or PredictStream request, read."""
 
     sequences: list[RaggedSequence]
-    initial_states: list[StateInput]
+    initial_states: list[GivenState]
     timesteps_per_message: int = 0
+    include: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -254,6 +317,7 @@ class StepInput:
     input: RaggedSequence
     step_number: int
     session_id: str = ""
+    include: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -289,13 +353,19 @@ def predict_request(data: bytes, limits: Limits) -> PredictInput:
     first one too many, before anything is converted."""
     sequences: list[Span] = []
     states: list[Span] = []
+    layer_states: list[Span] = []
+    include: list[int] = []
     per_message = 0
-    budget = 2 * limits.max_batch_size + _SPARE_ENTRIES
+    budget = 3 * limits.max_batch_size + _SPARE_ENTRIES
+    fields = {1: ("sequences", sequences), 2: ("initial_states", states)}
+    fields[5] = ("initial_layer_states", layer_states)
     for seen, (number, wire, value, _) in enumerate(_entries(data, 0, len(data))):
         if seen > budget:
             raise malformed("has too many fields")
-        if number in (1, 2) and wire == LEN:
-            field, spans = ("sequences", sequences) if number == 1 else ("initial_states", states)
+        if number == 4:
+            _include(data, wire, value, include)
+        elif number in fields and wire == LEN:
+            field, spans = fields[number]
             if len(spans) == limits.max_batch_size:
                 raise InvalidInput.single(
                     field,
@@ -305,10 +375,17 @@ def predict_request(data: bytes, limits: Limits) -> PredictInput:
             spans.append(value)
         elif number == 3 and wire == VARINT:
             per_message = int(value) & 0xFFFF_FFFF
+    if states and layer_states:
+        raise InvalidInput.single(
+            "initial_layer_states", "is set with initial_states; send one or the other"
+        )
+    given: list[GivenState] = [state_in(_parse(pb.LstmState, data, [span])) for span in states]
+    given += [layer_states_in(_parse(pb.LayerStates, data, [span])) for span in layer_states]
     return PredictInput(
         [sequence(data, lo, hi, f"sequences[{i}]", limits) for i, (lo, hi) in enumerate(sequences)],
-        [state_in(_parse(pb.LstmState, data, [span])) for span in states],
+        given,
         per_message,
+        tuple(include),
     )
 
 
@@ -316,7 +393,8 @@ def _step(data: bytes, spans: list[Span], limits: Limits, *, unary: bool) -> Ste
     """A StepRequest (``unary``) or a SessionStep, merged from its occurrences."""
     session_id, step_number = "", 0
     inputs: list[Span] = []
-    input_field, number_field = (2, 3) if unary else (1, 2)
+    include: list[int] = []
+    input_field, number_field, include_field = (2, 3, 4) if unary else (1, 2, 3)
     seen = 0
     for start, end in spans:
         for number, wire, value, _ in _entries(data, start, end):
@@ -329,7 +407,10 @@ def _step(data: bytes, spans: list[Span], limits: Limits, *, unary: bool) -> Ste
                 inputs.append(value)
             elif number == number_field and wire == VARINT:
                 step_number = int(value)
-    return StepInput(_merged_sequence(data, inputs, "input", limits), step_number, session_id)
+            elif number == include_field:
+                _include(data, wire, value, include)
+    read = _merged_sequence(data, inputs, "input", limits)
+    return StepInput(read, step_number, session_id, tuple(include))
 
 
 @_refusing_malformed
@@ -386,18 +467,39 @@ def _state_size(units: int) -> int:
     return _field_size(2 * vector_size(units))
 
 
-def predict_reply_bytes(sequences: list[RaggedSequence], units: int) -> int:
-    timesteps = sum(int(s.widths.size) for s in sequences)
-    per_output = _state_size(units) + 2 * _varint_size(timesteps * vector_size(units)) + 2
-    return timesteps * vector_size(units) + len(sequences) * per_output
+def _layer_states_size(info: ModelInfo) -> int:
+    if info.lstm_layers == 1:
+        return 0
+    return _field_size(sum(_state_size(units) for units in info.layer_units))
 
 
-def step_reply_bytes(sequence: RaggedSequence, units: int) -> int:
-    return int(sequence.widths.size) * vector_size(units) + _state_size(units) + 128
+def _timestep_size(info: ModelInfo, selection: Selection) -> int:
+    """The bytes one timestep adds to a reply: one Vector per field it appears in."""
+    return sum(
+        vector_size(part.stop - part.start) + (4 if layered else 0)
+        for part, layered in _columns(info, selection)
+    )
 
 
-def stream_message_bytes(timesteps_per_message: int, units: int) -> int:
-    return max(1, timesteps_per_message) * vector_size(units) + _state_size(units) + 16
+def _states_size(info: ModelInfo) -> int:
+    return _state_size(info.units) + _layer_states_size(info)
+
+
+def predict_reply_bytes(
+    sequences: list[RaggedSequence], info: ModelInfo, selection: Selection
+) -> int:
+    timesteps = sum(s.timesteps for s in sequences)
+    per_output = _states_size(info) + 4 * _varint_size(timesteps * vector_size(info.timestep_width))
+    return timesteps * _timestep_size(info, selection) + len(sequences) * (per_output + 8)
+
+
+def step_reply_bytes(sequence: RaggedSequence, info: ModelInfo, selection: Selection) -> int:
+    return sequence.timesteps * _timestep_size(info, selection) + _states_size(info) + 128
+
+
+def stream_message_bytes(timesteps_per_message: int, info: ModelInfo, selection: Selection) -> int:
+    per_message = max(1, timesteps_per_message) * _timestep_size(info, selection)
+    return per_message + _states_size(info) + 16
 
 
 def _varint_bytes(n: int) -> bytes:
@@ -436,38 +538,86 @@ def vectors(number: int, rows: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def state(number: int, value: State) -> bytes:
-    """An LstmState field."""
-    return _field(number, _field(1, _vector_payload(value.h)) + _field(2, _vector_payload(value.c)))
+def _columns(info: ModelInfo, selection: Selection) -> list[tuple[slice, bool]]:
+    """The parts of a timestep's result a reply carries, and whether each is a layer's."""
+    parts: list[tuple[slice, bool]] = []
+    if selection.hidden or (selection.outputs and not info.has_output_layers):
+        parts.append((info.hidden_columns(), False))
+    if selection.outputs and info.has_output_layers:
+        parts.append((info.output_columns(), False))
+    if selection.layer_hidden:
+        parts += [(part, True) for part in info.layer_slices()]
+    return parts
 
 
-def predict_response(results: list[RowResult]) -> bytes:
-    """A PredictResponse."""
-    return b"".join(_field(1, vectors(1, r.sequence) + state(2, r.state)) for r in results)
+# Field numbers of a reply message: (hidden, outputs, layer_hidden, state, layer_states).
+Fields = tuple[int, int, int, int, int]
+SEQUENCE_OUTPUT: Fields = (1, 3, 4, 2, 5)
+STREAM_RESPONSE: Fields = (3, 5, 6, 4, 7)
+STEP_RESPONSE: Fields = (3, 5, 6, 4, 7)
 
 
-def stream_response(chunk: StreamChunk) -> bytes:
-    """A PredictStreamResponse."""
-    final = b"" if chunk.final_state is None else state(4, chunk.final_state)
-    return (
-        _scalar(1, chunk.sequence_index)
-        + _scalar(2, chunk.start_timestep)
-        + vectors(3, chunk.hidden)
-        + final
-    )
+class Replies:
+    """Writes the replies of one request: the results it asked for, of the served model."""
+
+    def __init__(self, info: ModelInfo, selection: Selection) -> None:
+        self.info = info
+        self.selection = selection
+
+    def fields(self, rows: np.ndarray, state: State | None, numbers: Fields) -> bytes:
+        """The per-timestep fields of ``rows`` (T, timestep_width) and the state's fields, in
+        field-number order (as protobuf writes them)."""
+        hidden, outputs, layer_hidden, single, layered = numbers
+        parts: dict[int, bytes] = {}
+        info, selection = self.info, self.selection
+        if selection.hidden or (selection.outputs and not info.has_output_layers):
+            parts[hidden] = vectors(hidden, rows[:, info.hidden_columns()])
+        if selection.outputs and info.has_output_layers:
+            parts[outputs] = vectors(outputs, rows[:, info.output_columns()])
+        if selection.layer_hidden:
+            parts[layer_hidden] = b"".join(
+                _field(layer_hidden, vectors(1, rows[:, part])) for part in info.layer_slices()
+            )
+        if state is not None:
+            top = info.hidden_columns()
+            parts[single] = _state_field(single, state.h[top], state.c[top])
+            if info.lstm_layers > 1:
+                parts[layered] = _field(
+                    layered,
+                    b"".join(
+                        _state_field(1, state.h[part], state.c[part])
+                        for part in info.layer_slices()
+                    ),
+                )
+        return b"".join(parts[number] for number in sorted(parts))
+
+    def predict_response(self, results: list[RowResult]) -> bytes:
+        """A PredictResponse."""
+        return b"".join(
+            _field(1, self.fields(r.sequence, r.state, SEQUENCE_OUTPUT)) for r in results
+        )
+
+    def stream_response(self, chunk: StreamChunk) -> bytes:
+        """A PredictStreamResponse."""
+        return (
+            _scalar(1, chunk.sequence_index)
+            + _scalar(2, chunk.start_timestep)
+            + self.fields(chunk.results, chunk.final_state, STREAM_RESPONSE)
+        )
+
+    def step_response(self, outcome: StepOutcome) -> bytes:
+        """A StepResponse."""
+        session_id = outcome.session_id.encode()
+        return (
+            (_field(1, session_id) if session_id else b"")
+            + _scalar(2, outcome.step_number)
+            + self.fields(outcome.sequence, outcome.state, STEP_RESPONSE)
+        )
+
+    def stream_step_response(self, outcome: StepOutcome) -> bytes:
+        """A SessionStreamResponse carrying a StepResponse."""
+        return _field(2, self.step_response(outcome))
 
 
-def step_response(outcome: StepOutcome) -> bytes:
-    """A StepResponse."""
-    session_id = outcome.session_id.encode()
-    return (
-        (_field(1, session_id) if session_id else b"")
-        + _scalar(2, outcome.step_number)
-        + vectors(3, outcome.hidden_sequence)
-        + state(4, outcome.state)
-    )
-
-
-def stream_step_response(outcome: StepOutcome) -> bytes:
-    """A SessionStreamResponse carrying a StepResponse."""
-    return _field(2, step_response(outcome))
+def _state_field(number: int, h: np.ndarray, c: np.ndarray) -> bytes:
+    return _field(number, _field(1, _vector_payload(h)) + _field(2, _vector_payload(c)))
