@@ -1,15 +1,27 @@
-"""Generate the Python protobuf and gRPC modules (with .pyi stubs) from proto/.
+"""Generate the Python protobuf and gRPC modules (with .pyi stubs) and the descriptor set from
+proto/.
 
-The .proto sources live in ``proto/lstm/v1``; the generated modules go to
-``client/lstm_client/v1`` so that the client package carries them and the
-server imports them from there. Run ``python scripts/gen_proto.py`` after
-editing a .proto; ``tests/test_codegen.py`` fails when the committed modules drift.
+The .proto sources live in ``proto/lstm/v1`` and are compiled under their real path,
+``lstm/v1/lstm_service.proto``: that is the name the descriptor registers, the one reflection
+serves, and the one stubs a user generates from the same file register too (identical files
+coexist in protobuf's pool). The modules go to ``client/lstm_client/v1`` so that the client
+package carries them and the server imports them from there; the one import between them
+(``lstm.v1`` -> ``lstm_client.v1``) is rewritten here, as the last step of generation. The
+descriptor set (``lstm_service.binpb``, imports included) ships with the package for tools that
+read descriptors.
+
+The pinned grpcio-tools of the dev extra makes them: its protobuf and gRPC generated-code versions
+set the client's floors (``pyproject.toml``). Run ``python scripts/gen_proto.py`` after editing a
+.proto; ``tests/unit/test_codegen.py`` fails when the committed files drift.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -17,11 +29,11 @@ from google.rpc import status_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_DIR = ROOT / "proto" / "lstm" / "v1"
-# The sources are mapped to the import path of the package that carries them,
-# so the generated modules import each other as ``lstm_client.v1.*``.
-VIRTUAL_DIR = "lstm_client/v1"
+PROTO_ROOT = ROOT / "proto"
+SOURCE_DIR = "lstm/v1"
+PACKAGE_DIR = "lstm_client/v1"
 PROTOS = ("lstm_service.proto",)
+DESCRIPTOR_SET = "lstm_service.binpb"
 
 
 def include_dirs() -> list[str]:
@@ -39,22 +51,45 @@ def grpc_stub_plugin() -> str:
     return str(plugin)
 
 
-def generate(out_dir: Path) -> None:
-    """Write the generated modules for every source into ``out_dir/lstm_client/v1``."""
-    (out_dir / VIRTUAL_DIR).mkdir(parents=True, exist_ok=True)
+def _protoc(work: Path) -> None:
+    sources = [f"{SOURCE_DIR}/{name}" for name in PROTOS]
     args = [
         "grpc_tools.protoc",
-        f"--proto_path={VIRTUAL_DIR}={PROTO_DIR}",
+        f"--proto_path={PROTO_ROOT}",
         *(f"--proto_path={d}" for d in include_dirs()),
         f"--plugin=protoc-gen-mypy_grpc={grpc_stub_plugin()}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        f"--mypy_grpc_out={out_dir}",
-        *(str(PROTO_DIR / name) for name in PROTOS),
+        f"--python_out={work}",
+        f"--pyi_out={work}",
+        f"--grpc_python_out={work}",
+        f"--mypy_grpc_out={work}",
+        f"--descriptor_set_out={work / SOURCE_DIR / DESCRIPTOR_SET}",
+        "--include_imports",
+        *sources,
     ]
+    (work / SOURCE_DIR).mkdir(parents=True, exist_ok=True)
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+
+
+def _carried(text: str) -> str:
+    """A generated module's imports of its sibling, as the package that carries them has it."""
+    text = re.sub(r"^from lstm\.v1 import ", "from lstm_client.v1 import ", text, flags=re.M)
+    text = re.sub(r"^import lstm\.v1\.", "import lstm_client.v1.", text, flags=re.M)
+    return re.sub(r"\blstm\.v1\.(lstm_service_pb2\w*)\b", r"lstm_client.v1.\1", text)
+
+
+def generate(out_dir: Path) -> None:
+    """Write the generated files for every source into ``out_dir/lstm_client/v1``."""
+    target = out_dir / PACKAGE_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        _protoc(work)
+        for made in sorted((work / SOURCE_DIR).iterdir()):
+            if made.suffix == ".binpb":
+                shutil.copyfile(made, target / made.name)
+            else:
+                (target / made.name).write_text(_carried(made.read_text()))
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ from tests.reference import NumpyLstm
 from tests.servers import ThreadedServer, settings
 
 TIERS = ("unit", "integration", "system")
+# Run by `make test` in the venv pinned at the client's floors, without this conftest.
+collect_ignore = ["floors"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

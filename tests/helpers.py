@@ -104,6 +104,18 @@ def system_binary(name: str, package: str, *fallbacks: str) -> str:
     pytest.skip(reason)
 
 
+def project_tool(path: str, made_by: str) -> Path:
+    """A tool the Makefile installs inside the repository (a pinned venv, npm packages); missing,
+    the test is skipped with the reason, or fails under ``LSTM_REQUIRE_SYSTEM_TESTS``."""
+    found = ROOT / path
+    if found.exists():
+        return found
+    reason = f"{path} is missing: `{made_by}` installs it (as `make test` does)"
+    if REQUIRE_SYSTEM:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 class NumpyRuntime:
     """A ``Runtime`` without TensorFlow: the server's exact numpy LSTM on seeded weights, for the
     unit tier. ``inline`` says which path the scheduler is told to take; ``calls`` records them."""

@@ -5,7 +5,7 @@ Carries the generated lstm.v1 protobuf modules (``lstm_client.v1``); never impor
 
 from lstm_client.aio import AsyncLstmClient, AsyncSession
 from lstm_client.client import LstmClient, Session
-from lstm_client.connection import TlsOptions
+from lstm_client.connection import RetryPolicy, TlsOptions
 from lstm_client.errors import FieldViolation, LstmError
 from lstm_client.results import (
     FinalState,
@@ -27,6 +27,7 @@ __all__ = [
     "LstmError",
     "ModelMetadata",
     "PredictResult",
+    "RetryPolicy",
     "Session",
     "SessionInfo",
     "StepResult",

@@ -6,7 +6,8 @@ They share everything but I/O with them through ``lstm_client.calls``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -14,8 +15,17 @@ import grpc
 
 from lstm_client import calls
 from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
+from lstm_client.client import retry_policy
 from lstm_client.codec import ArrayLike, Include, StateLike
-from lstm_client.connection import TlsOptions, call_metadata
+from lstm_client.connection import (
+    CallOptions,
+    ChannelSettings,
+    Metadata,
+    RetryPolicy,
+    TlsOptions,
+    call_metadata,
+    open_channel,
+)
 from lstm_client.errors import LstmError
 from lstm_client.results import (
     FinalState,
@@ -32,27 +42,32 @@ R = TypeVar("R")
 
 class AsyncLstmClient:
     """An asyncio client of lstm.v1.LstmService; use ``async with``. The arguments are those of
-    ``LstmClient``."""
+    ``LstmClient`` (``channel``: a ``grpc.aio`` channel)."""
 
     def __init__(
         self,
-        target: str,
+        target: str = "",
         *,
         timeout: float | None = None,
-        metadata: Iterable[tuple[str, str]] | None = None,
-        retries: int = 3,
+        metadata: Metadata | None = None,
+        retries: int | None = None,
         token: str | None = None,
         tls: TlsOptions | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.aio.Channel | None = None,
+        retry: RetryPolicy | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = call_metadata(metadata, token)
-        self.retries = retries
-        self._channel = (
-            grpc.aio.insecure_channel(target)
-            if tls is None
-            else grpc.aio.secure_channel(target, tls.credentials())
+        self.retry = retry_policy(retry, retries)
+        self.call_options = CallOptions(
+            timeout, call_metadata(metadata, token), wait_for_ready, compression
         )
+        settings = ChannelSettings(tls, tuple(options), self.retry, compression)
+        self._owns_channel = channel is None
+        self._channel = channel or open_channel(target, settings, aio=True)
         self._stub = pb_grpc.LstmServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncLstmClient:
@@ -67,23 +82,35 @@ class AsyncLstmClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        """Close the channel (not one the caller passed in)."""
+        if self._owns_channel:
+            await self._channel.close()
 
-    async def _invoke(self, call: UnaryCall[R]) -> R:
+    async def _invoke(
+        self, call: UnaryCall[R], timeout: float | None = None, metadata: Metadata | None = None
+    ) -> R:
         method: Callable[..., Awaitable[Any]] = getattr(self._stub, call.method)
         try:
-            reply = await method(call.request, timeout=self.timeout, metadata=self._metadata)
+            reply = await method(call.request, **self.call_options.kwargs(timeout, metadata))
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
         return call.read(reply)
 
-    async def metadata(self) -> ModelMetadata:
-        return await self._invoke(calls.metadata())
+    async def metadata(
+        self, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> ModelMetadata:
+        return await self._invoke(calls.metadata(), timeout, metadata)
 
     async def predict(
-        self, x: ArrayLike, initial_state: StateLike | None = None, *, include: Include = None
+        self,
+        x: ArrayLike,
+        initial_state: StateLike | None = None,
+        *,
+        include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> PredictResult:
-        return await self._invoke(calls.predict(x, initial_state, include))
+        return await self._invoke(calls.predict(x, initial_state, include), timeout, metadata)
 
     async def predict_many(
         self,
@@ -91,8 +118,11 @@ class AsyncLstmClient:
         initial_states: Iterable[StateLike] | None = None,
         *,
         include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> list[PredictResult]:
-        return await self._invoke(calls.predict_many(sequences, initial_states, include))
+        call = calls.predict_many(sequences, initial_states, include)
+        return await self._invoke(call, timeout, metadata)
 
     async def stream(
         self,
@@ -101,31 +131,40 @@ class AsyncLstmClient:
         *,
         timesteps_per_message: int = 1,
         include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> AsyncIterator[StreamChunk | FinalState]:
         request = calls.stream_request(x, initial_state, timesteps_per_message, include)
-        call = self._stub.PredictStream(request, timeout=self.timeout, metadata=self._metadata)
+        kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
+        call = self._stub.PredictStream(request, **kwargs)
+        wait = self.timeout if timeout is None else timeout
         try:
-            async for message in call:
+            while (message := await _read_within(call, wait)) is not None:
                 for item in calls.stream_items(message):
                     yield item
-        except grpc.RpcError as error:
-            raise LstmError.from_rpc_error(error) from None
         finally:
             call.cancel()
 
     async def session(
-        self, initial_state: StateLike | None = None, ttl: int | None = None
+        self,
+        initial_state: StateLike | None = None,
+        ttl: int | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> AsyncSession:
-        info = await self._invoke(calls.create_session(initial_state, ttl))
-        return AsyncSession(self._invoke, info, self.retries)
+        info = await self._invoke(calls.create_session(initial_state, ttl), timeout, metadata)
+        return AsyncSession(self._invoke, info, self.retry)
 
-    async def attach(self, session_id: str) -> AsyncSession:
-        info = await self._invoke(calls.get_session(session_id))
-        return AsyncSession(self._invoke, info, self.retries)
+    async def attach(
+        self, session_id: str, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> AsyncSession:
+        info = await self._invoke(calls.get_session(session_id), timeout, metadata)
+        return AsyncSession(self._invoke, info, self.retry)
 
     async def stream_session(
         self,
-        chunks: Iterable[ArrayLike],
+        chunks: Iterable[ArrayLike] | AsyncIterable[ArrayLike],
         *,
         initial_state: StateLike | None = None,
         ttl: int | None = None,
@@ -133,8 +172,11 @@ class AsyncLstmClient:
         close_on_end: bool | None = None,
         first_step_number: int | None = None,
         include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> AsyncIterator[StepResult]:
-        """Step through ``chunks`` over one stream, as ``LstmClient.stream_session`` does."""
+        """Step through ``chunks`` (an iterable or an async iterable: a queue, a websocket)
+        over one stream, as ``LstmClient.stream_session`` does, resuming it the same way."""
         stream = SessionStream(
             initial_state=initial_state,
             ttl=ttl,
@@ -143,32 +185,86 @@ class AsyncLstmClient:
             first_step_number=first_step_number,
             include=include,
         )
-        call = self._stub.StreamSession(timeout=self.timeout, metadata=self._metadata)
-        try:
-            await call.write(stream.opening)
-            stream.opened(await call.read())
-            for chunk in chunks:
-                await call.write(stream.step(chunk))
-                yield stream.result(await call.read())
-            await call.done_writing()  # the server closes a close_on_end session, then ends
-            while await call.read() is not grpc.aio.EOF:
-                pass
-        except grpc.RpcError as error:
-            raise LstmError.from_rpc_error(error) from None
-        finally:
-            call.cancel()
+        wait = self.timeout if timeout is None else timeout
+        kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
+        retries = self.retry.delays()
+        source = _aiter(chunks)
+        while True:
+            call = self._stub.StreamSession(**kwargs)
+            try:
+                await _write(call, stream.opening)
+                stream.opened(await _reply(call, wait))
+                if stream.pending is not None:
+                    await _write(call, stream.pending)
+                    yield stream.result(await _reply(call, wait))
+                async for chunk in source:
+                    await _write(call, stream.step(chunk))
+                    yield stream.result(await _reply(call, wait))
+                await call.done_writing()  # the server closes a close_on_end session, then ends
+                while await _read_within(call, wait) is not None:
+                    pass
+                return
+            except LstmError as error:
+                delay = next(retries, None) if stream.resume(error) else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+            finally:
+                call.cancel()
 
 
-AsyncInvoke = Callable[[UnaryCall[Any]], Awaitable[Any]]
+async def _aiter(chunks: Iterable[ArrayLike] | AsyncIterable[ArrayLike]) -> AsyncIterator[Any]:
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk
+
+
+async def _write(call: Any, message: Any) -> None:
+    try:
+        await call.write(message)
+    except grpc.RpcError as error:
+        raise LstmError.from_rpc_error(error) from None
+    except asyncio.InvalidStateError:  # the call already ended
+        raise LstmError(grpc.StatusCode.UNAVAILABLE, "the stream ended") from None
+
+
+async def _read_within(call: Any, seconds: float | None) -> Any:
+    """The next message (None at the stream's end), waiting at most ``seconds``."""
+    try:
+        message = await asyncio.wait_for(call.read(), seconds)
+    except TimeoutError:
+        raise LstmError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"no message within {seconds} s",
+            reason="DEADLINE_EXCEEDED",
+        ) from None
+    except grpc.RpcError as error:
+        raise LstmError.from_rpc_error(error) from None
+    return None if message is grpc.aio.EOF else message
+
+
+async def _reply(call: Any, seconds: float | None) -> Any:
+    message = await _read_within(call, seconds)
+    if message is None:
+        raise LstmError(grpc.StatusCode.UNAVAILABLE, "the stream ended before its reply")
+    return message
+
+
+AsyncInvoke = Callable[..., Awaitable[Any]]
 
 
 class AsyncSession(SessionHandle):
     """The asyncio twin of ``lstm_client.Session``."""
 
-    def __init__(self, invoke: AsyncInvoke, info: SessionInfo, retries: int = 3) -> None:
+    def __init__(
+        self, invoke: AsyncInvoke, info: SessionInfo, retry: RetryPolicy | int = 3
+    ) -> None:
         super().__init__(info)
         self._invoke = invoke
-        self._retries = retries
+        self._retry = retry if isinstance(retry, RetryPolicy) else RetryPolicy(attempts=retry + 1)
 
     async def __aenter__(self) -> AsyncSession:
         return self
@@ -179,24 +275,46 @@ class AsyncSession(SessionHandle):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        if exc is None:
+            await self.close()
+            return
+        with contextlib.suppress(LstmError):  # the body's own exception is what the caller sees
+            await self.close()
 
-    async def step(self, x: ArrayLike, *, include: Include = None) -> StepResult:
+    async def step(
+        self,
+        x: ArrayLike,
+        *,
+        include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> StepResult:
         call = calls.step(self.info, x, include)
-        retries = StepRetries(self._retries)
+        retries = StepRetries(self._retry)
         while True:
             try:
-                return self.stepped(await self._invoke(call))
+                return self.stepped(await self._invoke(call, timeout, metadata))
             except LstmError as error:
                 await asyncio.sleep(retries.delay_after(error))
 
-    async def refresh(self) -> SessionInfo:
-        self.info = await self._invoke(calls.get_session(self.session_id))
+    async def refresh(
+        self, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> SessionInfo:
+        self.info = await self._invoke(calls.get_session(self.session_id), timeout, metadata)
         return self.info
 
-    async def reset(self, state: StateLike | None = None) -> SessionInfo:
-        self.info = await self._invoke(calls.reset_session(self.session_id, state))
+    async def reset(
+        self,
+        state: StateLike | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> SessionInfo:
+        call = calls.reset_session(self.session_id, state)
+        self.info = await self._invoke(call, timeout, metadata)
         return self.info
 
-    async def close(self) -> None:
-        await self._invoke(calls.close_session(self.session_id))
+    async def close(
+        self, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> None:
+        await self._invoke(calls.close_session(self.session_id), timeout, metadata)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from lstm_client.connection import NO_RETRIES, ChannelSettings, TlsOptions, open_channel
 from lstm_client.v1 import lstm_service_pb2 as pb
 
 SERVICE = "/lstm.v1.LstmService/"
@@ -145,11 +146,12 @@ def session_messages(features: int, timesteps: int, seed: int = 0) -> tuple[byte
 
 async def lstm_load(
     target: str, rpc: str, features: int, timesteps: int, batch: int, concurrency: int,
-    duration: float, metadata: tuple[tuple[str, str], ...] = (),
+    duration: float, metadata: tuple[tuple[str, str], ...] = (), tls: TlsOptions | None = None,
 ) -> LoadResult:  # fmt: skip
-    """Drive one lstm-serving RPC (``predict``, ``stream`` or ``session``) at a concurrency."""
-    options = [("grpc.max_receive_message_length", 64 * 2**20)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
+    """Drive one lstm-serving RPC (``predict``, ``stream`` or ``session``) at a concurrency,
+    over TLS if ``tls`` is given (``metadata`` carries a token, if any)."""
+    settings = ChannelSettings(tls=tls, retry=NO_RETRIES)
+    async with open_channel(target, settings, aio=True) as channel:
         if rpc == "session":
             opening, step = session_messages(features, timesteps)
             return await bidi_load(

@@ -10,9 +10,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import grpc
+
 from lstm_client import codec
 from lstm_client.codec import ArrayLike, Include, StateLike
-from lstm_client.errors import RETRYABLE_CODES, LstmError, retry_delays
+from lstm_client.connection import RetryPolicy
+from lstm_client.errors import RETRYABLE_CODES, LstmError
 from lstm_client.results import (
     FinalState,
     LayerState,
@@ -110,15 +113,17 @@ def step(info: SessionInfo, x: ArrayLike, include: Include = None) -> UnaryCall[
 
 class StepRetries:
     """When a session step whose reply was lost is sent again (with the same number, so it is
-    applied once): after UNAVAILABLE or DEADLINE_EXCEEDED, with growing delays."""
+    applied once): after UNAVAILABLE or DEADLINE_EXCEEDED, waiting as ``policy`` says."""
 
-    def __init__(self, retries: int) -> None:
-        self._delays = retry_delays(retries)
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._delays = policy.delays()
 
     def delay_after(self, error: LstmError) -> float:
         """Seconds to wait before the retry; re-raises ``error`` when it is not retried."""
+        if error.code not in RETRYABLE_CODES:
+            raise error
         delay = next(self._delays, None)
-        if error.code not in RETRYABLE_CODES or delay is None:
+        if delay is None:
             raise error
         return delay
 
@@ -153,12 +158,14 @@ class SessionHandle:
 
 
 class SessionStream:
-    """The messages of one ``StreamSession`` call: an opening (create or resume), then one
-    numbered step per chunk; replies are read back in order.
+    """The messages of ``StreamSession`` calls for one run of chunks: an opening (create or
+    resume), then one numbered step per chunk; replies are read back in order.
 
     Steps are numbered from the session's step count, or from ``first_step_number`` when a
     resume says which step its first chunk is: a step whose reply was lost is then answered
-    again by the server, never applied twice."""
+    again by the server, never applied twice. When a stream breaks (UNAVAILABLE) after the
+    session is known, ``resume`` opens the next stream on the same session from the first step
+    not answered, and that step is sent again with its number: exactly once, on any replica."""
 
     def __init__(
         self,
@@ -173,33 +180,49 @@ class SessionStream:
         self._include = codec.include_values(include)
         if first_step_number is not None and (session_id is None or first_step_number < 1):
             raise ValueError("first_step_number (1 or more) goes with the session_id it resumes")
-        opening = pb.OpenSession(
-            close_on_end=session_id is None if close_on_end is None else close_on_end
-        )
+        self._close_on_end = session_id is None if close_on_end is None else close_on_end
+        opening = pb.OpenSession(close_on_end=self._close_on_end)
         if session_id is None:
             opening.create.CopyFrom(codec.create_request(initial_state, ttl))
         else:
             opening.resume_session_id = session_id
         self.opening = pb.SessionStreamRequest(open=opening)
+        self.session_id = session_id
         self._first = first_step_number
         self._number = 0
+        self.pending: pb.SessionStreamRequest | None = None  # sent, not answered
 
     def opened(self, reply: pb.SessionStreamResponse) -> None:
         """The server's answer to the opening: steps continue from its step count, unless the
-        caller said which step comes first."""
+        caller (or a resume) said which step comes first."""
+        self.session_id = reply.session.session_id
         count = reply.session.step_count
         self._number = count if self._first is None else self._first - 1
+        if self.pending is not None:  # sent again on the new stream, with the same number
+            self._number = self.pending.step.step_number
 
     def step(self, chunk: ArrayLike) -> pb.SessionStreamRequest:
         self._number += 1
         step = pb.SessionStep(
             input=codec.sequence_message(chunk), step_number=self._number, include=self._include
         )
-        return pb.SessionStreamRequest(step=step)
+        self.pending = pb.SessionStreamRequest(step=step)
+        return self.pending
 
-    @staticmethod
-    def result(reply: pb.SessionStreamResponse) -> StepResult:
-        """A step's result; a step refused in-band raises its ``LstmError``."""
+    def result(self, reply: pb.SessionStreamResponse) -> StepResult:
+        """A step's result; a step refused in-band raises its ``LstmError`` (with its reason
+        and violations)."""
+        self.pending = None
         if reply.HasField("error"):
-            raise LstmError.from_status(reply.error)
+            raise LstmError.from_status(reply.error, in_band=True)
         return codec.step_result(reply.step)
+
+    def resume(self, error: LstmError) -> bool:
+        """After ``error`` broke the stream: whether a new stream may go on (the session is
+        known and the error is UNAVAILABLE); if so, ``opening`` now resumes it."""
+        if error.in_band or error.code != grpc.StatusCode.UNAVAILABLE or not self.session_id:
+            return False
+        self._first = self._number + 1 if self.pending is None else None
+        opening = pb.OpenSession(resume_session_id=self.session_id, close_on_end=self._close_on_end)
+        self.opening = pb.SessionStreamRequest(open=opening)
+        return True

@@ -1,26 +1,62 @@
-"""``lstm-client``: call a running lstm-server from the command line."""
+"""``lstm-client``: call a running lstm-server from the command line.
+
+Exit codes: 0 done; 1 the call failed (the server refused it or could not be reached; the
+message gives the status, its reason and every field violation); 2 a usage error (flags, input
+values, files); 3 a check the command makes (``demo``, ``session``) found results that differ.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
+from importlib import metadata as package_metadata
+from typing import Any
 
+import grpc
 import numpy as np
 
 from lstm_client import bench
 from lstm_client.client import LstmClient
-from lstm_client.connection import TlsOptions
+from lstm_client.connection import TlsOptions, call_metadata
 from lstm_client.errors import LstmError
-from lstm_client.results import LayerState
+from lstm_client.results import FinalState, LayerState, StreamChunk
 
 TUTORIAL_INPUT = [0.1, 0.2, 0.3]
+EXIT_CALL_FAILED, EXIT_USAGE, EXIT_CHECK_FAILED = 1, 2, 3
+
+
+class UsageError(Exception):
+    """Input the command cannot use; exit code 2."""
+
+
+class CheckFailed(Exception):
+    """A check the command makes did not hold; exit code 3."""
 
 
 def _fmt(array: np.ndarray) -> str:
     return np.array2string(np.asarray(array), precision=6, suppress_small=True, separator=", ")
+
+
+def _json(value: Any) -> Any:
+    """Arrays as nested lists, LayerStates as {"h", "c"}, for ``--output json``."""
+    if isinstance(value, LayerState):
+        return {"h": _json(value.h), "c": _json(value.c)}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    return value
+
+
+def _emit(value: Any) -> None:
+    print(json.dumps(_json(value), default=str))
 
 
 def _sequence(client: LstmClient, values: list[str], features: int) -> np.ndarray:
@@ -31,9 +67,9 @@ def _sequence(client: LstmClient, values: list[str], features: int) -> np.ndarra
             return np.asarray([int(v) for v in values], np.int64)
         numbers = [float(v) for v in values]
     except ValueError as error:
-        raise SystemExit(f"cannot read the input values: {error}") from None
+        raise UsageError(f"cannot read the input values: {error}") from None
     if len(numbers) % features:
-        raise SystemExit(
+        raise UsageError(
             f"{len(numbers)} values do not split into timesteps of {features} features"
         )
     return np.asarray(numbers, np.float32).reshape(-1, features)
@@ -61,29 +97,46 @@ def _print_results(
 
 def cmd_metadata(client: LstmClient, args: argparse.Namespace) -> None:
     meta = client.metadata()
+    if args.output == "json":
+        _emit(asdict(meta))
+        return
     for key, value in vars(meta).items():
         print(f"{key}: {value}")
-
-
-def cmd_predict(client: LstmClient, args: argparse.Namespace) -> None:
-    result = client.predict(_sequence(client, args.values, args.features), include=_INCLUDE)
-    _print_results(result.outputs, result.sequence, result.states)
 
 
 # What the CLI asks for: the model's outputs and, for models with output layers, the hidden ones.
 _INCLUDE = ("outputs", "hidden")
 
 
+def cmd_predict(client: LstmClient, args: argparse.Namespace) -> None:
+    result = client.predict(_sequence(client, args.values, args.features), include=_INCLUDE)
+    if args.output == "json":
+        _emit({"outputs": result.outputs, "sequence": result.sequence, "states": result.states})
+        return
+    _print_results(result.outputs, result.sequence, result.states)
+
+
 def cmd_stream(client: LstmClient, args: argparse.Namespace) -> None:
     x = _sequence(client, args.values, args.features)
     for item in client.stream(x, timesteps_per_message=args.per_message):
-        print(item)
+        if args.output != "json":
+            print(item)
+        elif isinstance(item, StreamChunk):
+            _emit(
+                {
+                    "sequence_index": item.sequence_index,
+                    "start_timestep": item.start_timestep,
+                    "outputs": item.outputs,
+                }
+            )
+        elif isinstance(item, FinalState):
+            _emit({"sequence_index": item.sequence_index, "states": item.states})
 
 
 def cmd_demo(client: LstmClient, args: argparse.Namespace) -> None:
     meta = client.metadata()
     if meta.vocabulary_size or meta.has_output_layers or meta.lstm_layers > 1:
-        raise SystemExit("the demo replays the tutorial's single LSTM; this model is a chain")
+        raise UsageError("the demo replays the tutorial's single LSTM; this model is a chain")
     x = np.asarray(TUTORIAL_INPUT, np.float32).reshape(-1, 1).repeat(meta.input_features, axis=1)
     result = client.predict(x)
     assert result.sequence is not None
@@ -100,21 +153,33 @@ def cmd_demo(client: LstmClient, args: argparse.Namespace) -> None:
     same = np.allclose(result.sequence[-1], result.h, atol=1e-6)
     print(f"\nthe last hidden output equals h: {same}")
     if not same:
-        raise SystemExit(1)
+        raise CheckFailed("the last hidden output differs from h")
 
 
 def cmd_session(client: LstmClient, args: argparse.Namespace) -> None:
     x = _sequence(client, args.values, args.features)
     whole = client.predict(x)
     outputs = []
+    as_json = args.output == "json"
     with client.session() as session:
-        print(f"session {session.session_id}")
+        if not as_json:
+            print(f"session {session.session_id}")
         for start in range(0, len(x), args.chunk):
             step = session.step(x[start : start + args.chunk])
             assert step.outputs is not None
             outputs.append(step.outputs)
-            print(f"step {step.step_number}:")
-            _print_results(step.outputs, step.sequence, step.states, indent="  ")
+            if as_json:
+                _emit(
+                    {
+                        "session_id": step.session_id,
+                        "step_number": step.step_number,
+                        "outputs": step.outputs,
+                        "states": step.states,
+                    }
+                )
+            else:
+                print(f"step {step.step_number}:")
+                _print_results(step.outputs, step.sequence, step.states, indent="  ")
     stepped = np.concatenate(outputs)
     same = bool(
         np.allclose(stepped, np.asarray(whole.outputs), atol=1e-5)
@@ -122,37 +187,59 @@ def cmd_session(client: LstmClient, args: argparse.Namespace) -> None:
             np.allclose(a.c, b.c, atol=1e-5) for a, b in zip(step.states, whole.states, strict=True)
         )
     )
-    print(f"equals predict over the whole sequence: {same}")
+    if as_json:
+        _emit({"equals_predict": same})
+    else:
+        print(f"equals predict over the whole sequence: {same}")
     if not same:
-        raise SystemExit(1)
+        raise CheckFailed("the steps differ from predict over the whole sequence")
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
+def cmd_bench(args: argparse.Namespace, tls: TlsOptions | None) -> None:
     """Like Triton's perf_analyzer: requests/s, timesteps/s and latency percentiles."""
-    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+    metadata = call_metadata(None, args.token)
     levels = [int(c) for c in args.concurrency.split(",")]
+
+    def load(level: int, seconds: float) -> bench.LoadResult:
+        return asyncio.run(
+            bench.lstm_load(args.target, args.rpc, args.features, args.timesteps, args.batch,
+                            level, seconds, metadata, tls)
+        )  # fmt: skip
+
     if args.warmup:
-        asyncio.run(
-            bench.lstm_load(args.target, args.rpc, args.features, args.timesteps, args.batch,
-                            levels[0], args.warmup, metadata)
-        )  # fmt: skip
+        load(levels[0], args.warmup)
     per_request = args.timesteps * (1 if args.rpc == "session" else args.batch)
-    print(f"rpc={args.rpc} features={args.features} timesteps={args.timesteps} batch={args.batch}")
     header = ["concurrency", "requests/s", "timesteps/s", "p50 ms", "p90 ms", "p99 ms"]
-    print("  ".join(f"{h:>12}" for h in header))
+    if args.output != "json":
+        print(f"rpc={args.rpc} features={args.features} timesteps={args.timesteps} "
+              f"batch={args.batch}")  # fmt: skip
+        print("  ".join(f"{h:>12}" for h in header))
     for level in levels:
-        result = asyncio.run(
-            bench.lstm_load(args.target, args.rpc, args.features, args.timesteps, args.batch,
-                            level, args.duration, metadata)
-        )  # fmt: skip
-        row = result.row(per_request)
-        print(
-            "  ".join(f"{row[h]:>12.3f}" if h != "concurrency" else f"{level:>12}" for h in header)
-        )
+        row = load(level, args.duration).row(per_request)
+        if args.output == "json":
+            _emit({"rpc": args.rpc, "concurrency": level, **row})
+        else:
+            print(
+                "  ".join(
+                    f"{row[h]:>12.3f}" if h != "concurrency" else f"{level:>12}" for h in header
+                )
+            )
+
+
+def _version() -> str:
+    try:
+        return package_metadata.version("lstm-serving")
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lstm-client", description="Call an lstm-serving server.")
+    p = argparse.ArgumentParser(
+        prog="lstm-client",
+        description="Call an lstm-serving server.",
+        epilog="exit codes: 0 done, 1 the call failed, 2 usage error, 3 a check failed",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument(
         "--target",
         default=os.environ.get("LSTM_TARGET", "localhost:50051"),
@@ -165,6 +252,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", help="PEM CA bundle of the server's certificate: connect over TLS")
     p.add_argument("--tls-cert", help="PEM client certificate chain (mutual TLS)")
     p.add_argument("--tls-key", help="PEM client private key (mutual TLS)")
+    p.add_argument(
+        "--output", choices=["text", "json"], default="text", help="text, or JSON (one per line)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("metadata", help="show the served model and limits").set_defaults(
         run=cmd_metadata
@@ -202,22 +292,34 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(code: int, message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    if args.command == "bench":
-        cmd_bench(args)
-        return
+    args = parser().parse_args(argv)  # exits 2 on bad flags
     try:
         tls = None
         if args.tls_ca or args.tls_cert:
             tls = TlsOptions.from_files(args.tls_ca, args.tls_cert, args.tls_key)
+        if args.command == "bench":
+            cmd_bench(args, tls)
+            return
         with LstmClient(args.target, timeout=args.timeout, token=args.token, tls=tls) as client:
             args.run(client, args)
-    except LstmError as error:
-        print(f"error: {error}", file=sys.stderr)
-        for violation in error.violations:
-            print(f"  {violation.field}: {violation.description}", file=sys.stderr)
-        sys.exit(1)
+    except (LstmError, grpc.RpcError) as failure:
+        error = failure if isinstance(failure, LstmError) else LstmError.from_rpc_error(failure)
+        reason = f" [{error.reason}]" if error.reason else ""
+        lines = [f"{error}{reason}"]
+        lines += [f"  {v.field}: {v.description}" for v in error.violations]
+        _fail(EXIT_CALL_FAILED, "\n".join(lines))
+    except (UsageError, ValueError, OSError) as error:
+        _fail(EXIT_USAGE, str(error))
+    except CheckFailed as error:
+        _fail(EXIT_CHECK_FAILED, str(error))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

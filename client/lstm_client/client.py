@@ -6,9 +6,11 @@ asyncio twin (``lstm_client.aio``); this module only carries them over a blockin
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -17,7 +19,15 @@ import grpc
 from lstm_client import calls
 from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
 from lstm_client.codec import ArrayLike, Include, StateLike
-from lstm_client.connection import TlsOptions, call_metadata
+from lstm_client.connection import (
+    CallOptions,
+    ChannelSettings,
+    Metadata,
+    RetryPolicy,
+    TlsOptions,
+    call_metadata,
+    open_channel,
+)
 from lstm_client.errors import LstmError
 from lstm_client.results import (
     FinalState,
@@ -31,34 +41,54 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
 R = TypeVar("R")
+T = TypeVar("T")
+
+
+def retry_policy(retry: RetryPolicy | None, retries: int | None) -> RetryPolicy:
+    """``retry``, or the default; ``retries`` (the older way to say it) sets its attempts."""
+    if retries is not None:
+        return RetryPolicy(attempts=retries + 1)
+    return retry or RetryPolicy()
 
 
 class LstmClient:
     """A blocking client of lstm.v1.LstmService.
 
-    ``timeout`` (seconds) applies to each call; ``metadata`` is sent with every call, and so is
-    ``token`` as a Bearer token; ``tls`` connects over TLS (mutual TLS with a client certificate).
+    ``timeout`` (seconds) applies to each unary call, and to each message of a stream (a stream
+    has no deadline of its own); ``metadata`` is sent with every call, and so is ``token`` as a
+    Bearer token; ``tls`` connects over TLS (mutual TLS with a client certificate). ``options``
+    are gRPC channel options, merged over the defaults (no limit on received messages; a
+    ``("grpc.lb_policy_name", "round_robin")`` spreads calls over every address a name
+    resolves to); ``channel`` uses a channel the caller made instead. ``retry`` says how
+    session steps, session streams and idempotent calls ride over a restarting replica;
+    ``wait_for_ready`` waits for a connection instead of failing fast; ``compression`` applies
+    to every call. Every call also takes its own ``timeout`` and ``metadata``.
     """
 
     def __init__(
         self,
-        target: str,
+        target: str = "",
         *,
         timeout: float | None = None,
-        metadata: Iterable[tuple[str, str]] | None = None,
-        retries: int = 3,
+        metadata: Metadata | None = None,
+        retries: int | None = None,
         token: str | None = None,
         tls: TlsOptions | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.Channel | None = None,
+        retry: RetryPolicy | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = call_metadata(metadata, token)
-        self.retries = retries
-        self._channel = (
-            grpc.insecure_channel(target)
-            if tls is None
-            else grpc.secure_channel(target, tls.credentials())
+        self.retry = retry_policy(retry, retries)
+        self.call_options = CallOptions(
+            timeout, call_metadata(metadata, token), wait_for_ready, compression
         )
+        settings = ChannelSettings(tls, tuple(options), self.retry, compression)
+        self._owns_channel = channel is None
+        self._channel = channel or open_channel(target, settings, aio=False)
         self._stub = pb_grpc.LstmServiceStub(self._channel)
 
     def __enter__(self) -> LstmClient:
@@ -73,24 +103,36 @@ class LstmClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        """Close the channel (not one the caller passed in)."""
+        if self._owns_channel:
+            self._channel.close()
 
-    def _invoke(self, call: UnaryCall[R]) -> R:
+    def _invoke(
+        self, call: UnaryCall[R], timeout: float | None = None, metadata: Metadata | None = None
+    ) -> R:
         method: Callable[..., Any] = getattr(self._stub, call.method)
         try:
-            reply = method(call.request, timeout=self.timeout, metadata=self._metadata)
+            reply = method(call.request, **self.call_options.kwargs(timeout, metadata))
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
         return call.read(reply)
 
-    def metadata(self) -> ModelMetadata:
-        return self._invoke(calls.metadata())
+    def metadata(
+        self, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> ModelMetadata:
+        return self._invoke(calls.metadata(), timeout, metadata)
 
     def predict(
-        self, x: ArrayLike, initial_state: StateLike | None = None, *, include: Include = None
+        self,
+        x: ArrayLike,
+        initial_state: StateLike | None = None,
+        *,
+        include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> PredictResult:
         """Run (T, F) or (B, T, F) input; the result keeps the batch axis if the input had one."""
-        return self._invoke(calls.predict(x, initial_state, include))
+        return self._invoke(calls.predict(x, initial_state, include), timeout, metadata)
 
     def predict_many(
         self,
@@ -98,9 +140,12 @@ class LstmClient:
         initial_states: Iterable[StateLike] | None = None,
         *,
         include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> list[PredictResult]:
         """Run sequences of different lengths in one request; one result per sequence."""
-        return self._invoke(calls.predict_many(sequences, initial_states, include))
+        call = calls.predict_many(sequences, initial_states, include)
+        return self._invoke(call, timeout, metadata)
 
     def stream(
         self,
@@ -109,30 +154,48 @@ class LstmClient:
         *,
         timesteps_per_message: int = 1,
         include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> Iterator[StreamChunk | FinalState]:
-        """Yield hidden outputs as the server computes them, then each sequence's final state.
+        """Yield results as the server computes them, then each sequence's final state.
 
+        ``timeout`` (default: the client's) bounds the wait for each message, not the stream.
         Stopping early (``break``, or closing the iterator) cancels the call, which stops the
         server's computation."""
         request = calls.stream_request(x, initial_state, timesteps_per_message, include)
-        call = self._stub.PredictStream(request, timeout=self.timeout, metadata=self._metadata)
+        kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
+        call = self._stub.PredictStream(request, **kwargs)
+        wait = self._per_message(timeout)
         try:
-            for message in call:
+            while True:
+                message = _next_within(call, wait)
+                if message is None:
+                    return
                 yield from calls.stream_items(message)
-        except grpc.RpcError as error:
-            raise LstmError.from_rpc_error(error) from None
         finally:
             call.cancel()
 
-    def session(self, initial_state: StateLike | None = None, ttl: int | None = None) -> Session:
-        """Create a server-held session; use it as a context manager to close it on exit."""
-        return Session(
-            self._invoke, self._invoke(calls.create_session(initial_state, ttl)), self.retries
-        )
+    def _per_message(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
 
-    def attach(self, session_id: str) -> Session:
+    def session(
+        self,
+        initial_state: StateLike | None = None,
+        ttl: int | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> Session:
+        """Create a server-held session; use it as a context manager to close it on exit."""
+        info = self._invoke(calls.create_session(initial_state, ttl), timeout, metadata)
+        return Session(self._invoke, info, self.retry)
+
+    def attach(
+        self, session_id: str, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> Session:
         """A handle on an existing session (for example one created by another process)."""
-        return Session(self._invoke, self._invoke(calls.get_session(session_id)), self.retries)
+        info = self._invoke(calls.get_session(session_id), timeout, metadata)
+        return Session(self._invoke, info, self.retry)
 
     def stream_session(
         self,
@@ -144,13 +207,18 @@ class LstmClient:
         close_on_end: bool | None = None,
         first_step_number: int | None = None,
         include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
     ) -> Iterator[StepResult]:
-        """Step through ``chunks`` over one bidirectional stream; yield each step's result.
+        """Step through ``chunks`` over a bidirectional stream; yield each step's result.
 
         Opens a new session, or resumes ``session_id``. A new session is closed when the stream
         ends unless ``close_on_end=False``; a resumed one is kept unless ``close_on_end=True``.
         To resume after a lost reply, pass ``first_step_number``: the number of the first chunk
         (the first step not acknowledged), so a step that was applied is answered, not repeated.
+        A stream that breaks (UNAVAILABLE: a replica restarts, a balancer moves) is resumed on
+        a new one by itself, as ``retry`` allows, with the same guarantee. ``timeout`` (default:
+        the client's) bounds the wait for each step's reply, not the stream.
         """
         stream = SessionStream(
             initial_state=initial_state,
@@ -160,37 +228,84 @@ class LstmClient:
             first_step_number=first_step_number,
             include=include,
         )
-        outbox: queue.SimpleQueue[pb.SessionStreamRequest | None] = queue.SimpleQueue()
-        outbox.put(stream.opening)
-        replies = self._stub.StreamSession(
-            iter(outbox.get, None), timeout=self.timeout, metadata=self._metadata
-        )
-        try:
-            stream.opened(next(replies))
-            for chunk in chunks:
-                outbox.put(stream.step(chunk))
-                yield stream.result(next(replies))
-            outbox.put(None)  # done writing: the server closes a close_on_end session, then ends
-            for _ in replies:
-                pass
-        except grpc.RpcError as error:
-            raise LstmError.from_rpc_error(error) from None
-        finally:
-            outbox.put(None)
-            replies.cancel()
+        wait = self._per_message(timeout)
+        kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
+        retries = self.retry.delays()
+        source = iter(chunks)
+        while True:
+            outbox: queue.SimpleQueue[pb.SessionStreamRequest | None] = queue.SimpleQueue()
+            replies = self._stub.StreamSession(iter(outbox.get, None), **kwargs)
+            try:
+                outbox.put(stream.opening)
+                stream.opened(_reply(replies, wait))
+                if stream.pending is not None:
+                    outbox.put(stream.pending)
+                    yield stream.result(_reply(replies, wait))
+                for chunk in source:
+                    outbox.put(stream.step(chunk))
+                    yield stream.result(_reply(replies, wait))
+                outbox.put(None)  # done writing: the server closes a close_on_end session
+                while _next_within(replies, wait) is not None:
+                    pass
+                return
+            except LstmError as error:
+                delay = next(retries, None) if stream.resume(error) else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+            finally:
+                outbox.put(None)
+                replies.cancel()
 
 
-Invoke = Callable[[UnaryCall[Any]], Any]
+def _next_within(call: Any, seconds: float | None) -> Any:
+    """The next message of a streaming call (None at its end), waiting at most ``seconds``:
+    past them the call is cancelled and DEADLINE_EXCEEDED raised."""
+    timer = None
+    expired = threading.Event()
+    if seconds is not None:
+
+        def expire() -> None:
+            expired.set()
+            call.cancel()
+
+        timer = threading.Timer(seconds, expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        return next(call, None)
+    except grpc.RpcError as error:
+        if expired.is_set():
+            raise LstmError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no message within {seconds} s",
+                reason="DEADLINE_EXCEEDED",
+            ) from None
+        raise LstmError.from_rpc_error(error) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _reply(call: Any, seconds: float | None) -> Any:
+    """The next message, which must come: a stream that ends instead is UNAVAILABLE."""
+    message = _next_within(call, seconds)
+    if message is None:
+        raise LstmError(grpc.StatusCode.UNAVAILABLE, "the stream ended before its reply")
+    return message
+
+
+Invoke = Callable[..., Any]
 
 
 class Session(SessionHandle):
     """A server-held session. ``step`` numbers steps itself and retries a step whose reply was
     lost (UNAVAILABLE, DEADLINE_EXCEEDED) with the same number, so no step is applied twice."""
 
-    def __init__(self, invoke: Invoke, info: SessionInfo, retries: int = 3) -> None:
+    def __init__(self, invoke: Invoke, info: SessionInfo, retry: RetryPolicy | int = 3) -> None:
         super().__init__(info)
         self._invoke = invoke
-        self._retries = retries
+        self._retry = retry if isinstance(retry, RetryPolicy) else RetryPolicy(attempts=retry + 1)
 
     def __enter__(self) -> Session:
         return self
@@ -201,26 +316,45 @@ class Session(SessionHandle):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        with contextlib.suppress(LstmError):  # the body's own exception is what the caller sees
+            self.close()
 
-    def step(self, x: ArrayLike, *, include: Include = None) -> StepResult:
+    def step(
+        self,
+        x: ArrayLike,
+        *,
+        include: Include = None,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> StepResult:
         call = calls.step(self.info, x, include)
-        retries = StepRetries(self._retries)
+        retries = StepRetries(self._retry)
         while True:
             try:
-                return self.stepped(self._invoke(call))
+                return self.stepped(self._invoke(call, timeout, metadata))
             except LstmError as error:
                 time.sleep(retries.delay_after(error))
 
-    def refresh(self) -> SessionInfo:
+    def refresh(
+        self, *, timeout: float | None = None, metadata: Metadata | None = None
+    ) -> SessionInfo:
         """Read the session from the server (also how its state is exported)."""
-        self.info = self._invoke(calls.get_session(self.session_id))
+        self.info = self._invoke(calls.get_session(self.session_id), timeout, metadata)
         return self.info
 
-    def reset(self, state: StateLike | None = None) -> SessionInfo:
+    def reset(
+        self,
+        state: StateLike | None = None,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> SessionInfo:
         """Back to zeros, or to ``state``; the step count restarts at 0."""
-        self.info = self._invoke(calls.reset_session(self.session_id, state))
+        self.info = self._invoke(calls.reset_session(self.session_id, state), timeout, metadata)
         return self.info
 
-    def close(self) -> None:
-        self._invoke(calls.close_session(self.session_id))
+    def close(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> None:
+        self._invoke(calls.close_session(self.session_id), timeout, metadata)

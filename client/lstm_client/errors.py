@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -11,11 +10,6 @@ from grpc_status import rpc_status
 
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def retry_delays(retries: int) -> Iterator[float]:
-    """Backoff before each retry of a session step: 50 ms, doubling."""
-    return (0.05 * 2**n for n in range(retries))
 
 
 @dataclass(frozen=True)
@@ -27,44 +21,63 @@ class FieldViolation:
 
 
 class LstmError(Exception):
-    """A failed call: the gRPC status ``code``, the server's ``details`` and, for
-    INVALID_ARGUMENT, every field ``violations`` the server reported."""
+    """A failed call: the gRPC status ``code``, the server's ``details``, its stable ``reason``
+    (``SESSION_NOT_FOUND``, ``STEP_OUT_OF_ORDER``, ... ; "" when the status came from gRPC
+    itself) with ``metadata`` (for example ``expected_step_number``), and, for INVALID_ARGUMENT,
+    every field ``violations`` the server reported."""
 
     def __init__(
         self,
         code: grpc.StatusCode,
         details: str,
         violations: tuple[FieldViolation, ...] = (),
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        *,
+        in_band: bool = False,
     ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
         self.violations = violations
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.in_band = in_band  # a step refused inside a stream that went on
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> LstmError:
         call: grpc.Call = error  # type: ignore[assignment]
-        return cls(call.code(), call.details() or "", _violations(call))
+        try:
+            status = rpc_status.from_call(call)
+        except ValueError:  # details that disagree with the status line
+            status = None
+        if status is None:
+            return cls(call.code(), call.details() or "")
+        return cls.from_status(status, call.code())
 
     @classmethod
-    def from_status(cls, status: status_pb2.Status) -> LstmError:
-        """An error the server reported in-band, inside a stream that goes on."""
-        return cls(_STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message)
-
-
-def _violations(call: grpc.Call) -> tuple[FieldViolation, ...]:
-    try:
-        status = rpc_status.from_call(call)
-    except ValueError:  # details that disagree with the status line
-        return ()
-    if status is None:
-        return ()
-    found: list[FieldViolation] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
-            found.extend(
-                FieldViolation(v.field, v.description) for v in bad_request.field_violations
-            )
-    return tuple(found)
+    def from_status(
+        cls,
+        status: status_pb2.Status,
+        code: grpc.StatusCode | None = None,
+        *,
+        in_band: bool = False,
+    ) -> LstmError:
+        """An error from a google.rpc.Status: a call's, or one the server reported ``in_band``,
+        inside a stream that goes on."""
+        violations: list[FieldViolation] = []
+        reason, metadata = "", {}
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations += [
+                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                ]
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+        if code is None:
+            code = _STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+        return cls(code, status.message, tuple(violations), reason, metadata, in_band=in_band)

@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,9 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The command line, with defaults taken from the environment."""
     environ = os.environ if environ is None else environ
@@ -180,7 +184,15 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
             p.add_argument(flag, default=default, help=text, action=argparse.BooleanOptionalAction)
         else:
             p.add_argument(flag, default=default, help=text, type=kind)
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     return p
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("lstm-serving")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 def load_settings(
@@ -226,6 +238,8 @@ def load_settings(
     ):
         if getattr(settings, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be 0 (no limit) or more")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        p.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {settings.log_level!r}")
     if settings.max_message_bytes < 1024:
         p.error("--max-message-bytes must be at least 1024")
     if settings.session_ttl > settings.max_session_ttl:

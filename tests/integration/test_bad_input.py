@@ -102,10 +102,17 @@ def _violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     status = rpc_status.from_call(error)
     assert status is not None, "INVALID_ARGUMENT must carry a google.rpc.Status"
     found = []
+    reasons = []
     for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reasons.append(info.reason)
+            continue
         bad = error_details_pb2.BadRequest()
         assert detail.Unpack(bad)
         found += [(v.field, v.description) for v in bad.field_violations]
+    assert reasons == ["INVALID_INPUT"]
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -133,3 +134,120 @@ def test_token_models_take_ids_and_print_outputs_and_every_layer_state(token_ser
     done = client(token_server, "predict", "0.5")
     assert done.returncode != 0
     assert "cannot read the input values" in done.stderr
+
+
+# Every command answers a user's mistake with one line and a documented exit code.
+
+
+@pytest.mark.parametrize("command", ["lstm_client.cli", "lstm_server"])
+def test_version_on_both_commands(command: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", command, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert done.stdout.split()[1][0].isdigit()
+
+
+CLIENT_ERRORS = {
+    "server down": (["--target", "127.0.0.1:1", "--timeout", "2", "metadata"], 1, "UNAVAILABLE"),
+    "bench, server down": (
+        ["--target", "127.0.0.1:1", "bench", "--duration", "0.2", "--warmup", "0"],
+        1,
+        "UNAVAILABLE",
+    ),
+    "bad flag": (["predict", "--chunky", "1"], 2, "unrecognized arguments"),
+    "bad output": (["--output", "yaml", "metadata"], 2, "invalid choice"),
+    "bad numbers": (["predict", "0.1", "zero"], 2, "cannot read the input values"),
+    "missing TLS file": (["--tls-ca", "/no/such/ca.pem", "metadata"], 2, "No such file"),
+    "bad concurrency": (["bench", "--concurrency", "many"], 2, "invalid literal"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLIENT_ERRORS))
+def test_client_errors_exit_with_a_line_and_no_traceback(served, case: str) -> None:
+    args, code, words = CLIENT_ERRORS[case]
+    done = client(served, *args)
+    assert done.returncode == code, done.stderr
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+SERVER_ERRORS = {
+    "bad store URL": (["--session-store", "carrier-pigeon"], "--session-store must be"),
+    "unknown store": (["--session-store", "mongo://db"], "unknown session store"),
+    "bad log level": (["--log-level", "LOUD"], "--log-level must be one of"),
+    "bad flag": (["--port", "abc"], "invalid int value"),
+    "bad limit": (["--max-sessions", "-1"], "--max-sessions must be 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVER_ERRORS))
+def test_server_errors_exit_2_with_a_line_and_no_traceback(case: str) -> None:
+    args, words = SERVER_ERRORS[case]
+    done = subprocess.run(
+        [sys.executable, "-m", "lstm_server", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_json_output_of_every_command(served) -> None:
+    def lines(*args: str) -> list[dict]:
+        done = client(served, "--output", "json", *args)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    [meta] = lines("metadata")
+    assert meta["units"] == 1
+    assert meta["limits"]["max_batch_size"] > 0
+    [predicted] = lines("predict", "0.1", "0.2", "0.3")
+    assert len(predicted["outputs"]) == 3
+    assert predicted["states"][0]["h"] == predicted["outputs"][-1]
+    streamed = lines("stream", "0.1", "0.2", "0.3")
+    assert [m["start_timestep"] for m in streamed[:3]] == [0, 1, 2]
+    assert streamed[-1]["states"][0]["h"] == predicted["states"][0]["h"]
+    *steps, verdict = lines("session", "0.1", "0.2", "0.3")
+    assert [s["step_number"] for s in steps] == [1, 2, 3]
+    assert verdict == {"equals_predict": True}
+    rows = lines("bench", "--duration", "0.2", "--warmup", "0", "--concurrency", "1,2")
+    assert [r["concurrency"] for r in rows] == [1, 2]
+    assert all(r["requests/s"] > 0 for r in rows)
+
+
+def test_bench_honours_tls_and_tokens(tmp_path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    paths["cert"].write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice s3cr3t-token-of-alice\n")
+    server = ServerProcess(
+        ["--tls-cert", str(paths["cert"]), "--tls-key", str(paths["key"]),
+         "--auth-tokens-file", str(tokens)],
+        log_dir=tmp_path,
+        wait=False,  # its health service speaks TLS only; the port file says it is ready
+    )  # fmt: skip
+    try:
+        bench = ["bench", "--duration", "0.2", "--warmup", "0", "--concurrency", "1"]
+        target = f"localhost:{server.port}"
+        base = [sys.executable, "-m", "lstm_client.cli", "--target", target, "--output", "json"]
+        secure = [*base, "--tls-ca", str(paths["ca"])]
+        ok = subprocess.run(
+            [*secure, "--token", "s3cr3t-token-of-alice", *bench],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["requests/s"] > 0
+        anonymous = subprocess.run([*secure, *bench], capture_output=True, text=True, timeout=60)
+        assert anonymous.returncode == 1
+        assert "UNAUTHENTICATED" in anonymous.stderr
+    finally:
+        server.stop()

@@ -1,11 +1,18 @@
-"""The SDK's shared, I/O-free logic: how a session stream numbers its steps."""
+"""The SDK's shared, I/O-free logic: how a session stream numbers its steps and resumes, how
+errors are read, how long retries wait."""
 
 from __future__ import annotations
 
+import json
+
+import grpc
 import numpy as np
 import pytest
+from lstm_client import LstmError, RetryPolicy
 from lstm_client.calls import SessionStream
 from lstm_client.v1 import lstm_service_pb2 as pb
+from lstm_server.core import errors
+from lstm_server.transport.errors import rpc_status
 
 
 def opened(step_count: int) -> pb.SessionStreamResponse:
@@ -41,3 +48,82 @@ def test_first_step_number_needs_a_session_and_a_number(session_id, first) -> No
             close_on_end=None,
             first_step_number=first,
         )
+
+
+def _error(code: grpc.StatusCode, *, in_band: bool = False) -> LstmError:
+    return LstmError(code, "x", in_band=in_band)
+
+
+def test_a_broken_stream_resumes_the_session_and_resends_the_unanswered_step() -> None:
+    stream = SessionStream(initial_state=None, ttl=60, session_id=None, close_on_end=None)
+    assert stream.opening.open.WhichOneof("target") == "create"
+    stream.opened(opened(0))
+    first = stream.step(np.zeros((1, 1)))
+    stream.result(pb.SessionStreamResponse(step=pb.StepResponse(step_number=1)))
+    second = stream.step(np.ones((1, 1)))  # sent; its reply lost with the connection
+    assert stream.resume(_error(grpc.StatusCode.UNAVAILABLE))
+    assert stream.opening.open.resume_session_id == "s"
+    assert stream.opening.open.close_on_end  # as the stream that created it said
+    stream.opened(opened(2))  # the server had applied step 2
+    assert stream.pending is second  # sent again, with its number: the server replays it
+    assert (first.step.step_number, second.step.step_number) == (1, 2)
+    stream.result(pb.SessionStreamResponse(step=pb.StepResponse(step_number=2)))
+    assert numbers(stream, 1) == [3]
+
+
+def test_a_resume_after_every_reply_goes_on_from_the_next_step() -> None:
+    stream = SessionStream(initial_state=None, ttl=None, session_id="s", close_on_end=None)
+    stream.opened(opened(4))
+    stream.step(np.zeros((1, 1)))
+    stream.result(pb.SessionStreamResponse(step=pb.StepResponse(step_number=5)))
+    assert stream.resume(_error(grpc.StatusCode.UNAVAILABLE))
+    stream.opened(opened(5))
+    assert stream.pending is None
+    assert numbers(stream, 1) == [6]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        _error(grpc.StatusCode.INVALID_ARGUMENT),
+        _error(grpc.StatusCode.UNAVAILABLE, in_band=True),  # a refused step, the stream went on
+    ],
+)
+def test_only_a_broken_stream_of_a_known_session_resumes(error: LstmError) -> None:
+    stream = SessionStream(initial_state=None, ttl=None, session_id="s", close_on_end=None)
+    stream.opened(opened(0))
+    assert not stream.resume(error)
+    unknown = SessionStream(initial_state=None, ttl=None, session_id=None, close_on_end=None)
+    assert not unknown.resume(_error(grpc.StatusCode.UNAVAILABLE))  # its creation unanswered
+
+
+def test_in_band_errors_keep_their_reason_and_violations() -> None:
+    status = rpc_status(
+        errors.InvalidInput.single("input.timesteps", "is empty")
+    )  # what the server sends in-band
+    stream = SessionStream(initial_state=None, ttl=None, session_id="s", close_on_end=None)
+    stream.opened(opened(0))
+    stream.step(np.zeros((1, 1)))
+    with pytest.raises(LstmError) as refused:
+        stream.result(pb.SessionStreamResponse(error=status))
+    assert refused.value.in_band
+    assert refused.value.reason == "INVALID_INPUT"
+    assert [(v.field, v.description) for v in refused.value.violations] == [
+        ("input.timesteps", "is empty")
+    ]
+    stopped = rpc_status(errors.StepConflict("x", expected_step_number=4))
+    with pytest.raises(LstmError) as conflict:
+        stream.result(pb.SessionStreamResponse(error=stopped))
+    assert conflict.value.metadata == {"expected_step_number": "4"}
+
+
+def test_retry_waits_grow_with_jitter_and_stop() -> None:
+    policy = RetryPolicy(attempts=6, initial_backoff=0.1, max_backoff=0.5, jitter=0.2)
+    waits = list(policy.delays())
+    assert len(waits) == 5
+    for wait, base in zip(waits, [0.1, 0.2, 0.4, 0.5, 0.5], strict=True):
+        assert base * 0.8 <= wait <= base * 1.2
+    assert sum(RetryPolicy().delays()) > 8  # longer than a replica takes to restart
+    config = json.loads(policy.service_config())["methodConfig"][0]
+    assert {n["method"] for n in config["name"]} == {"GetModelMetadata", "Predict", "GetSession"}
+    assert config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]

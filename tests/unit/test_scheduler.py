@@ -154,5 +154,6 @@ async def test_stop_finishes_queued_work_then_refuses(rng) -> None:
     await stopping
     assert len(await first) == 1
     assert len(await queued) == 1
-    with pytest.raises(ModelNotReady, match="shutting down"):
+    with pytest.raises(ModelNotReady, match="shutting down") as stopped:
         await scheduler.run([row(rng)])
+    assert stopped.value.reason == "SHUTTING_DOWN"

@@ -120,8 +120,10 @@ async def test_a_retry_gets_the_same_reply_and_applies_nothing(
     np.testing.assert_array_equal(again.state.h, first.state.h)
     assert (await service.get(session.session_id)).step_count == 1
     assert (counts.stepped, counts.replayed) == (1, 1)
-    with pytest.raises(StepConflict, match="already applied with another input"):
+    with pytest.raises(StepConflict, match="already applied with another input") as changed:
         await service.step(session.session_id, ragged(rng.normal(size=(2, 3))), 1)
+    assert changed.value.reason == "STEP_INPUT_MISMATCH"
+    assert changed.value.metadata["expected_step_number"] == "2"
 
 
 @pytest.mark.parametrize("number", [2, 5, -1])
@@ -129,8 +131,14 @@ async def test_wrong_step_numbers_name_the_expected_one(
     service: SessionService, number: int, rng
 ) -> None:
     session = await service.create(None)
-    with pytest.raises(StepConflict, match=r"expects step_number 1 \(or 0 to append\)"):
+    with pytest.raises(StepConflict, match=r"expects step_number 1 \(or 0 to append\)") as wrong:
         await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), number)
+    assert wrong.value.reason == "STEP_OUT_OF_ORDER"
+    assert wrong.value.metadata == {
+        "session_id": session.session_id,
+        "expected_step_number": "1",
+        "step_number": str(number),
+    }
     assert (await service.get(session.session_id)).step_count == 0
 
 
@@ -172,8 +180,9 @@ async def test_initial_state_reset_and_close(service: SessionService, rng) -> No
     assert reset.step_count == 0
     np.testing.assert_array_equal(reset.state.h, np.zeros(4))
     await service.close(session.session_id)
-    with pytest.raises(SessionNotFound, match="was closed"):
+    with pytest.raises(SessionNotFound, match="was closed") as closed:
         await service.get(session.session_id)
+    assert closed.value.reason == "SESSION_CLOSED"
     with pytest.raises(InvalidInput, match=r"initial_state\.h\.values: has 2 values"):
         await service.create((np.zeros(2, np.float32), np.zeros(4, np.float32)))
 
@@ -184,8 +193,9 @@ async def test_ttl_limits_and_expiry(service: SessionService, clock: Clock) -> N
     session = await service.create(None)
     assert session.ttl_seconds == 10
     clock.now += 11
-    with pytest.raises(SessionNotFound, match="was expired"):
+    with pytest.raises(SessionNotFound, match="was expired") as expired:
         await service.get(session.session_id)
+    assert expired.value.reason == "SESSION_EXPIRED"
 
 
 async def test_reaper_sweeps_and_reports_the_live_count(
@@ -214,8 +224,11 @@ async def test_a_session_of_other_weights_is_refused(
     other = SessionService(
         service.store, BatchScheduler(NumpyRuntime(seed=1)), service.limits, clock=clock
     )
-    with pytest.raises(ModelMismatch, match="the server now serves sha256:numpy-1"):
+    with pytest.raises(ModelMismatch, match="the server now serves sha256:numpy-1") as other_model:
         await other.step(session.session_id, ragged(rng.normal(size=(1, 3))), 1)
+    assert other_model.value.reason == "MODEL_VERSION_MISMATCH"
+    assert other_model.value.metadata["served_version"] == "sha256:numpy-1"
+    assert other_model.value.metadata["session_version"] == session.model_version
 
 
 class FlakyStore(MemorySessionStore):

@@ -107,11 +107,50 @@ def domain_errors() -> list[type[errors.ServingError]]:
 
 
 @pytest.mark.parametrize("kind", domain_errors(), ids=lambda k: k.__name__)
-def test_every_domain_error_has_a_code(kind: type[errors.ServingError]) -> None:
+def test_every_domain_error_has_a_code_and_a_reason(kind: type[errors.ServingError]) -> None:
     assert kind in STATUS_CODES
     error = errors.InvalidInput.single("f", "bad") if kind is errors.InvalidInput else kind("x")
     status = rpc_status(error)
     assert status.code == STATUS_CODES[kind].value[0] != code_pb2.INTERNAL
+    info = _detail(status, error_details_pb2.ErrorInfo)
+    assert (info.reason, info.domain) == (kind.reason, "lstm-serving")
+    assert info.reason.isupper()
+    assert info.reason != errors.ServingError.reason
+
+
+def _detail(status, kind):  # type: ignore[no-untyped-def]
+    """The one detail of ``kind`` in a status."""
+    found = [d for d in status.details if d.Is(kind.DESCRIPTOR)]
+    assert len(found) == 1
+    message = kind()
+    found[0].Unpack(message)
+    return message
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "metadata"),
+    [
+        (errors.SessionNotFound.ended("s1", None), "SESSION_NOT_FOUND", {"session_id": "s1"}),
+        (errors.SessionNotFound.ended("s1", "expired"), "SESSION_EXPIRED", {"session_id": "s1"}),
+        (errors.SessionNotFound.ended("s1", "closed"), "SESSION_CLOSED", {"session_id": "s1"}),
+        (
+            errors.StepConflict("x", expected_step_number=3, step_number=5),
+            "STEP_OUT_OF_ORDER",
+            {"expected_step_number": "3", "step_number": "5"},
+        ),
+        (
+            errors.LimitExceeded("x", limit="max_sessions", value=10),
+            "LIMIT_EXCEEDED",
+            {"limit": "max_sessions", "value": "10"},
+        ),
+        (KeyError("secret"), "INTERNAL", {}),
+    ],
+)
+def test_error_info_carries_the_reason_and_its_metadata(
+    error: Exception, reason: str, metadata: dict[str, str]
+) -> None:
+    info = _detail(rpc_status(error), error_details_pb2.ErrorInfo)
+    assert (info.reason, dict(info.metadata)) == (reason, metadata)
 
 
 def test_invalid_input_carries_every_violation() -> None:
@@ -121,8 +160,7 @@ def test_invalid_input_carries_every_violation() -> None:
     status = rpc_status(error)
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert status.message == "a: is bad; b.c: is worse"
-    bad_request = error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(bad_request)
+    bad_request = _detail(status, error_details_pb2.BadRequest)
     assert [(v.field, v.description) for v in bad_request.field_violations] == [
         ("a", "is bad"),
         ("b.c", "is worse"),

@@ -1,5 +1,3 @@
-import datetime
-
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
@@ -66,7 +64,7 @@ class Layer(_message.Message):
     name: str
     units: int
     lstm: bool
-    def __init__(self, type: _Optional[str] = ..., name: _Optional[str] = ..., units: _Optional[int] = ..., lstm: _Optional[bool] = ...) -> None: ...
+    def __init__(self, type: _Optional[str] = ..., name: _Optional[str] = ..., units: _Optional[int] = ..., lstm: bool = ...) -> None: ...
 
 class GetModelMetadataRequest(_message.Message):
     __slots__ = ()
@@ -132,7 +130,7 @@ class ModelMetadata(_message.Message):
     output_size: int
     has_output_layers: bool
     lstm_layers: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_features: _Optional[int] = ..., units: _Optional[int] = ..., dtype: _Optional[str] = ..., return_sequences: _Optional[bool] = ..., return_state: _Optional[bool] = ..., activation: _Optional[str] = ..., recurrent_activation: _Optional[str] = ..., use_bias: _Optional[bool] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., vocabulary_size: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., output_size: _Optional[int] = ..., has_output_layers: _Optional[bool] = ..., lstm_layers: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_features: _Optional[int] = ..., units: _Optional[int] = ..., dtype: _Optional[str] = ..., return_sequences: bool = ..., return_state: bool = ..., activation: _Optional[str] = ..., recurrent_activation: _Optional[str] = ..., use_bias: bool = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., vocabulary_size: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., output_size: _Optional[int] = ..., has_output_layers: bool = ..., lstm_layers: _Optional[int] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("sequences", "initial_states", "timesteps_per_message", "include", "initial_layer_states")
@@ -202,7 +200,7 @@ class Session(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     ttl_seconds: int
     layer_states: LayerStates
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[LstmState, _Mapping]] = ..., step_count: _Optional[int] = ..., model_version: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., layer_states: _Optional[_Union[LayerStates, _Mapping]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[LstmState, _Mapping]] = ..., step_count: _Optional[int] = ..., model_version: _Optional[str] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., layer_states: _Optional[_Union[LayerStates, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
     __slots__ = ("initial_state", "ttl_seconds", "initial_layer_states")
@@ -252,7 +250,7 @@ class OpenSession(_message.Message):
     create: CreateSessionRequest
     resume_session_id: str
     close_on_end: bool
-    def __init__(self, create: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., resume_session_id: _Optional[str] = ..., close_on_end: _Optional[bool] = ...) -> None: ...
+    def __init__(self, create: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., resume_session_id: _Optional[str] = ..., close_on_end: bool = ...) -> None: ...
 
 class SessionStep(_message.Message):
     __slots__ = ("input", "step_number", "include")

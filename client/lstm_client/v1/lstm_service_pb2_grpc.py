@@ -3,9 +3,9 @@
 import grpc
 import warnings
 
-from lstm_client.v1 import lstm_service_pb2 as lstm__client_dot_v1_dot_lstm__service__pb2
+from lstm_client.v1 import lstm_service_pb2 as lstm_dot_v1_dot_lstm__service__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in lstm_client/v1/lstm_service_pb2_grpc.py depends on'
+        + f' but the generated code in lstm/v1/lstm_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class LstmServiceStub:
+class LstmServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -36,52 +36,52 @@ class LstmServiceStub:
         """
         self.GetModelMetadata = channel.unary_unary(
                 '/lstm.v1.LstmService/GetModelMetadata',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.ModelMetadata.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.ModelMetadata.FromString,
                 _registered_method=True)
         self.Predict = channel.unary_unary(
                 '/lstm.v1.LstmService/Predict',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.PredictResponse.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.PredictStream = channel.unary_stream(
                 '/lstm.v1.LstmService/PredictStream',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.PredictStreamResponse.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.PredictStreamResponse.FromString,
                 _registered_method=True)
         self.CreateSession = channel.unary_unary(
                 '/lstm.v1.LstmService/CreateSession',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.CreateSessionRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.Session.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.CreateSessionRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.Session.FromString,
                 _registered_method=True)
         self.Step = channel.unary_unary(
                 '/lstm.v1.LstmService/Step',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.StepRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.StepResponse.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.StepRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.StepResponse.FromString,
                 _registered_method=True)
         self.StreamSession = channel.stream_stream(
                 '/lstm.v1.LstmService/StreamSession',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.SessionStreamRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.SessionStreamResponse.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.SessionStreamRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.SessionStreamResponse.FromString,
                 _registered_method=True)
         self.GetSession = channel.unary_unary(
                 '/lstm.v1.LstmService/GetSession',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.GetSessionRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.Session.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.Session.FromString,
                 _registered_method=True)
         self.ResetSession = channel.unary_unary(
                 '/lstm.v1.LstmService/ResetSession',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.ResetSessionRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.Session.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.ResetSessionRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.Session.FromString,
                 _registered_method=True)
         self.CloseSession = channel.unary_unary(
                 '/lstm.v1.LstmService/CloseSession',
-                request_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.CloseSessionRequest.SerializeToString,
-                response_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.CloseSessionResponse.FromString,
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.CloseSessionResponse.FromString,
                 _registered_method=True)
 
 
-class LstmServiceServicer:
+class LstmServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def GetModelMetadata(self, request, context):
@@ -152,48 +152,48 @@ def add_LstmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetModelMetadata': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelMetadata,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.ModelMetadata.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.ModelMetadata.SerializeToString,
             ),
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.PredictRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.PredictRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.PredictResponse.SerializeToString,
             ),
             'PredictStream': grpc.unary_stream_rpc_method_handler(
                     servicer.PredictStream,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.PredictRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.PredictStreamResponse.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.PredictRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.PredictStreamResponse.SerializeToString,
             ),
             'CreateSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSession,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.CreateSessionRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.Session.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.CreateSessionRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.Session.SerializeToString,
             ),
             'Step': grpc.unary_unary_rpc_method_handler(
                     servicer.Step,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.StepRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.StepResponse.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.StepRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.StepResponse.SerializeToString,
             ),
             'StreamSession': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamSession,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.SessionStreamRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.SessionStreamResponse.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.SessionStreamRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.SessionStreamResponse.SerializeToString,
             ),
             'GetSession': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSession,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.GetSessionRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.Session.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.GetSessionRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.Session.SerializeToString,
             ),
             'ResetSession': grpc.unary_unary_rpc_method_handler(
                     servicer.ResetSession,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.ResetSessionRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.Session.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.ResetSessionRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.Session.SerializeToString,
             ),
             'CloseSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseSession,
-                    request_deserializer=lstm__client_dot_v1_dot_lstm__service__pb2.CloseSessionRequest.FromString,
-                    response_serializer=lstm__client_dot_v1_dot_lstm__service__pb2.CloseSessionResponse.SerializeToString,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.CloseSessionRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.CloseSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -203,7 +203,7 @@ def add_LstmServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class LstmService:
+class LstmService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -221,8 +221,8 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/GetModelMetadata',
-            lstm__client_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.ModelMetadata.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.ModelMetadata.FromString,
             options,
             channel_credentials,
             insecure,
@@ -248,8 +248,8 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/Predict',
-            lstm__client_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.PredictResponse.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -275,8 +275,8 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/PredictStream',
-            lstm__client_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.PredictStreamResponse.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.PredictStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -302,8 +302,8 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/CreateSession',
-            lstm__client_dot_v1_dot_lstm__service__pb2.CreateSessionRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.Session.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.CreateSessionRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,
@@ -329,8 +329,8 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/Step',
-            lstm__client_dot_v1_dot_lstm__service__pb2.StepRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.StepResponse.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.StepRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.StepResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -356,8 +356,8 @@ class LstmService:
             request_iterator,
             target,
             '/lstm.v1.LstmService/StreamSession',
-            lstm__client_dot_v1_dot_lstm__service__pb2.SessionStreamRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.SessionStreamResponse.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.SessionStreamRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.SessionStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -383,8 +383,8 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/GetSession',
-            lstm__client_dot_v1_dot_lstm__service__pb2.GetSessionRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.Session.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.GetSessionRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,
@@ -410,8 +410,8 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/ResetSession',
-            lstm__client_dot_v1_dot_lstm__service__pb2.ResetSessionRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.Session.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.ResetSessionRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,
@@ -437,8 +437,8 @@ class LstmService:
             request,
             target,
             '/lstm.v1.LstmService/CloseSession',
-            lstm__client_dot_v1_dot_lstm__service__pb2.CloseSessionRequest.SerializeToString,
-            lstm__client_dot_v1_dot_lstm__service__pb2.CloseSessionResponse.FromString,
+            lstm_dot_v1_dot_lstm__service__pb2.CloseSessionRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.CloseSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,7 +112,7 @@ class BatchScheduler:
     async def run(self, rows: Sequence[Row], *, deadline: float | None = None) -> list[RowResult]:
         """Run rows (each alone, as far as results go); ``deadline`` is a ``time.monotonic()``."""
         if self._closed:
-            raise ModelNotReady("the server is shutting down")
+            raise ModelNotReady("the server is shutting down", reason="SHUTTING_DOWN")
         if not self._busy and not self._queue and self._inline(rows):
             # Nothing to batch with and microseconds of work: run it here, skipping the queue.
             started = time.monotonic()

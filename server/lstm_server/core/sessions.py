@@ -221,7 +221,7 @@ class SessionService:
         check_session_id(session_id)
         record = await self.store.get(session_id)
         if record.owner != owner:
-            raise SessionNotFound(f"session {session_id} does not exist")
+            raise SessionNotFound.ended(session_id, None)
         return record
 
     async def step(
@@ -248,7 +248,10 @@ class SessionService:
                 if step_number not in (0, applied):
                     raise StepConflict(
                         f"session {session_id} expects step_number {applied} "
-                        f"(or 0 to append), got {step_number}"
+                        f"(or 0 to append), got {step_number}",
+                        session_id=session_id,
+                        expected_step_number=applied,
+                        step_number=step_number,
                     )
                 [result] = await self.scheduler.run([Row(x, record.state)], deadline=deadline)
                 updated = replace(
@@ -262,7 +265,10 @@ class SessionService:
                 if await self._stored(updated, record.revision):
                     self._stepped(replayed=False)
                     return StepOutcome(session_id, applied, result.sequence, result.state)
-            raise ConcurrentChange(f"session {session_id} is being changed by other writers; retry")
+            raise ConcurrentChange(
+                f"session {session_id} is being changed by other writers; retry",
+                session_id=session_id,
+            )
 
     async def _stored(self, updated: SessionRecord, expected_revision: int) -> bool:
         """Compare-and-set a step. If the store fails to answer, the write may still have been
@@ -286,12 +292,18 @@ class SessionService:
         if record.model_version != self.info.version:
             raise ModelMismatch(
                 f"session {record.session_id} was made with model {record.model_version}; "
-                f"the server now serves {self.info.version}"
+                f"the server now serves {self.info.version}",
+                session_id=record.session_id,
+                session_version=record.model_version,
+                served_version=self.info.version,
             )
         if record.state.h.size != self.info.state_size:
             raise ModelMismatch(
                 f"session {record.session_id} holds a state of {record.state.h.size} values; "
-                f"the model's has {self.info.state_size}"
+                f"the model's has {self.info.state_size}",
+                session_id=record.session_id,
+                session_version=record.model_version,
+                served_version=self.info.version,
             )
 
     def _replay(self, record: SessionRecord, step_number: int, digest: str) -> StepOutcome | None:
@@ -301,7 +313,11 @@ class SessionService:
         if last.input_digest != digest:
             raise StepConflict(
                 f"step {step_number} of session {record.session_id} was already applied with "
-                f"another input; the next step is {record.step_count + 1}"
+                f"another input; the next step is {record.step_count + 1}",
+                reason="STEP_INPUT_MISMATCH",
+                session_id=record.session_id,
+                expected_step_number=record.step_count + 1,
+                step_number=step_number,
             )
         return StepOutcome(
             record.session_id, step_number, last.hidden_sequence, record.state, replayed=True
@@ -330,13 +346,16 @@ class SessionService:
                 )
                 if await self.store.compare_and_set(updated, expected_revision=record.revision):
                     return SessionInfo.of(updated)
-        raise ConcurrentChange(f"session {session_id} is being changed by other writers; retry")
+        raise ConcurrentChange(
+            f"session {session_id} is being changed by other writers; retry",
+            session_id=session_id,
+        )
 
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""
         await self._record(session_id, owner)
         if not await self.store.delete(session_id):
-            raise SessionNotFound(f"session {session_id} does not exist")
+            raise SessionNotFound.ended(session_id, None)
 
     async def reap_expired(self) -> int:
         return len(await self.store.reap_expired())

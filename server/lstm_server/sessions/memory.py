@@ -102,21 +102,20 @@ class MemorySessionStore:
 
     def _refusal(
         self, record: SessionRecord, max_sessions: int, max_owner_sessions: int, grows: int
-    ) -> str | None:
+    ) -> LimitExceeded | None:
         if max_sessions and len(self._records) >= max_sessions:
-            return f"the server holds its maximum of {max_sessions} sessions"
+            return too_many_sessions(max_sessions)
         if max_owner_sessions and self._owners[record.owner] >= max_owner_sessions:
-            return (
-                f"{owner_name(record.owner)} holds its maximum of {max_owner_sessions} sessions "
-                "(max_sessions_per_principal)"
-            )
+            return too_many_owner_sessions(record.owner, max_owner_sessions)
         return self._over_budget(grows)
 
-    def _over_budget(self, grows: int) -> str | None:
+    def _over_budget(self, grows: int) -> LimitExceeded | None:
         if self.max_bytes and self._bytes + grows > self.max_bytes:
-            return (
+            return LimitExceeded(
                 f"the sessions held would exceed the memory budget of {self.max_bytes} bytes "
-                "(session_memory_budget)"
+                "(session_memory_budget)",
+                limit="session_memory_budget",
+                value=self.max_bytes,
             )
         return None
 
@@ -128,15 +127,13 @@ class MemorySessionStore:
             await self.reap_expired()
             refusal = self._refusal(record, max_sessions, max_owner_sessions, size)
             if refusal is not None:
-                raise LimitExceeded(refusal)
+                raise refusal
         self._put(record)
 
     async def get(self, session_id: str) -> SessionRecord:
         record = self._live(session_id)
         if record is None:
-            reason = self._ended.get(session_id)
-            detail = f"was {reason}" if reason else "does not exist"
-            raise SessionNotFound(f"session {session_id} {detail}")
+            raise SessionNotFound.ended(session_id, self._ended.get(session_id))
         return record
 
     async def compare_and_set(self, record: SessionRecord, *, expected_revision: int) -> bool:
@@ -145,7 +142,7 @@ class MemorySessionStore:
             return False
         refusal = self._over_budget(record_bytes(record) - record_bytes(current))
         if refusal is not None:
-            raise LimitExceeded(refusal)
+            raise refusal
         self._put(record)
         return True
 
@@ -187,6 +184,23 @@ def record_bytes(record: SessionRecord) -> int:
     last = record.last_step
     held = record.state.h.nbytes + record.state.c.nbytes
     return held + (0 if last is None else last.hidden_sequence.nbytes) + 1024
+
+
+def too_many_sessions(max_sessions: int) -> LimitExceeded:
+    return LimitExceeded(
+        f"the server holds its maximum of {max_sessions} sessions",
+        limit="max_sessions",
+        value=max_sessions,
+    )
+
+
+def too_many_owner_sessions(owner: str, max_owner_sessions: int) -> LimitExceeded:
+    return LimitExceeded(
+        f"{owner_name(owner)} holds its maximum of {max_owner_sessions} sessions "
+        "(max_sessions_per_principal)",
+        limit="max_sessions_per_principal",
+        value=max_owner_sessions,
+    )
 
 
 def owner_name(owner: str) -> str:

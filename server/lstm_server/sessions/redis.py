@@ -23,10 +23,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from lstm_server.core.errors import LimitExceeded, SessionNotFound, StoreUnavailable
+from lstm_server.core.errors import SessionNotFound, StoreUnavailable
 from lstm_server.core.store import AppliedStep, SessionRecord
 from lstm_server.core.types import State
-from lstm_server.sessions.memory import owner_name
+from lstm_server.sessions.memory import too_many_owner_sessions, too_many_sessions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -213,12 +213,9 @@ class RedisSessionStore:
             )
         )
         if created == 0:
-            raise LimitExceeded(f"the server holds its maximum of {max_sessions} sessions")
+            raise too_many_sessions(max_sessions)
         if created == -1:
-            raise LimitExceeded(
-                f"{owner_name(record.owner)} holds its maximum of {max_owner_sessions} sessions "
-                "(max_sessions_per_principal)"
-            )
+            raise too_many_owner_sessions(record.owner, max_owner_sessions)
 
     async def get(self, session_id: str) -> SessionRecord:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -233,8 +230,7 @@ class RedisSessionStore:
                 return record
         if raw or (expiry is not None and expiry <= now):
             reason = b"expired"  # Redis dropped it, or will; the reaper has not got to it yet
-        detail = f"was {reason.decode()}" if reason else "does not exist"
-        raise SessionNotFound(f"session {session_id} {detail}")
+        raise SessionNotFound.ended(session_id, reason.decode() if reason else None)
 
     async def compare_and_set(self, record: SessionRecord, *, expected_revision: int) -> bool:
         ttl_ms = max(1, int((record.expires_at - self._clock()) * 1000))

@@ -50,15 +50,28 @@ def status_code(error: errors.ServingError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+ERROR_DOMAIN = "lstm-serving"
+
+
+def _error_info(reason: str, metadata: dict[str, str]) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
+    return detail
+
+
 def rpc_status(error: BaseException) -> status_pb2.Status:
-    """A google.rpc.Status for the error; INVALID_ARGUMENT carries a BadRequest detail.
+    """A google.rpc.Status for the error: an ErrorInfo with its stable reason and metadata, and
+    for INVALID_ARGUMENT a BadRequest with one violation per problem.
 
     Anything but a ``ServingError`` is INTERNAL with a generic message: its detail is for the log.
     """
     if not isinstance(error, errors.ServingError):
-        return status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
+        status = status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
+        status.details.append(_error_info("INTERNAL", {}))
+        return status
     code = status_code(error)
     status = status_pb2.Status(code=code.value[0], message=error.message)
+    status.details.append(_error_info(error.reason, error.metadata))
     if isinstance(error, errors.InvalidInput):
         detail = any_pb2.Any()
         detail.Pack(

@@ -32,12 +32,18 @@ class ConcurrencyLimitInterceptor(GateInterceptor):
     async def admit(self, context: Context) -> str:
         who = PRINCIPAL.get()
         if self.limit and self.in_flight >= self.limit:
-            error = LimitExceeded(f"the server is at its limit of {self.limit} concurrent calls")
+            error = LimitExceeded(
+                f"the server is at its limit of {self.limit} concurrent calls",
+                limit="max_concurrent_rpcs",
+                value=self.limit,
+            )
             await abort(context, error)
         if self.per_principal and self._by_principal[who] >= self.per_principal:
             error = LimitExceeded(
                 f"{'principal ' + repr(who) if who else 'the caller'} is at its limit of "
-                f"{self.per_principal} concurrent calls (max_concurrent_rpcs_per_principal)"
+                f"{self.per_principal} concurrent calls (max_concurrent_rpcs_per_principal)",
+                limit="max_concurrent_rpcs_per_principal",
+                value=self.per_principal,
             )
             await abort(context, error)
         self.in_flight += 1
@@ -65,7 +71,11 @@ class HealthWatchLimitInterceptor(GateInterceptor):
 
     async def admit(self, context: Context) -> None:
         if self.open >= self.limit:
-            error = LimitExceeded(f"the server is at its limit of {self.limit} health watches")
+            error = LimitExceeded(
+                f"the server is at its limit of {self.limit} health watches",
+                limit="max_health_watches",
+                value=self.limit,
+            )
             await abort(context, error)
         self.open += 1
 
@@ -79,5 +89,7 @@ def check_reply_bytes(size: int, limits: Limits, instead: str) -> None:
     if limit and size > limit:
         raise LimitExceeded(
             f"the reply would take about {size} bytes, more than the limit "
-            f"max_response_bytes={limit}; {instead}"
+            f"max_response_bytes={limit}; {instead}",
+            limit="max_response_bytes",
+            value=limit,
         )
