@@ -10,7 +10,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY client ./client
 COPY server ./server
-RUN pip install ".[server]" \
+RUN pip install ".[server,otel]" \
     && useradd --system --uid 10001 --create-home lstm
 
 USER lstm

@@ -47,14 +47,19 @@ def free_port() -> int:
 class Process:
     """A server subprocess on free ports; ``startup`` is the seconds from launch to SERVING."""
 
-    def __init__(self, command: list[str], health: bool = True) -> None:
+    def __init__(
+        self, command: list[str], health: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         command = [part.format(port=self.port, metrics=self.metrics_port) for part in command]
         began = time.perf_counter()
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         )
         self.startup = self._wait(health) - began
 
@@ -91,7 +96,7 @@ class Process:
         self.process.wait(timeout=30)
 
 
-def lstm_server(*args: str) -> Process:
+def lstm_server(*args: str, env: dict[str, str] | None = None) -> Process:
     return Process(
         [
             sys.executable,
@@ -106,7 +111,8 @@ def lstm_server(*args: str) -> Process:
             "--metrics-port",
             "{metrics}",
             *args,
-        ]
+        ],
+        env=env,
     )
 
 
@@ -210,6 +216,18 @@ def measure(rounds: int, seconds: float) -> dict:
     big = lstm_server(*BIG)
     unbatched = lstm_server(*BIG, "--no-batching")
     stack = lstm_server("--model", str(stack_path))
+    sink_port = free_port()
+    sink = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), "--port", str(sink_port)]
+    )
+    traced = lstm_server(
+        *BIG,
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_TRACES_SAMPLER": "always_on",
+        },
+    )
     startups = {
         "tiny (1 feature, 1 unit)": tiny.startup,
         "32 features, 128 units": big.startup,
@@ -270,6 +288,25 @@ def measure(rounds: int, seconds: float) -> dict:
             stacked_step = run(
                 _bidi(stack.target, bench.SERVICE + "StreamSession", opening, step, 1, seconds)
             )
+            untraced = run(
+                _unary(
+                    big.target,
+                    bench.SERVICE + "Predict",
+                    big_request.SerializeToString(),
+                    1,
+                    seconds,
+                )
+            )
+            with_spans = run(
+                _unary(
+                    traced.target,
+                    bench.SERVICE + "Predict",
+                    big_request.SerializeToString(),
+                    1,
+                    seconds,
+                )
+            )
+            record("t9", (untraced.percentile(50), with_spans.percentile(50)))
             record(
                 "t8",
                 (
@@ -293,8 +330,10 @@ def measure(rounds: int, seconds: float) -> dict:
         startups["32 features, 128 units (memory run)"] = memory.startup
         memory.stop()
     finally:
-        for process in (echo, tiny, big, unbatched, stack):
+        for process in (echo, tiny, big, unbatched, stack, traced):
             process.stop()
+        sink.terminate()
+        sink.wait(timeout=30)
     keras_runs = [
         json.loads(
             subprocess.run(
@@ -338,6 +377,7 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
     t5 = [first / last for first, last in pr["t5"]]
     t8_predict = [stacked / single for single, stacked, _, _ in pr["t8"]]
     t8_step = [stacked / single for _, _, single, stacked in pr["t8"]]
+    t9 = [traced / plain for plain, traced in pr["t9"]]
     before, after = data["memory_mb"]
     startup = max(data["startup_s"].values())
 
@@ -422,6 +462,14 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
             f"{median([s for _, _, s, _ in pr['t8']]) * 1e3:.3f} ms)",
             "<= 1.5x",
             ok(median(t8_step) <= 1.5),
+        ),
+        (
+            "9. 32 features, 128 units, 100 timesteps: Predict p50 traced (OTLP to a local "
+            "receiver, every call sampled) / not traced",
+            f"{median(t9):.2f}x ({median([t for _, t in pr['t9']]) * 1e3:.3f} ms vs "
+            f"{median([p for p, _ in pr['t9']]) * 1e3:.3f} ms)",
+            "<= 1.1x",
+            ok(median(t9) <= 1.1),
         ),
     ]
     return rows, levels

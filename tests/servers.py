@@ -21,6 +21,7 @@ from lstm_server.app import LstmServer
 from lstm_server.config import Settings
 from lstm_server.core.scheduler import Runtime
 from lstm_server.core.store import SessionStore
+from lstm_server.tracing import Tracing
 
 TEST_SETTINGS = Settings(
     host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, reap_interval=0.2, grace=1.0
@@ -31,32 +32,44 @@ class ThreadedServer:
     """An in-process server on its own event loop thread, so blocking clients can call it too."""
 
     def __init__(
-        self, settings: Settings = TEST_SETTINGS, store: SessionStore | None = None
+        self,
+        settings: Settings = TEST_SETTINGS,
+        store: SessionStore | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        self._init(settings, store, None)
+        self._init(settings, store, None, tracing)
 
     def _init(
-        self, settings: Settings, store: SessionStore | None, runtime: Runtime | None
+        self,
+        settings: Settings,
+        store: SessionStore | None,
+        runtime: Runtime | None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.server = self.submit(self._make(settings, store, runtime))
+        self.server = self.submit(self._make(settings, store, runtime, tracing))
         self.port: int = self.submit(self.server.start())
         self.target = f"127.0.0.1:{self.port}"
 
     @classmethod
-    def with_runtime(cls, settings: Settings, runtime: Runtime) -> ThreadedServer:
+    def with_runtime(
+        cls, settings: Settings, runtime: Runtime, tracing: Tracing | None = None
+    ) -> ThreadedServer:
         """A server on a runtime the test made (to hold or fail model execution on purpose)."""
         made = cls.__new__(cls)
-        made._init(settings, None, runtime)
+        made._init(settings, None, runtime, tracing)
         return made
 
     @staticmethod
     async def _make(
-        settings: Settings, store: SessionStore | None, runtime: Runtime | None = None
+        settings: Settings,
+        store: SessionStore | None,
+        runtime: Runtime | None = None,
+        tracing: Tracing | None = None,
     ) -> LstmServer:
-        return LstmServer(settings, store=store, runtime=runtime)
+        return LstmServer(settings, store=store, runtime=runtime, tracing=tracing)
 
     def submit(self, coro):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)

@@ -13,6 +13,11 @@ from typing import Any
 
 import grpc
 
+try:  # W3C trace context goes with every call when the caller uses OpenTelemetry
+    from opentelemetry import propagate
+except ImportError:
+    propagate = None  # type: ignore[assignment]
+
 SERVICE = "lstm.v1.LstmService"
 # Calls that change nothing, so gRPC may send them again after UNAVAILABLE.
 IDEMPOTENT = ("GetModelMetadata", "Predict", "GetSession")
@@ -61,6 +66,15 @@ class RetryPolicy:
 NO_RETRIES = RetryPolicy(attempts=1)
 
 
+def trace_context() -> tuple[tuple[str, str], ...]:
+    """The caller's current trace context (``traceparent``), if OpenTelemetry is installed."""
+    if propagate is None:
+        return ()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
 @dataclass(frozen=True)
 class CallOptions:
     """What goes with every call unless the call says otherwise."""
@@ -81,7 +95,7 @@ class CallOptions:
         get none, their steps are timed one by one) and metadata after the client's."""
         return {
             "timeout": None if stream else (self.timeout if timeout is None else timeout),
-            "metadata": (*self.metadata, *(metadata or ())),
+            "metadata": (*self.metadata, *(metadata or ()), *trace_context()),
             "wait_for_ready": self.wait_for_ready,
             "compression": self.compression,
         }

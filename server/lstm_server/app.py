@@ -24,6 +24,9 @@ from lstm_server.metrics import Metrics
 from lstm_server.process import ensure_free, in_daemon_thread
 from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.sessions import open_store
+from lstm_server.sessions.observed import ObservedStore, StoreObserver
+from lstm_server.tracing import Tracing
+from lstm_server.transport.access_log import AccessLogInterceptor
 from lstm_server.transport.auth import AuthInterceptor, load_tokens
 from lstm_server.transport.errors import ErrorMappingInterceptor
 from lstm_server.transport.health import Readiness
@@ -34,6 +37,7 @@ from lstm_server.transport.limits import (
 )
 from lstm_server.transport.observation import ObservingInterceptor
 from lstm_server.transport.servicer import LstmServicer, Services, method_handlers
+from lstm_server.transport.traced import TracingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +65,19 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def interceptors(settings: Settings, metrics: Metrics) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first: observe every call, cap health watches, authenticate, cap concurrency,
-    map errors."""
-    chain: list[grpc.aio.ServerInterceptor] = [ObservingInterceptor(metrics)]
+def interceptors(
+    settings: Settings, metrics: Metrics, tracing: Tracing | None = None
+) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first: trace, log and observe every call, cap health watches, authenticate,
+    cap concurrency, map errors."""
+    chain: list[grpc.aio.ServerInterceptor] = []
+    if tracing is not None:
+        chain.append(TracingInterceptor(tracing))
+    if settings.access_log:
+        chain.append(
+            AccessLogInterceptor(tracing.current_trace_id if tracing is not None else None)
+        )
+    chain.append(ObservingInterceptor(metrics))
     if settings.max_health_watches:
         chain.append(HealthWatchLimitInterceptor(settings.max_health_watches))
     if settings.auth_tokens_file is not None:
@@ -104,11 +117,14 @@ class LstmServer:
         runtime: Runtime | None = None,
         store: SessionStore | None = None,
         registry: CollectorRegistry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        """``tracing``: spans go there (default: as the ``OTEL_*`` variables say, else none)."""
         self.settings = settings
         self.runtime = runtime
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
-        self.store: SessionStore = (
+        self.tracing = tracing if tracing is not None else Tracing.from_environment()
+        opened = (
             store
             if store is not None
             else open_store(
@@ -119,14 +135,18 @@ class LstmServer:
                 on_end=self.metrics.session_ended,
             )
         )
-        self.readiness = Readiness(SERVICE_NAME)
-        self.servicer = LstmServicer()
+        observers: list[StoreObserver] = [self.metrics]
+        if self.tracing is not None:
+            observers.append(self.tracing)
+        self.store: SessionStore = ObservedStore(opened, *observers)
+        self.readiness = Readiness(SERVICE_NAME, on_change=self.metrics.readiness_changed)
+        self.servicer = LstmServicer(step_observer=self.metrics, tracing=self.tracing)
         self.scheduler: BatchScheduler | None = None
         self.sessions: SessionService | None = None
         self.port: int | None = None
         self.metrics_server: OpsHttpServer | None = None
         self._server = grpc.aio.server(
-            interceptors=interceptors(settings, self.metrics),
+            interceptors=interceptors(settings, self.metrics, self.tracing),
             options=[
                 # One process per port: a second server on a busy port must fail, not split
                 # traffic and sessions with the first.
@@ -162,11 +182,13 @@ class LstmServer:
             log.info("loading the model")
             self.runtime = await in_daemon_thread(load_runtime, s.runtime)
         self.metrics.set_model(self.runtime.info)
+        self.metrics.set_limits(s.limits.exported())
         self.scheduler = BatchScheduler(
             self.runtime,
             max_batch_rows=s.max_batch_rows,
             batching=s.batching,
             observer=self.metrics.observe_batch,
+            tracer=self.tracing,
         )
         self.scheduler.start()
         self.sessions = SessionService(
@@ -183,11 +205,17 @@ class LstmServer:
         self.servicer.services = Services(inference, self.sessions)
         self.port = self._bind()
         await self._server.start()
-        await self.readiness.watch(self.store.ping, s.health_interval)
+        await self.readiness.watch(self._store_answers, s.health_interval)
         if s.port_file is not None:
             self._write_port_file(s.port_file)
         log.info("model %s ready; listening on %s:%d", self.runtime.info.version, s.host, self.port)
         return self.port
+
+    async def _store_answers(self) -> bool:
+        """The readiness probe: whether the session store answers (exported as a metric too)."""
+        up = await self.store.ping()
+        self.metrics.store_checked(up)
+        return up
 
     def _bind(self) -> int:
         s = self.settings
@@ -229,6 +257,8 @@ class LstmServer:
         await self.store.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # sends what is buffered
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

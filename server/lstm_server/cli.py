@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from lstm_server import logs
 from lstm_server.app import LstmServer
 from lstm_server.config import ConfigError, Settings, load_settings
 from lstm_server.core.errors import ModelLoadError, StoreSetupError
@@ -49,10 +50,7 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
     except ModelLoadError as exc:

@@ -63,6 +63,8 @@ class Settings:
     grace: float = 10.0
     drain: float = 0.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    access_log: bool = True
 
     @property
     def limits(self) -> Limits:
@@ -140,6 +142,8 @@ HELP: dict[str, str] = {
     "grace": "seconds in-flight calls get to finish on shutdown",
     "drain": "seconds of NOT_SERVING before shutdown stops taking calls (for probing balancers)",
     "log_level": "logging level",
+    "log_format": "log lines as text or json",
+    "access_log": "log one line per RPC (method, code, duration, peer, principal, trace id)",
 }
 
 
@@ -238,6 +242,8 @@ def load_settings(
     ):
         if getattr(settings, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be 0 (no limit) or more")
+    if settings.log_format not in ("text", "json"):
+        p.error(f"--log-format must be text or json, not {settings.log_format!r}")
     if settings.log_level.upper() not in LOG_LEVELS:
         p.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {settings.log_level!r}")
     if settings.max_message_bytes < 1024:

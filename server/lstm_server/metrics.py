@@ -2,11 +2,13 @@
 
 Names and labels of the gRPC metrics are those of the Go and Python gRPC Prometheus interceptors,
 so existing dashboards work. Nothing depends on this module: it observes the transport (as an
-``RpcObserver``), the scheduler (``observe_batch``) and sessions (``SessionObserver``).
+``RpcObserver`` and a ``StepObserver``), the scheduler (``observe_batch``), sessions
+(``SessionObserver``), the session store (``StoreObserver``) and readiness.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -24,6 +26,9 @@ LATENCY_BUCKETS = (
     5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STORE_OPERATIONS = (
+    "open", "close", "create", "get", "compare_and_set", "delete", "reap_expired", "count", "ping",
+)  # fmt: skip
 
 
 class Metrics:
@@ -80,7 +85,58 @@ class Metrics:
             ("version", "units", "features"),
             registry=r,
         )
-        self.sessions_active = Gauge("lstm_sessions_active", "Live sessions.", registry=r)
+        self.sessions_active = Gauge(
+            "lstm_sessions_active",
+            "Live sessions this replica created or stepped within their TTL (sum over replicas "
+            "may count a session stepped through several of them twice).",
+            registry=r,
+        )
+        self.store_sessions = Gauge(
+            "lstm_store_sessions",
+            "Live sessions in the session store: store-wide, the same on every replica sharing "
+            "it (take max, never sum, over replicas).",
+            registry=r,
+        )
+        self.session_step_seconds = Histogram(
+            "lstm_session_step_seconds",
+            "Time of one session step, unary or on a stream, applied or refused.",
+            ("grpc_method",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.session_steps_refused = Counter(
+            "lstm_session_steps_refused",
+            "Session steps refused (on a stream: in-band, the stream going on), by status code.",
+            ("grpc_method", "code"),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "lstm_rpcs_in_flight", "RPCs in progress on the server.", GRPC_LABELS, registry=r
+        )
+        self.store_seconds = Histogram(
+            "lstm_store_operation_seconds",
+            "Time of one session store operation.",
+            ("operation",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "lstm_store_errors",
+            "Session store operations that failed (unreachable, timed out).",
+            ("operation",),
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "lstm_store_up", "1 while the session store answers the readiness probe.", registry=r
+        )
+        self.ready = Gauge("lstm_ready", "1 while this replica reports SERVING.", registry=r)
+        self.limit = Gauge(
+            "lstm_server_limit",
+            "A limit the server enforces (0: none), by its flag's name.",
+            ("limit",),
+            registry=r,
+        )
+        self._touched: dict[str, float] = {}
         self.sessions_created = Counter("lstm_sessions_created", "Sessions created.", registry=r)
         self.sessions_ended = Counter(
             "lstm_sessions_ended",
@@ -96,6 +152,8 @@ class Metrics:
         )
         for reason in ("closed", "expired"):
             self.sessions_ended.labels(reason)
+        for operation in STORE_OPERATIONS:  # so that no error yet reads as 0, not as missing
+            self.store_errors.labels(operation)
         if process_collectors:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -117,26 +175,59 @@ class Metrics:
 
     # Sessions (SessionObserver, and the store's on_end)
 
-    def session_created(self) -> None:
+    def session_created(self, session_id: str, expires_at: float) -> None:
         self.sessions_created.inc()
-        self.sessions_active.inc()
+        self._touch(session_id, expires_at)
 
     def session_ended(self, reason: str) -> None:
         self.sessions_ended.labels(reason).inc()
-        self.sessions_active.dec()
 
-    def session_stepped(self, *, replayed: bool) -> None:
+    def session_stepped(self, session_id: str, expires_at: float, *, replayed: bool) -> None:
         (self.session_step_retries if replayed else self.session_steps).inc()
+        self._touch(session_id, expires_at)
+
+    def session_closed(self, session_id: str) -> None:
+        self._touched.pop(session_id, None)
+        self.sessions_active.set(len(self._touched))
 
     def sessions_counted(self, live: int) -> None:
-        self.sessions_active.set(live)
+        self.store_sessions.set(live)
+        now = time.time()
+        self._touched = {sid: until for sid, until in self._touched.items() if until > now}
+        self.sessions_active.set(len(self._touched))
+
+    def _touch(self, session_id: str, expires_at: float) -> None:
+        self._touched[session_id] = expires_at
+        self.sessions_active.set(len(self._touched))
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        for name, value in limits.items():
+            self.limit.labels(name).set(value)
+
+    # Session steps (StepObserver) and the store (StoreObserver)
+
+    def step_done(self, method: str, seconds: float, code: str) -> None:
+        self._child(self.session_step_seconds, (method,)).observe(seconds)
+        if code != "OK":
+            self._child(self.session_steps_refused, (method, code)).inc()
+
+    def store_operation(self, operation: str, seconds: float, *, failed: bool) -> None:
+        self._child(self.store_seconds, (operation,)).observe(seconds)
+        if failed:
+            self._child(self.store_errors, (operation,)).inc()
+
+    def readiness_changed(self, ready: bool) -> None:
+        self.ready.set(1 if ready else 0)
+
+    def store_checked(self, up: bool) -> None:
+        self.store_up.set(1 if up else 0)
 
     # RPCs (RpcObserver)
 
     # Labelled children are looked up once per method (and code), not on every call: the set of
     # methods and codes is small and fixed, and the lookup costs more than the increment.
 
-    def _child(self, metric: Counter | Histogram, labels: tuple[str, ...]) -> Any:
+    def _child(self, metric: Counter | Histogram | Gauge, labels: tuple[str, ...]) -> Any:
         key = (id(metric), labels)
         child = self._children.get(key)
         if child is None:
@@ -145,10 +236,12 @@ class Metrics:
 
     def rpc_started(self, labels: tuple[str, str, str]) -> None:
         self._child(self.started, labels).inc()
+        self._child(self.in_flight, labels).inc()
 
     def rpc_handled(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
         self._child(self.handled, (*labels, code)).inc()
         self._child(self.handling_seconds, labels).observe(seconds)
+        self._child(self.in_flight, labels).dec()
 
     def message_received(self, labels: tuple[str, str, str]) -> None:
         self._child(self.msg_received, labels).inc()

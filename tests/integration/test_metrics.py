@@ -136,3 +136,49 @@ def test_model_info_and_process_metrics(metered, metrics_url: str) -> None:
     assert value(samples, "lstm_model_info", version=version, units="3", features="2") == 1
     assert value(samples, "process_resident_memory_bytes") > 0
     assert any(name == "python_info" for name, _ in samples)
+
+
+def test_steps_are_timed_one_by_one_and_refusals_counted_by_code(stub, metrics_url: str) -> None:
+    before = scrape(metrics_url)
+    x = seq_msg(np.ones((1, 2)))
+    sid = stub.CreateSession(pb.CreateSessionRequest()).session_id
+    stub.Step(pb.StepRequest(session_id=sid, input=x, step_number=1))
+    with pytest.raises(grpc.RpcError):
+        stub.Step(pb.StepRequest(session_id=sid, input=x, step_number=9))
+
+    def messages() -> Iterator[pb.SessionStreamRequest]:
+        yield pb.SessionStreamRequest(open=pb.OpenSession(resume_session_id=sid))
+        for number in (2, 3, 7):  # 7: refused in-band, the stream goes on
+            yield pb.SessionStreamRequest(step=pb.SessionStep(input=x, step_number=number))
+        yield pb.SessionStreamRequest(step=pb.SessionStep(input=seq_msg(np.ones((1, 5)))))
+
+    replies = list(stub.StreamSession(messages()))
+    assert [r.WhichOneof("kind") for r in replies] == ["session", "step", "step", "error", "error"]
+    after = scrape_settled(metrics_url, before, {"Step": 2, "StreamSession": 1})
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("lstm_session_step_seconds_count", grpc_method="Step") == 2
+    assert delta("lstm_session_step_seconds_count", grpc_method="StreamSession") == 4
+    refused = "lstm_session_steps_refused_total"
+    assert delta(refused, grpc_method="Step", code="FAILED_PRECONDITION") == 1
+    assert delta(refused, grpc_method="StreamSession", code="FAILED_PRECONDITION") == 1
+    assert delta(refused, grpc_method="StreamSession", code="INVALID_ARGUMENT") == 1
+    # The stream itself ended OK; its steps' latencies are not its lifetime.
+    assert delta("grpc_server_handled_total", **grpc_labels("StreamSession", "bidi_stream"),
+                 grpc_code="OK") == 1  # fmt: skip
+    assert delta("lstm_store_operation_seconds_count", operation="compare_and_set") == 3
+    assert delta("lstm_store_operation_seconds_count", operation="get") >= 5
+    assert delta("lstm_store_errors_total", operation="get") == 0
+
+
+def test_in_flight_limits_and_readiness(stub, metered: ThreadedServer, metrics_url: str) -> None:
+    stub.GetModelMetadata(pb.GetModelMetadataRequest())
+    samples = scrape(metrics_url)
+    assert value(samples, "lstm_rpcs_in_flight", **grpc_labels("GetModelMetadata")) == 0
+    limits = metered.server.settings.limits
+    assert value(samples, "lstm_server_limit", limit="max_sessions") == limits.max_sessions
+    assert value(samples, "lstm_server_limit", limit="max_batch_size") == limits.max_batch_size
+    assert value(samples, "lstm_ready") == 1
+    assert value(samples, "lstm_store_up") == 1

@@ -251,3 +251,31 @@ def test_bench_honours_tls_and_tokens(tmp_path) -> None:
         assert "UNAUTHENTICATED" in anonymous.stderr
     finally:
         server.stop()
+
+
+def test_json_log_lines_with_an_access_line_per_call_and_no_secrets(tmp_path) -> None:
+    from lstm_client import LstmClient
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice s3cr3t-token-of-alice\n")
+    server = ServerProcess(
+        ["--log-format", "json", "--auth-tokens-file", str(tokens)], log_dir=tmp_path
+    )
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    try:
+        with LstmClient(
+            server.target, token="s3cr3t-token-of-alice", metadata=[("traceparent", traceparent)]
+        ) as client:
+            client.predict([[0.25], [0.75]])
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert lines, server.log()
+    assert all({"time", "levelname", "name", "trace_id", "message"} <= set(r) for r in lines)
+    [access] = [r for r in lines if r["name"] == "lstm_server.access"]
+    assert access["rpc"] == "lstm.v1.LstmService/Predict"
+    assert (access["code"], access["principal"]) == ("OK", "alice")
+    assert access["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert access["peer"].startswith("ipv4:127.0.0.1:")
+    assert "s3cr3t" not in server.log()
+    assert "0.25" not in access["message"]

@@ -4,14 +4,16 @@ metrics port, and the Grafana dashboard uses only metrics the server really expo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
-from lstm_client import LstmClient
+from lstm_client import LstmClient, LstmError
 from lstm_server.config import Settings, env_name
 
 from tests.helpers import ROOT, scrape, system_binary
@@ -30,7 +32,7 @@ REPLICAS = sorted(name for name in COMPOSE["services"] if name.startswith("lstm-
 
 def test_compose_services_and_referenced_files() -> None:
     services = COMPOSE["services"]
-    assert {"redis", "nginx", "prometheus", "grafana"} <= set(services)
+    assert {"redis", "nginx", "prometheus", "grafana", "jaeger"} <= set(services)
     assert len(REPLICAS) == 2
     for name in REPLICAS:
         assert (ROOT / services[name]["build"] / "Dockerfile").is_file()
@@ -45,7 +47,10 @@ def test_replica_settings_are_real_and_agree_with_defaults() -> None:
     known = {env_name(f) for f in Settings.__dataclass_fields__}
     for name in REPLICAS:
         env = COMPOSE["services"][name]["environment"]
-        assert set(env) <= known
+        assert {k for k in env if not k.startswith("OTEL_")} <= known
+        # Traces go to the compose file's OTLP receiver (Jaeger).
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        assert "jaeger" in COMPOSE["services"][name]["depends_on"]
         assert int(env["LSTM_PORT"]) == DEFAULTS.port
         assert int(env["LSTM_METRICS_PORT"]) == DEFAULTS.metrics_port
         assert env["LSTM_SESSION_STORE"] == "redis://redis:6379/0"
@@ -66,7 +71,7 @@ def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", text, re.M)
     assert re.search(r"^USER (?!root)\w+", text, re.M)
-    assert '".[server]"' in text
+    assert '".[server,otel]"' in text
     assert "HEALTHCHECK" in text
     # Readiness over plain HTTP on the metrics port: it works when the gRPC port uses TLS.
     assert f"127.0.0.1:{DEFAULTS.metrics_port}/readyz" in text
@@ -92,6 +97,37 @@ def test_prometheus_configuration_passes_promtool_and_targets_the_server() -> No
     assert f"--config.file={mounted}" in COMPOSE["services"]["prometheus"]["command"]
 
 
+RULES = ROOT / "deploy" / "prometheus" / "rules"
+
+
+def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    """Each alert has a test that fires it and one that does not (promtool fails on an alert
+    that fires unexpected, or not at all)."""
+    promtool = system_binary("promtool", "prometheus")
+    for command in (
+        [promtool, "check", "rules", str(RULES / "lstm-serving.rules.yml")],
+        [promtool, "test", "rules", str(RULES / "lstm-serving.test.yml")],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    rules = yaml.safe_load((RULES / "lstm-serving.rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    tests = yaml.safe_load((RULES / "lstm-serving.test.yml").read_text())
+    tested = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"]}
+    assert alerts == tested
+    mounts = COMPOSE["services"]["prometheus"]["volumes"]
+    assert "./deploy/prometheus/rules:/etc/prometheus/rules:ro" in mounts
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["rules/*.rules.yml"]
+
+
+def test_alert_rules_use_only_exported_metrics(exported_names: set[str]) -> None:
+    text = (RULES / "lstm-serving.rules.yml").read_text()
+    used = set(re.findall(r"\b((?:grpc_server|lstm)_[a-z_]+)\b", text))
+    assert used
+    assert used <= exported_names, used - exported_names
+
+
 def test_grafana_is_provisioned_with_prometheus() -> None:
     datasources = ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml"
     (source,) = yaml.safe_load(datasources.read_text())["datasources"]
@@ -114,6 +150,9 @@ def exported_names() -> set[str]:
             client.predict([[0.1]])
             with client.session() as session:
                 session.step([[0.2]])
+                session.info = replace(session.info, step_count=5)  # a step refused
+                with contextlib.suppress(LstmError):
+                    session.step([[0.2]])
             list(client.stream([[0.1], [0.2]]))
         samples = scrape(f"http://127.0.0.1:{server.server.metrics_server.port}/metrics")
     finally:

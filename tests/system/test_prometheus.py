@@ -1,5 +1,5 @@
 """A real Prometheus server scrapes a real lstm-serving /metrics endpoint and reads the same
-value back through its query API."""
+value back through its query API; every query of the Grafana dashboard runs there."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
-from tests.helpers import grpc_labels, scrape, seq_msg, system_binary
+from tests.helpers import ROOT, grpc_labels, scrape, seq_msg, system_binary
 from tests.servers import ThreadedServer, free_port, settings
 
 
@@ -79,8 +79,35 @@ def test_a_real_prometheus_scrapes_the_service(metered, tmp_path: Path) -> None:
             time.sleep(0.5)
         assert seen is not None, (tmp_path / "prometheus.log").read_text()[-2000:]
         assert seen == expected >= 7
+        _dashboard_queries_run(web)
     finally:
         channel.close()
         process.terminate()
         process.wait(timeout=30)
     assert process.returncode is not None
+
+
+def _dashboard_queries_run(web: int) -> None:
+    """Each dashboard query, its variables set to "all", is valid PromQL for this Prometheus;
+    the panels of what has happened here (Predict calls, sessions, readiness) find their series."""
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/lstm-serving.json").read_text())
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"job", "instance"}
+    time.sleep(3)  # a few more scrapes, so that rates over them have two samples
+    with_data = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$job", ".*").replace("$instance", ".*")
+            query = urllib.parse.urlencode({"query": expr})
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{web}/api/v1/query?{query}", timeout=5
+            ) as r:
+                answer = json.load(r)
+            assert answer["status"] == "success", (panel["title"], expr, answer)
+            if answer["data"]["result"]:
+                with_data.add(panel["title"])
+    assert {
+        "Requests per second by method",
+        "Sessions: store-wide and per replica",
+        "Ready and store reachable, by replica",
+        "In-flight RPCs by replica",
+    } <= with_data

@@ -39,13 +39,16 @@ class Counts:
     """A SessionObserver that counts what it is told."""
 
     def __init__(self) -> None:
-        self.created = self.stepped = self.replayed = 0
+        self.created = self.stepped = self.replayed = self.closed = 0
         self.live: list[int] = []
 
-    def session_created(self) -> None:
+    def session_created(self, session_id: str, expires_at: float) -> None:
         self.created += 1
 
-    def session_stepped(self, *, replayed: bool) -> None:
+    def session_closed(self, session_id: str) -> None:
+        self.closed += 1
+
+    def session_stepped(self, session_id: str, expires_at: float, *, replayed: bool) -> None:
         if replayed:
             self.replayed += 1
         else:

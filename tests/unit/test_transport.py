@@ -16,6 +16,7 @@ from lstm_server.core import errors
 from lstm_server.core.sessions import SessionInfo
 from lstm_server.core.types import ModelInfo, State
 from lstm_server.transport import converters as conv
+from lstm_server.transport.access_log import AccessLogInterceptor, TraceIdFilter, trace_id_of
 from lstm_server.transport.auth import PRINCIPAL, AuthInterceptor
 from lstm_server.transport.errors import (
     INTERNAL_MESSAGE,
@@ -329,3 +330,52 @@ async def test_observation_reports_start_messages_and_code() -> None:
         ("received",),
         ("handled", "NOT_FOUND"),
     ]
+
+
+# The access log
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class LoggedContext(Context):
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5555"
+
+    def code(self) -> grpc.StatusCode | None:
+        return self.status.code if self.status is not None else None
+
+
+async def test_access_log_writes_one_line_per_call_with_its_trace_id(caplog) -> None:
+    inside = logging.getLogger("lstm_server.inside")
+
+    async def behavior(request: Any, context: Any) -> Any:
+        inside.warning("written while serving")
+        return b"ok"
+
+    handler = await intercepted(AccessLogInterceptor(), PREDICT, behavior)
+    caplog.handler.addFilter(TraceIdFilter())
+    with caplog.at_level(logging.INFO):
+        await handler.unary_unary(b"x", LoggedContext((("traceparent", TRACEPARENT),)))
+        await handler.unary_unary(b"x", LoggedContext())
+    during, access, _, other = caplog.records
+    assert during.trace_id == access.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (access.rpc, access.code, access.peer, access.principal) == (
+        "lstm.v1.LstmService/Predict", "OK", "ipv4:127.0.0.1:5555", "-",
+    )  # fmt: skip
+    assert access.duration_ms >= 0
+    assert len(other.trace_id) == 32  # no traceparent: a new id
+    assert other.trace_id != access.trace_id
+    health = await intercepted(AccessLogInterceptor(), HEALTH, behavior)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        await health.unary_unary(b"x", LoggedContext())
+    assert [r.name for r in caplog.records] == ["lstm_server.inside"]  # no access line
+
+
+@pytest.mark.parametrize(
+    "value", ["00-00000000000000000000000000000000-00f067aa0ba902b7-01", "garbage", ""]
+)
+def test_a_missing_or_invalid_traceparent_gets_a_new_trace_id(value: str) -> None:
+    found = trace_id_of((("traceparent", value),))
+    assert len(found) == 32
+    assert found != "0" * 32

@@ -68,12 +68,30 @@ class BatchObservation:
     inference_seconds: float
 
 
+class BatchTracer(Protocol):
+    """Told of each model call and the requests in it (tracing implements it)."""
+
+    def capture(self) -> object:
+        """The calling request's trace context, taken when it joins the queue."""
+        ...
+
+    def batch_ran(
+        self, callers: Sequence[object], queued_at: Sequence[float], started: float, ended: float,
+        rows: int,
+    ) -> None:  # fmt: skip
+        """A model call of ``rows`` rows from the requests ``callers``, which joined the queue at
+        ``queued_at``; wall-clock times (``time.time()``)."""
+        ...
+
+
 @dataclass
 class _Pending:
     rows: Sequence[Row]
     future: asyncio.Future[list[RowResult]]
     enqueued: float
     deadline: float | None = None
+    trace: object = None
+    queued_at: float = 0.0  # wall clock, for tracing
 
 
 class BatchScheduler:
@@ -86,11 +104,13 @@ class BatchScheduler:
         max_batch_rows: int = 64,
         batching: bool = True,
         observer: Callable[[BatchObservation], None] | None = None,
+        tracer: BatchTracer | None = None,
     ) -> None:
         self.runtime = runtime
         self.max_batch_rows = max_batch_rows
         self.batching = batching
         self._observer = observer
+        self._tracer = tracer
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstm-runtime")
@@ -115,12 +135,19 @@ class BatchScheduler:
             raise ModelNotReady("the server is shutting down", reason="SHUTTING_DOWN")
         if not self._busy and not self._queue and self._inline(rows):
             # Nothing to batch with and microseconds of work: run it here, skipping the queue.
-            started = time.monotonic()
+            started, wall = time.monotonic(), time.time()
             results = _run_rows(self.runtime.run_inline, rows)
             self._observe(rows, [0.0], started)
+            if self._tracer is not None:
+                self._tracer.batch_ran(
+                    [self._tracer.capture()], [wall], wall, time.time(), len(rows)
+                )
             return results
         future: asyncio.Future[list[RowResult]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(rows, future, time.monotonic(), deadline))
+        pending = _Pending(rows, future, time.monotonic(), deadline)
+        if self._tracer is not None:
+            pending.trace, pending.queued_at = self._tracer.capture(), time.time()
+        self._queue.append(pending)
         self._wakeup.set()
         return await future
 
@@ -168,7 +195,7 @@ class BatchScheduler:
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         rows = [row for item in batch for row in item.rows]
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         try:
             if self._inline(rows):
                 results = _run_rows(self.runtime.run_inline, rows)
@@ -177,6 +204,14 @@ class BatchScheduler:
                     self._executor, _run_rows, self.runtime.run, rows
                 )
             self._observe(rows, [started - item.enqueued for item in batch], started)
+            if self._tracer is not None:
+                self._tracer.batch_ran(
+                    [item.trace for item in batch],
+                    [item.queued_at for item in batch],
+                    wall,
+                    time.time(),
+                    len(rows),
+                )
         except Exception as exc:
             log.exception("model execution failed")
             for item in batch:

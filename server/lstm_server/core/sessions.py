@@ -93,14 +93,19 @@ class StepOutcome:
 
 
 class SessionObserver(Protocol):
-    """Told of session events (metrics implement it); the service works without one."""
+    """Told of session events (metrics implement it); the service works without one. Sessions
+    are named with the time their TTL runs out, so that an observer can tell the sessions this
+    replica holds or touched from those other replicas of a shared store touch."""
 
-    def session_created(self) -> None: ...
+    def session_created(self, session_id: str, expires_at: float) -> None: ...
 
-    def session_stepped(self, *, replayed: bool) -> None: ...
+    def session_stepped(self, session_id: str, expires_at: float, *, replayed: bool) -> None: ...
+
+    def session_closed(self, session_id: str) -> None: ...
 
     def sessions_counted(self, live: int) -> None:
-        """How many live sessions the store holds, after opening it and after each sweep."""
+        """How many live sessions the store holds (all replicas' when it is shared), after
+        opening it and after each sweep."""
 
 
 class _KeyedLocks:
@@ -210,7 +215,7 @@ class SessionService:
             max_owner_sessions=self.limits.max_sessions_per_principal,
         )
         if self._observer is not None:
-            self._observer.session_created()
+            self._observer.session_created(record.session_id, record.expires_at)
         return SessionInfo.of(record)
 
     async def get(self, session_id: str, *, owner: str = "") -> SessionInfo:
@@ -242,7 +247,7 @@ class SessionService:
                 self._check_model(record)
                 replay = self._replay(record, step_number, digest)
                 if replay is not None:
-                    self._stepped(replayed=True)
+                    self._stepped(record, replayed=True)
                     return replay
                 applied = record.step_count + 1
                 if step_number not in (0, applied):
@@ -263,7 +268,7 @@ class SessionService:
                     last_step=AppliedStep(applied, digest, result.sequence, secrets.token_hex(8)),
                 )
                 if await self._stored(updated, record.revision):
-                    self._stepped(replayed=False)
+                    self._stepped(updated, replayed=False)
                     return StepOutcome(session_id, applied, result.sequence, result.state)
             raise ConcurrentChange(
                 f"session {session_id} is being changed by other writers; retry",
@@ -323,9 +328,9 @@ class SessionService:
             record.session_id, step_number, last.hidden_sequence, record.state, replayed=True
         )
 
-    def _stepped(self, *, replayed: bool) -> None:
+    def _stepped(self, record: SessionRecord, *, replayed: bool) -> None:
         if self._observer is not None:
-            self._observer.session_stepped(replayed=replayed)
+            self._observer.session_stepped(record.session_id, record.expires_at, replayed=replayed)
 
     async def reset(
         self, session_id: str, state: GivenState | None, *, owner: str = ""
@@ -356,6 +361,8 @@ class SessionService:
         await self._record(session_id, owner)
         if not await self.store.delete(session_id):
             raise SessionNotFound.ended(session_id, None)
+        if self._observer is not None:
+            self._observer.session_closed(session_id)
 
     async def reap_expired(self) -> int:
         return len(await self.store.reap_expired())

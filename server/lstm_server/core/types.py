@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -121,6 +121,10 @@ class Limits:
     max_concurrent_rpcs: int = 1024
     max_concurrent_rpcs_per_principal: int = 0
     session_memory_budget: int = 0
+
+    def exported(self) -> dict[str, int]:
+        """Every limit by its name (the flag's, with underscores)."""
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,13 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class Readiness:
     """Owns the health servicer's statuses; ``watch`` re-checks ``probe`` every ``interval``."""
 
-    def __init__(self, service_name: str) -> None:
+    def __init__(self, service_name: str, on_change: Callable[[bool], None] | None = None) -> None:
+        """``on_change(ready)`` is told of every change (metrics export it)."""
         self.servicer = health.aio.HealthServicer()
         self._names = ("", service_name)
         self._ready = False
         self._watcher: asyncio.Task[None] | None = None
+        self._on_change = on_change
 
     def ready(self) -> bool:
         """Whether the server serves now (what ``/readyz`` reports)."""
@@ -45,6 +47,8 @@ class Readiness:
         if ready == self._ready:
             return
         self._ready = ready
+        if self._on_change is not None:
+            self._on_change(ready)
         await self._set(SERVING if ready else NOT_SERVING)
         log.log(
             logging.INFO if ready else logging.WARNING,
@@ -66,6 +70,8 @@ class Readiness:
     async def stop(self) -> None:
         """NOT_SERVING for every service (liveness included): the process is going away."""
         self._ready = False
+        if self._on_change is not None:
+            self._on_change(False)
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

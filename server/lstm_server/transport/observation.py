@@ -37,7 +37,14 @@ class RpcObserver(Protocol):
     def message_sent(self, labels: Labels) -> None: ...
 
 
-def _final_code(context: Context, error: BaseException | None) -> str:
+class StepObserver(Protocol):
+    """Told of every session step, unary or on a stream, with its status code (a step refused
+    in-band on a stream has its own code while the stream goes on)."""
+
+    def step_done(self, method: str, seconds: float, code: str) -> None: ...
+
+
+def final_code(context: Context, error: BaseException | None) -> str:
     if error is None:
         return grpc.StatusCode.OK.name
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
@@ -83,7 +90,7 @@ class ObservingInterceptor(WrappingInterceptor):
                 error = exc
                 raise
             finally:
-                code = _final_code(context, error)
+                code = final_code(context, error)
                 observer.rpc_handled(labels, code, time.perf_counter() - began)
 
         def unary(behavior: Unary, kind: str) -> Unary:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,8 +28,10 @@ from lstm_server.core.types import Limits
 from lstm_server.transport import converters as conv
 from lstm_server.transport import wire
 from lstm_server.transport.auth import principal
-from lstm_server.transport.errors import rpc_status
+from lstm_server.transport.errors import rpc_status, status_code
 from lstm_server.transport.limits import check_reply_bytes
+from lstm_server.transport.observation import StepObserver
+from lstm_server.transport.traced import RpcTracer
 
 T = TypeVar("T")
 # Requests and replies larger than this are converted on a worker thread: converting them takes
@@ -64,9 +66,33 @@ async def _read(read: Callable[[bytes, Limits], T], data: bytes, limits: Limits)
 class LstmServicer:
     """Every RPC of lstm.v1.LstmService. Errors are mapped by ErrorMappingInterceptor."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, step_observer: StepObserver | None = None, tracing: RpcTracer | None = None
+    ) -> None:
         self.services: Services | None = None
         self.stopping = False  # set when the server shuts down
+        self._step_observer = step_observer
+        self._tracing = tracing
+
+    @contextlib.contextmanager
+    def _step(self, method: str) -> Iterator[None]:
+        """Report one session step's time and code to the step observer."""
+        began = time.perf_counter()
+        code = "OK"
+        try:
+            yield
+        except ServingError as error:
+            code = status_code(error).name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            if self._step_observer is not None:
+                self._step_observer.step_done(method, time.perf_counter() - began, code)
 
     @property
     def _core(self) -> Services:
@@ -112,6 +138,10 @@ class LstmServicer:
         return self._session_out(await self._create(request))
 
     async def Step(self, request: bytes, context: Context) -> bytes:
+        with self._step("Step"):
+            return await self._unary_step(request, context)
+
+    async def _unary_step(self, request: bytes, context: Context) -> bytes:
         sessions = self._core.sessions
         step = await _read(wire.step_request, request, sessions.limits)
         selection = wire.selection(step.include)
@@ -153,21 +183,26 @@ class LstmServicer:
 
     async def _stream_step(self, session_id: str, message: bytes) -> bytes:
         """One step of a stream; a refused step is answered in-band and the stream goes on."""
-        sessions = self._core.sessions
+        spanned = (
+            contextlib.nullcontext()
+            if self._tracing is None
+            else self._tracing.span("lstm.v1.LstmService/StreamSession step")
+        )
         try:
-            step = (await _read(wire.stream_message, message, sessions.limits)).step
-            if step is None:
-                raise InvalidInput.single(
-                    "step", "after the opening message, every message is a step"
-                )
-            selection = wire.selection(step.include)
-            size = wire.step_reply_bytes(step.input, sessions.info, selection)
-            check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
-            outcome = await sessions.step(
-                session_id, step.input, step.step_number, owner=principal()
-            )
+            with spanned, self._step("StreamSession"):
+                return await self._applied_stream_step(session_id, message)
         except ServingError as error:
             return pb.SessionStreamResponse(error=rpc_status(error)).SerializeToString()
+
+    async def _applied_stream_step(self, session_id: str, message: bytes) -> bytes:
+        sessions = self._core.sessions
+        step = (await _read(wire.stream_message, message, sessions.limits)).step
+        if step is None:
+            raise InvalidInput.single("step", "after the opening message, every message is a step")
+        selection = wire.selection(step.include)
+        size = wire.step_reply_bytes(step.input, sessions.info, selection)
+        check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
+        outcome = await sessions.step(session_id, step.input, step.step_number, owner=principal())
         replies = wire.Replies(sessions.info, selection)
         return await _converted(size > OFF_LOOP_BYTES, replies.stream_step_response, outcome)
 
