@@ -73,10 +73,9 @@ def interceptors(
     chain: list[grpc.aio.ServerInterceptor] = []
     if tracing is not None:
         chain.append(TracingInterceptor(tracing))
-    if settings.access_log:
-        chain.append(
-            AccessLogInterceptor(tracing.current_trace_id if tracing is not None else None)
-        )
+    # Always there: it gives log lines their call's trace id; the access line is optional.
+    current_trace = tracing.current_trace_id if tracing is not None else None
+    chain.append(AccessLogInterceptor(current_trace, lines=settings.access_log))
     chain.append(ObservingInterceptor(metrics))
     if settings.max_health_watches:
         chain.append(HealthWatchLimitInterceptor(settings.max_health_watches))

@@ -64,7 +64,7 @@ class Settings:
     drain: float = 0.0
     log_level: str = "INFO"
     log_format: str = "text"
-    access_log: bool = True
+    access_log: bool = False
 
     @property
     def limits(self) -> Limits:
@@ -143,7 +143,8 @@ HELP: dict[str, str] = {
     "drain": "seconds of NOT_SERVING before shutdown stops taking calls (for probing balancers)",
     "log_level": "logging level",
     "log_format": "log lines as text or json",
-    "access_log": "log one line per RPC (method, code, duration, peer, principal, trace id)",
+    "access_log": "log one line per RPC (method, code, duration, peer, principal, trace id); "
+    "about 0.09 ms a call",
 }
 
 

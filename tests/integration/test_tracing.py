@@ -36,7 +36,9 @@ def traced() -> Iterator[tuple[ThreadedServer, InMemorySpanExporter, TracerProvi
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    server = ThreadedServer(settings(features=2, units=3), tracing=Tracing(provider))
+    server = ThreadedServer(
+        settings(features=2, units=3, access_log=True), tracing=Tracing(provider)
+    )
     yield server, exporter, provider
     server.stop()
 

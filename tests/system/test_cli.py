@@ -259,7 +259,8 @@ def test_json_log_lines_with_an_access_line_per_call_and_no_secrets(tmp_path) ->
     tokens = tmp_path / "tokens"
     tokens.write_text("alice s3cr3t-token-of-alice\n")
     server = ServerProcess(
-        ["--log-format", "json", "--auth-tokens-file", str(tokens)], log_dir=tmp_path
+        ["--log-format", "json", "--access-log", "--auth-tokens-file", str(tokens)],
+        log_dir=tmp_path,
     )
     traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     try:

@@ -59,9 +59,14 @@ class AccessLogInterceptor(WrappingInterceptor):
     every line written while it is served: the trace's, when tracing is on (``current_trace``
     gives the current span's), else the caller's ``traceparent`` one, else a new one."""
 
-    def __init__(self, current_trace: Callable[[], str | None] | None = None) -> None:
+    def __init__(
+        self, current_trace: Callable[[], str | None] | None = None, *, lines: bool = True
+    ) -> None:
+        """``lines``: write the access line (about 0.09 ms a call on the tutorial model, measured
+        here); without it, only the trace id of log lines is set."""
         super().__init__()
         self._current_trace = current_trace
+        self._lines = lines
 
     def applies_to(self, method: str) -> bool:
         return not method.startswith(HEALTH_PREFIX)
@@ -69,13 +74,14 @@ class AccessLogInterceptor(WrappingInterceptor):
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         rpc = method.lstrip("/")
         current_trace = self._current_trace
+        lines = self._lines
 
         @contextlib.contextmanager
         def served(context: Context) -> Iterator[None]:
             traced = current_trace() if current_trace is not None else None
             token = TRACE_ID.set(traced or trace_id_of(context.invocation_metadata()))
             # Asked now: a call's context must not be asked after the call ended (cancelled).
-            peer = context.peer() or "-"
+            peer = (context.peer() or "-") if lines else "-"
             began = time.perf_counter()
             error: BaseException | None = None
             try:
@@ -84,24 +90,8 @@ class AccessLogInterceptor(WrappingInterceptor):
                 error = exc
                 raise
             finally:
-                milliseconds = (time.perf_counter() - began) * 1e3
-                code = final_code(context, error)
-                principal = PRINCIPAL.get() or "-"
-                log.info(
-                    "%s %s %.2f ms peer=%s principal=%s",
-                    rpc,
-                    code,
-                    milliseconds,
-                    peer,
-                    principal,
-                    extra={
-                        "rpc": rpc,
-                        "code": code,
-                        "duration_ms": round(milliseconds, 3),
-                        "peer": peer,
-                        "principal": principal,
-                    },
-                )
+                if lines:
+                    _access_line(rpc, context, error, began, peer)
                 with contextlib.suppress(ValueError):  # a stream closed from elsewhere
                     TRACE_ID.reset(token)
 
@@ -121,3 +111,26 @@ class AccessLogInterceptor(WrappingInterceptor):
             return logged
 
         return rewrap(handler, unary, streaming)
+
+
+def _access_line(
+    rpc: str, context: Context, error: BaseException | None, began: float, peer: str
+) -> None:
+    milliseconds = (time.perf_counter() - began) * 1e3
+    code = final_code(context, error)
+    principal = PRINCIPAL.get() or "-"
+    log.info(
+        "%s %s %.2f ms peer=%s principal=%s",
+        rpc,
+        code,
+        milliseconds,
+        peer,
+        principal,
+        extra={
+            "rpc": rpc,
+            "code": code,
+            "duration_ms": round(milliseconds, 3),
+            "peer": peer,
+            "principal": principal,
+        },
+    )
