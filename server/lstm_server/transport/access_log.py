@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -23,11 +23,8 @@ from grpc.aio import ServicerContext as Context
 from lstm_server.transport.auth import PRINCIPAL
 from lstm_server.transport.handlers import (
     HEALTH_PREFIX,
-    Streaming,
-    Unary,
     WrappingInterceptor,
-    responses,
-    rewrap,
+    around,
 )
 from lstm_server.transport.observation import final_code
 
@@ -95,22 +92,7 @@ class AccessLogInterceptor(WrappingInterceptor):
                 with contextlib.suppress(ValueError):  # a stream closed from elsewhere
                     TRACE_ID.reset(token)
 
-        def unary(behavior: Unary, kind: str) -> Unary:
-            async def logged(request: Any, context: Context) -> Any:
-                with served(context):
-                    return await behavior(request, context)
-
-            return logged
-
-        def streaming(behavior: Streaming, kind: str) -> Streaming:
-            async def logged(request: Any, context: Context) -> AsyncIterator[Any]:
-                with served(context):
-                    async for response in responses(behavior, request, context):
-                        yield response
-
-            return logged
-
-        return rewrap(handler, unary, streaming)
+        return around(handler, served)
 
 
 def _access_line(

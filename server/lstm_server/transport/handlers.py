@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import grpc
@@ -61,6 +62,30 @@ def rewrap(
     return grpc.stream_stream_rpc_method_handler(
         streaming(handler.stream_stream, "bidi_stream"), **codec
     )
+
+
+def around(
+    handler: grpc.RpcMethodHandler, scope: Callable[[Context], AbstractContextManager[Any]]
+) -> grpc.RpcMethodHandler:
+    """The same handler, each call (of any kind) run inside ``scope(context)``: for policies that
+    only set something up before a call and tear it down after it."""
+
+    def unary(behavior: Unary, _: str) -> Unary:
+        async def scoped(request: Any, context: Context) -> Any:
+            with scope(context):
+                return await behavior(request, context)
+
+        return scoped
+
+    def streaming(behavior: Streaming, _: str) -> Streaming:
+        async def scoped(request: Any, context: Context) -> AsyncIterator[Any]:
+            with scope(context):
+                async for response in responses(behavior, request, context):
+                    yield response
+
+        return scoped
+
+    return rewrap(handler, unary, streaming)
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):

@@ -4,7 +4,7 @@ added only when tracing is on."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -13,11 +13,8 @@ from grpc.aio import ServicerContext as Context
 
 from lstm_server.transport.handlers import (
     HEALTH_PREFIX,
-    Streaming,
-    Unary,
     WrappingInterceptor,
-    responses,
-    rewrap,
+    around,
 )
 from lstm_server.transport.observation import final_code
 
@@ -56,19 +53,4 @@ class TracingInterceptor(WrappingInterceptor):
                 finally:
                     tracing.finish(span, final_code(context, error))
 
-        def unary(behavior: Unary, kind: str) -> Unary:
-            async def spanned(request: Any, context: Context) -> Any:
-                with traced(context):
-                    return await behavior(request, context)
-
-            return spanned
-
-        def streaming(behavior: Streaming, kind: str) -> Streaming:
-            async def spanned(request: Any, context: Context) -> AsyncIterator[Any]:
-                with traced(context):
-                    async for response in responses(behavior, request, context):
-                        yield response
-
-            return spanned
-
-        return rewrap(handler, unary, streaming)
+        return around(handler, traced)
