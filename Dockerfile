@@ -14,11 +14,11 @@ RUN pip install ".[server,otel]" \
     && useradd --system --uid 10001 --create-home lstm
 
 USER lstm
-EXPOSE 50051 8000
+EXPOSE 50051 8000 8080
 
 # Readiness over plain HTTP on the metrics port: it works whatever TLS the gRPC port uses.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
 
 ENTRYPOINT ["lstm-server"]
-CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-port", "8000"]
+CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-port", "8000", "--http-port", "8080"]

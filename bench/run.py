@@ -27,10 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lstm_client import bench
 from lstm_client.v1 import lstm_service_pb2 as pb
 from readme import replace_block
+from tritonclient.grpc import service_pb2 as oip
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -110,6 +112,8 @@ def lstm_server(*args: str, env: dict[str, str] | None = None) -> Process:
             "127.0.0.1",
             "--metrics-port",
             "{metrics}",
+            "--http-port",
+            "0",
             *args,
         ],
         env=env,
@@ -162,6 +166,22 @@ def predict_pair(
     floor = run(_unary(echo.target, "/bench.Echo/Unary", raw, level, seconds, size))
     served = run(_unary(server.target, bench.SERVICE + "Predict", raw, level, seconds))
     return floor, served
+
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def infer_requests(request: pb.PredictRequest, model: str) -> tuple[bytes, bytes]:
+    """The Open Inference Protocol's ModelInfer of the same values as a one-sequence Predict,
+    written by Triton's client stubs: with raw contents, and with typed contents."""
+    x = np.array([list(v.values) for v in request.sequences[0].timesteps], np.float32)[None]
+    raw = oip.ModelInferRequest(model_name=model)
+    raw.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    raw.raw_input_contents.append(x.tobytes())
+    typed = oip.ModelInferRequest(model_name=model)
+    tensor = typed.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    return raw.SerializeToString(), typed.SerializeToString()
 
 
 def create_sessions(target: str, count: int) -> None:
@@ -239,6 +259,7 @@ def measure(rounds: int, seconds: float) -> dict:
     step_size = (("x-response-bytes", "1200"),)
     long_request = bench.predict_request(32, 10_000, 1)
     long_request.timesteps_per_message = 1
+    raw_infer, typed_infer = infer_requests(big_request, "default-lstm")
     per_round: dict[str, list] = {}
 
     def record(key: str, value: object) -> None:
@@ -307,6 +328,9 @@ def measure(rounds: int, seconds: float) -> dict:
                 )
             )
             record("t9", (untraced.percentile(50), with_spans.percentile(50)))
+            raw = run(_unary(big.target, MODEL_INFER, raw_infer, 1, seconds))
+            typed = run(_unary(big.target, MODEL_INFER, typed_infer, 1, seconds))
+            record("t10", (untraced.percentile(50), raw.percentile(50), typed.percentile(50)))
             record(
                 "t8",
                 (
@@ -378,6 +402,8 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
     t8_predict = [stacked / single for single, stacked, _, _ in pr["t8"]]
     t8_step = [stacked / single for _, _, single, stacked in pr["t8"]]
     t9 = [traced / plain for plain, traced in pr["t9"]]
+    t10_raw = [raw / predict for predict, raw, _ in pr["t10"]]
+    t10_typed = [typed / predict for predict, _, typed in pr["t10"]]
     before, after = data["memory_mb"]
     startup = max(data["startup_s"].values())
 
@@ -470,6 +496,20 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
             f"{median([p for p, _ in pr['t9']]) * 1e3:.3f} ms)",
             "<= 1.1x",
             ok(median(t9) <= 1.1),
+        ),
+        (
+            "10. the same request as Open Inference Protocol ModelInfer (gRPC, raw contents): "
+            "p50 / lstm.v1 Predict p50",
+            f"{median(t10_raw):.2f}x ({median([r for _, r, _ in pr['t10']]) * 1e3:.3f} ms vs "
+            f"{median([p for p, _, _ in pr['t10']]) * 1e3:.3f} ms)",
+            "<= 1x",
+            ok(median(t10_raw) <= 1),
+        ),
+        (
+            "10. same, typed contents (fp32_contents): p50 / lstm.v1 Predict p50",
+            f"{median(t10_typed):.2f}x ({median([t for *_, t in pr['t10']]) * 1e3:.3f} ms)",
+            "(measured)",
+            "-",
         ),
     ]
     return rows, levels

@@ -1,4 +1,4 @@
-"""Generate the Python protobuf and gRPC modules (with .pyi stubs) and the descriptor set from
+"""Generate the Python protobuf and gRPC modules (with .pyi stubs) and the descriptor sets from
 proto/.
 
 The .proto sources live in ``proto/lstm/v1`` and are compiled under their real path,
@@ -9,6 +9,10 @@ package carries them and the server imports them from there; the one import betw
 (``lstm.v1`` -> ``lstm_client.v1``) is rewritten here, as the last step of generation. The
 descriptor set (``lstm_service.binpb``, imports included) ships with the package for tools that
 read descriptors.
+
+The Open Inference Protocol's file (``proto/inference``) becomes a descriptor set only,
+``open_inference.binpb`` in ``lstm_server/transport/oip``: the server loads it into a pool of its
+own (see ``proto/inference/README.md``).
 
 The pinned grpcio-tools of the dev extra makes them: its protobuf and gRPC generated-code versions
 set the client's floors (``pyproject.toml``). Run ``python scripts/gen_proto.py`` after editing a
@@ -31,9 +35,12 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 SOURCE_DIR = "lstm/v1"
-PACKAGE_DIR = "lstm_client/v1"
+PACKAGE_DIR = "client/lstm_client/v1"
 PROTOS = ("lstm_service.proto",)
 DESCRIPTOR_SET = "lstm_service.binpb"
+OIP_SOURCE = "inference/open_inference_grpc.proto"
+OIP_DIR = "server/lstm_server/transport/oip"
+OIP_DESCRIPTOR_SET = "open_inference.binpb"
 
 
 def include_dirs() -> list[str]:
@@ -78,8 +85,22 @@ def _carried(text: str) -> str:
     return re.sub(r"\blstm\.v1\.(lstm_service_pb2\w*)\b", r"lstm_client.v1.\1", text)
 
 
+def _oip_descriptor_set(target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    args = [
+        "grpc_tools.protoc",
+        f"--proto_path={PROTO_ROOT}",
+        f"--descriptor_set_out={target / OIP_DESCRIPTOR_SET}",
+        OIP_SOURCE,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+
+
 def generate(out_dir: Path) -> None:
-    """Write the generated files for every source into ``out_dir/lstm_client/v1``."""
+    """Write the generated files into ``out_dir/client/lstm_client/v1`` and the Open Inference
+    Protocol's descriptor set into ``out_dir/server/lstm_server/transport/oip``."""
+    _oip_descriptor_set(out_dir / OIP_DIR)
     target = out_dir / PACKAGE_DIR
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -94,7 +115,7 @@ def generate(out_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "client", help="root of the output tree")
+    parser.add_argument("--out", type=Path, default=ROOT, help="root of the output tree")
     generate(parser.parse_args().out)
 
 

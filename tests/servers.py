@@ -24,7 +24,13 @@ from lstm_server.core.store import SessionStore
 from lstm_server.tracing import Tracing
 
 TEST_SETTINGS = Settings(
-    host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, reap_interval=0.2, grace=1.0
+    host="127.0.0.1",
+    port=0,
+    metrics_host="127.0.0.1",
+    metrics_port=0,
+    http_port=0,
+    reap_interval=0.2,
+    grace=1.0,
 )
 
 
@@ -149,6 +155,8 @@ class ServerProcess:
                 "127.0.0.1",
                 "--metrics-port",
                 str(free_port()),
+                "--http-port",
+                "0",
                 "--port-file",
                 str(self._port_file),
                 *args,

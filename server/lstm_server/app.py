@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from lstm_client.v1 import lstm_service_pb2
 from prometheus_client import CollectorRegistry
 
-from lstm_server.config import ConfigError, Settings
+from lstm_server.config import ConfigError, Settings, package_version
 from lstm_server.core.inference import InferenceService
 from lstm_server.core.scheduler import BatchScheduler, Runtime
 from lstm_server.core.sessions import SessionService
@@ -36,7 +36,11 @@ from lstm_server.transport.limits import (
     HealthWatchLimitInterceptor,
 )
 from lstm_server.transport.observation import ObservingInterceptor
-from lstm_server.transport.servicer import LstmServicer, Services, method_handlers
+from lstm_server.transport.oip import grpc_servicer as oip_grpc
+from lstm_server.transport.oip import messages as oip_messages
+from lstm_server.transport.oip.model import OpenInference
+from lstm_server.transport.oip.rest import RestServer, server_ssl_context
+from lstm_server.transport.servicer import LstmServicer, Services, method_handlers, ready
 from lstm_server.transport.traced import TracingInterceptor
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,15 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
+def _tokens(settings: Settings) -> list[tuple[bytes, str]] | None:
+    if settings.auth_tokens_file is None:
+        return None
+    try:
+        return load_tokens(settings.auth_tokens_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot use --auth-tokens-file: {exc}") from exc
+
+
 def interceptors(
     settings: Settings, metrics: Metrics, tracing: Tracing | None = None
 ) -> list[grpc.aio.ServerInterceptor]:
@@ -79,11 +92,8 @@ def interceptors(
     chain.append(ObservingInterceptor(metrics))
     if settings.max_health_watches:
         chain.append(HealthWatchLimitInterceptor(settings.max_health_watches))
-    if settings.auth_tokens_file is not None:
-        try:
-            tokens = load_tokens(settings.auth_tokens_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot use --auth-tokens-file: {exc}") from exc
+    tokens = _tokens(settings)
+    if tokens is not None:
         chain.append(AuthInterceptor(tokens))
     if settings.max_concurrent_rpcs or settings.max_concurrent_rpcs_per_principal:
         chain.append(
@@ -138,8 +148,15 @@ class LstmServer:
         if self.tracing is not None:
             observers.append(self.tracing)
         self.store: SessionStore = ObservedStore(opened, *observers)
-        self.readiness = Readiness(SERVICE_NAME, on_change=self.metrics.readiness_changed)
+        self.readiness = Readiness(
+            SERVICE_NAME, oip_messages.SERVICE_NAME, on_change=self.metrics.readiness_changed
+        )
         self.servicer = LstmServicer(step_observer=self.metrics, tracing=self.tracing)
+        self.open_inference = OpenInference(
+            lambda: ready(self.servicer.services), step_observer=self.metrics
+        )
+        self.http: RestServer | None = None
+        self.http_port: int | None = None
         self.scheduler: BatchScheduler | None = None
         self.sessions: SessionService | None = None
         self.port: int | None = None
@@ -153,11 +170,27 @@ class LstmServer:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
             ],
         )
-        self._server.add_generic_rpc_handlers((method_handlers(self.servicer),))
+        oip_servicer = oip_grpc.InferenceServicer(
+            self.open_inference, ready=self.readiness.ready, server_version=package_version()
+        )
+        self._server.add_generic_rpc_handlers(
+            (method_handlers(self.servicer), oip_grpc.method_handlers(oip_servicer))
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, self._server)
         if settings.reflection:
-            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, self._server)
+            names = (
+                SERVICE_NAME,
+                oip_messages.SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            )
+            # One pool for all: the protocol's messages live in a pool of their own.
+            pool = oip_messages.pool_with(
+                lstm_service_pb2.DESCRIPTOR,
+                health_pb2.DESCRIPTOR,
+                reflection_pb2.DESCRIPTOR,
+            )
+            reflection.enable_server_reflection(names, self._server, pool=pool)
 
     async def start(self) -> int:
         """Load and warm the model, open the store, then open the gRPC port and report SERVING;
@@ -170,6 +203,8 @@ class LstmServer:
         """
         s = self.settings
         ensure_free(s.host, s.port)
+        if s.http_port:
+            ensure_free(s.host, s.http_port)
         await self.readiness.starting()
         if s.metrics_port:
             self.metrics_server = OpsHttpServer(
@@ -204,11 +239,36 @@ class LstmServer:
         self.servicer.services = Services(inference, self.sessions)
         self.port = self._bind()
         await self._server.start()
+        if s.http_port:
+            await self._start_http()
         await self.readiness.watch(self._store_answers, s.health_interval)
         if s.port_file is not None:
             self._write_port_file(s.port_file)
         log.info("model %s ready; listening on %s:%d", self.runtime.info.version, s.host, self.port)
         return self.port
+
+    async def _start_http(self) -> None:
+        """The Open Inference Protocol's HTTP binding, with the gRPC port's TLS and tokens."""
+        s = self.settings
+        self.http = RestServer(
+            self.open_inference,
+            ready=self.readiness.ready,
+            server_version=package_version(),
+            tokens=_tokens(s),
+            max_body_bytes=s.max_message_bytes,
+            max_in_flight=s.max_concurrent_rpcs,
+            observer=self.metrics,
+            shutdown_timeout=s.grace,
+        )
+        context = None
+        if s.tls_cert is not None and s.tls_key is not None:
+            context = server_ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca)
+        try:
+            self.http_port = await self.http.start(s.host, s.http_port, context)
+        except OSError as exc:
+            raise OSError(f"cannot bind {s.host}:{s.http_port} (--http-port): {exc}") from exc
+        scheme = "https" if context is not None else "http"
+        log.info("Open Inference Protocol over HTTP on %s://%s:%d", scheme, s.host, self.http_port)
 
     async def _store_answers(self) -> bool:
         """The readiness probe: whether the session store answers (exported as a metric too)."""
@@ -233,6 +293,7 @@ class LstmServer:
         ports = {
             "port": self.port,
             "metrics_port": self.metrics_server.port if self.metrics_server is not None else 0,
+            "http_port": self.http_port or 0,
         }
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         partial.write_text(json.dumps(ports))
@@ -247,6 +308,8 @@ class LstmServer:
             log.info("draining for %.1f s", drain)
             await asyncio.sleep(drain)
         await self._server.stop(self.settings.grace if grace is None else grace)
+        if self.http is not None:
+            await self.http.stop()
         if self.sessions is not None:
             await self.sessions.stop()
         if self.scheduler is not None:

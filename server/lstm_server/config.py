@@ -32,6 +32,7 @@ class Settings:
     save_model: Path | None = None
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8000
+    http_port: int = 8080
     reflection: bool = True
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -102,7 +103,7 @@ class Settings:
 HELP: dict[str, str] = {
     "host": "address to bind",
     "port": "gRPC port (0 picks a free one)",
-    "port_file": "once listening, write the bound gRPC and metrics ports here as JSON",
+    "port_file": "once listening, write the bound gRPC, metrics and HTTP ports here as JSON",
     "model": "a .keras model whose core is one LSTM fed by the input (default: a seeded LSTM)",
     "features": "input features of the default model",
     "units": "units of the default model",
@@ -110,6 +111,7 @@ HELP: dict[str, str] = {
     "save_model": "save the served model to this .keras file at start-up",
     "metrics_host": "address of the Prometheus /metrics endpoint",
     "metrics_port": "port of the Prometheus /metrics endpoint (0: off)",
+    "http_port": "port of the Open Inference Protocol's HTTP/REST endpoint (0: off)",
     "reflection": "serve gRPC server reflection",
     "tls_cert": "PEM certificate chain: serve over TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
@@ -169,7 +171,10 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     environ = os.environ if environ is None else environ
     p = argparse.ArgumentParser(
         prog="lstm-server",
-        description="Serve a Keras LSTM over gRPC (lstm.v1.LstmService).",
+        description=(
+            "Serve a Keras LSTM over gRPC (lstm.v1.LstmService and the Open Inference "
+            "Protocol) and HTTP (the Open Inference Protocol)."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     defaults = Settings()
@@ -221,7 +226,7 @@ def load_settings(
     for name in positive:
         if getattr(settings, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("port", "metrics_port"):
+    for name in ("port", "metrics_port", "http_port"):
         if not 0 <= getattr(settings, name) <= 65535:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if settings.session_store != "memory" and "://" not in settings.session_store:

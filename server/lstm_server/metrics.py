@@ -129,6 +129,19 @@ class Metrics:
         self.store_up = Gauge(
             "lstm_store_up", "1 while the session store answers the readiness probe.", registry=r
         )
+        self.http_requests = Counter(
+            "lstm_http_requests",
+            "HTTP requests (Open Inference Protocol) by route and status.",
+            ("handler", "code"),
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "lstm_http_request_seconds",
+            "Latency of HTTP requests (Open Inference Protocol) by route.",
+            ("handler",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ready = Gauge("lstm_ready", "1 while this replica reports SERVING.", registry=r)
         self.limit = Gauge(
             "lstm_server_limit",
@@ -215,6 +228,10 @@ class Metrics:
         self._child(self.store_seconds, (operation,)).observe(seconds)
         if failed:
             self._child(self.store_errors, (operation,)).inc()
+
+    def http_request_done(self, handler: str, code: int, seconds: float) -> None:
+        self._child(self.http_requests, (handler, str(code))).inc()
+        self._child(self.http_request_seconds, (handler,)).observe(seconds)
 
     def readiness_changed(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)

@@ -61,8 +61,8 @@ def server() -> Iterator[tuple[str, NumpyLstm]]:
     ports, model = directory / "ports.json", directory / "model.keras"
     process = subprocess.Popen(
         [python, "-m", "lstm_server", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-         "--features", "3", "--units", "5", "--seed", "11", "--save-model", str(model),
-         "--port-file", str(ports)],
+         "--http-port", "0", "--features", "3", "--units", "5", "--seed", "11",
+         "--save-model", str(model), "--port-file", str(ports)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

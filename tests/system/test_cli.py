@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -94,6 +95,20 @@ def test_second_server_on_a_busy_port_exits_at_once(served) -> None:
     )
     assert done.returncode == 1
     assert f"cannot bind 127.0.0.1:{served.port}" in done.stderr
+
+
+def test_a_busy_http_port_exits_at_once() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "lstm_server", "--host", "127.0.0.1", "--port", "0",
+             "--metrics-port", "0", "--http-port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert f"cannot bind 127.0.0.1:{port}" in done.stderr
 
 
 @pytest.fixture(scope="module")

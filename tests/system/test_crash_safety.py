@@ -26,6 +26,7 @@ from tests.helpers import seq_msg
 from tests.servers import ServerProcess, server_command
 
 ARGS = ["--features", "2", "--units", "3"]
+LOCAL_PORTS = ("--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--http-port", "0")
 
 
 def _snapshot_args(snapshot: Path) -> list[str]:
@@ -75,7 +76,7 @@ def test_sigkill_after_a_restore_loses_sessions_but_never_brings_back_stale_ones
 
 def _start_fails(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        server_command("--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *args),
+        server_command(*LOCAL_PORTS, *args),
         capture_output=True,
         text=True,
         timeout=120,
@@ -207,7 +208,7 @@ def test_a_mistyped_redis_url_shows_no_password_and_no_traceback(tmp_path: Path)
 def test_sigterm_during_start_up_exits_at_once(tmp_path: Path) -> None:
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
-        server_command("--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", *ARGS),
+        server_command(*LOCAL_PORTS, *ARGS),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -53,8 +53,10 @@ def test_replica_settings_are_real_and_agree_with_defaults() -> None:
         assert "jaeger" in COMPOSE["services"][name]["depends_on"]
         assert int(env["LSTM_PORT"]) == DEFAULTS.port
         assert int(env["LSTM_METRICS_PORT"]) == DEFAULTS.metrics_port
+        assert int(env["LSTM_HTTP_PORT"]) == DEFAULTS.http_port
         assert env["LSTM_SESSION_STORE"] == "redis://redis:6379/0"
     assert f"{DEFAULTS.port}:{DEFAULTS.port}" in COMPOSE["services"]["nginx"]["ports"]
+    assert f"{DEFAULTS.http_port}:{DEFAULTS.http_port}" in COMPOSE["services"]["nginx"]["ports"]
 
 
 def test_nginx_balances_every_replica() -> None:
@@ -62,9 +64,12 @@ def test_nginx_balances_every_replica() -> None:
     config = (ROOT / mounts["./deploy/nginx/nginx.conf"].lstrip("/")).name
     text = (ROOT / "deploy" / "nginx" / config).read_text()
     upstreams = re.findall(r"^\s*server ([\w-]+):(\d+)", text, re.M)
-    assert sorted(upstreams) == [(name, str(DEFAULTS.port)) for name in REPLICAS]
+    ports = (str(DEFAULTS.port), str(DEFAULTS.http_port))
+    assert sorted(upstreams) == sorted((name, port) for name in REPLICAS for port in ports)
     assert f"listen {DEFAULTS.port} http2;" in text
     assert "grpc_pass grpc://" in text
+    assert f"listen {DEFAULTS.http_port};" in text
+    assert "proxy_pass http://lstm_http;" in text
 
 
 def test_dockerfile_is_slim_non_root_and_health_checked() -> None:

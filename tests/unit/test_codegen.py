@@ -11,6 +11,7 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 from tests.helpers import ROOT, project_tool
 
 GENERATED = ROOT / "client" / "lstm_client" / "v1"
+OIP = ROOT / "server" / "lstm_server" / "transport" / "oip"
 
 
 def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
@@ -18,7 +19,7 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
     subprocess.run(
         [str(python), str(ROOT / "scripts" / "gen_proto.py"), "--out", str(tmp_path)], check=True
     )
-    fresh = tmp_path / "lstm_client" / "v1"
+    fresh = tmp_path / "client" / "lstm_client" / "v1"
     names = sorted(p.name for p in fresh.iterdir())
     assert names == [
         "lstm_service.binpb",
@@ -31,6 +32,8 @@ def test_generated_code_matches_the_proto(tmp_path: Path) -> None:
         assert (GENERATED / name).read_bytes() == (fresh / name).read_bytes(), (
             f"{name} drifted from proto/: run `make proto`"
         )
+    made = tmp_path / "server" / "lstm_server" / "transport" / "oip" / "open_inference.binpb"
+    assert (OIP / made.name).read_bytes() == made.read_bytes(), "run `make proto`"
 
 
 def test_the_descriptor_has_the_files_real_path() -> None:

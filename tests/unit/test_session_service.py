@@ -190,6 +190,24 @@ async def test_initial_state_reset_and_close(service: SessionService, rng) -> No
         await service.create((np.zeros(2, np.float32), np.zeros(4, np.float32)))
 
 
+async def test_restart_makes_or_restarts_a_named_session_of_its_owner_only(
+    service: SessionService, rng
+) -> None:
+    h0, c0 = (rng.normal(size=4).astype(np.float32) for _ in range(2))
+    made = await service.restart("seq-1", (h0, c0), owner="alice")
+    assert made.session_id == "seq-1"
+    np.testing.assert_array_equal(made.state.h, h0)
+    await service.step("seq-1", ragged(rng.normal(size=(2, 3))), 1, owner="alice")
+    again = await service.restart("seq-1", None, owner="alice")
+    assert again.step_count == 0
+    np.testing.assert_array_equal(again.state.c, np.zeros(4))
+    with pytest.raises(SessionNotFound, match="does not exist"):
+        await service.restart("seq-1", None, owner="bob")  # never another owner's session
+    assert (await service.get("seq-1", owner="alice")).step_count == 0
+    with pytest.raises(InvalidInput, match="not a session id"):
+        await service.restart("no spaces", None)
+
+
 async def test_ttl_limits_and_expiry(service: SessionService, clock: Clock) -> None:
     with pytest.raises(InvalidInput, match="more than the maximum 100"):
         await service.create(None, ttl_seconds=101)

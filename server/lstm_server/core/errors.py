@@ -65,6 +65,12 @@ class SessionNotFound(ServingError):
         )
 
 
+class ModelNotFound(ServingError):
+    """The request names a model (or a version) that is not served here."""
+
+    reason = "MODEL_NOT_FOUND"
+
+
 class StepConflict(ServingError):
     """The step number does not follow the session's step count (reason STEP_OUT_OF_ORDER), or
     repeats the last step with another input (STEP_INPUT_MISMATCH); ``expected_step_number`` in

@@ -195,13 +195,19 @@ class SessionService:
         return ttl_seconds or self.limits.default_session_ttl_seconds
 
     async def create(
-        self, initial_state: GivenState | None, *, ttl_seconds: int = 0, owner: str = ""
+        self,
+        initial_state: GivenState | None,
+        *,
+        ttl_seconds: int = 0,
+        owner: str = "",
+        session_id: str | None = None,
     ) -> SessionInfo:
-        """A new session starting from ``initial_state`` (zeros if None)."""
+        """A new session starting from ``initial_state`` (zeros if None), under a new random id
+        unless the caller names it."""
         state = optional_state(initial_state, "initial_state", "initial_layer_states", self.info)
         ttl = self._ttl(ttl_seconds)
         record = SessionRecord(
-            session_id=new_session_id(),
+            session_id=new_session_id() if session_id is None else session_id,
             state=state,
             step_count=0,
             model_version=self.info.version,
@@ -355,6 +361,23 @@ class SessionService:
             f"session {session_id} is being changed by other writers; retry",
             session_id=session_id,
         )
+
+    async def restart(
+        self, session_id: str, initial_state: GivenState | None, *, owner: str = ""
+    ) -> SessionInfo:
+        """The session the caller names, from ``initial_state`` with no steps: reset if it is
+        live, made if not (callers that name their sessions, as the Open Inference Protocol's
+        sequences do, start them this way)."""
+        check_session_id(session_id)
+        try:
+            record: SessionRecord | None = await self.store.get(session_id)
+        except SessionNotFound:
+            record = None
+        if record is None:
+            return await self.create(initial_state, owner=owner, session_id=session_id)
+        if record.owner != owner:  # never another owner's session, whatever its name
+            raise SessionNotFound.ended(session_id, None)
+        return await self.reset(session_id, initial_state, owner=owner)
 
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""

@@ -16,7 +16,7 @@ from grpc_status import rpc_status as grpc_rpc_status
 
 from lstm_server.core import errors
 from lstm_server.transport.handlers import (
-    SERVICE_PREFIX,
+    SERVING_PREFIXES,
     Streaming,
     Unary,
     WrappingInterceptor,
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 STATUS_CODES: dict[type[errors.ServingError], grpc.StatusCode] = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     errors.SessionNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.StepConflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ConcurrentChange: grpc.StatusCode.ABORTED,
     errors.ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
@@ -132,7 +133,7 @@ class ErrorMappingInterceptor(WrappingInterceptor):
     do not parse get INVALID_ARGUMENT, never INTERNAL."""
 
     def applies_to(self, method: str) -> bool:
-        return method.startswith(SERVICE_PREFIX)
+        return method.startswith(SERVING_PREFIXES)
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         check = _checked_stream if client_streams(handler) else _checked

@@ -13,6 +13,9 @@ import grpc
 from grpc.aio import ServicerContext as Context
 
 SERVICE_PREFIX = "/lstm.v1.LstmService/"
+# The services that serve the model: lstm.v1 and the Open Inference Protocol's. Limits and the
+# error table apply to both.
+SERVING_PREFIXES = (SERVICE_PREFIX, "/inference.GRPCInferenceService/")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
@@ -119,7 +122,7 @@ class GateInterceptor(WrappingInterceptor):
     ``release`` with what ``admit`` returned."""
 
     def applies_to(self, method: str) -> bool:
-        return method.startswith(SERVICE_PREFIX)
+        return method.startswith(SERVING_PREFIXES)
 
     async def admit(self, context: Context) -> Any:
         raise NotImplementedError

@@ -22,10 +22,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class Readiness:
     """Owns the health servicer's statuses; ``watch`` re-checks ``probe`` every ``interval``."""
 
-    def __init__(self, service_name: str, on_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self, *service_names: str, on_change: Callable[[bool], None] | None = None
+    ) -> None:
         """``on_change(ready)`` is told of every change (metrics export it)."""
         self.servicer = health.aio.HealthServicer()
-        self._names = ("", service_name)
+        self._names = ("", *service_names)
         self._ready = False
         self._watcher: asyncio.Task[None] | None = None
         self._on_change = on_change

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import grpc
 from grpc.aio import ServicerContext as Context
 
+from lstm_server.core.errors import ServingError
+from lstm_server.transport.errors import status_code
 from lstm_server.transport.handlers import (
     Streaming,
     Unary,
@@ -42,6 +44,27 @@ class StepObserver(Protocol):
     in-band on a stream has its own code while the stream goes on)."""
 
     def step_done(self, method: str, seconds: float, code: str) -> None: ...
+
+
+@contextlib.contextmanager
+def timed_step(observer: StepObserver | None, method: str) -> Iterator[None]:
+    """Report the time and code of the session step run inside (to ``observer``, if any)."""
+    began = time.perf_counter()
+    code = "OK"
+    try:
+        yield
+    except ServingError as error:
+        code = status_code(error).name
+        raise
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except Exception:
+        code = "INTERNAL"
+        raise
+    finally:
+        if observer is not None:
+            observer.step_done(method, time.perf_counter() - began, code)
 
 
 def final_code(context: Context, error: BaseException | None) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,9 +28,9 @@ from lstm_server.core.types import Limits
 from lstm_server.transport import converters as conv
 from lstm_server.transport import wire
 from lstm_server.transport.auth import principal
-from lstm_server.transport.errors import rpc_status, status_code
+from lstm_server.transport.errors import rpc_status
 from lstm_server.transport.limits import check_reply_bytes
-from lstm_server.transport.observation import StepObserver
+from lstm_server.transport.observation import StepObserver, timed_step
 from lstm_server.transport.traced import RpcTracer
 
 T = TypeVar("T")
@@ -47,6 +47,13 @@ class Services:
 
     inference: InferenceService
     sessions: SessionService
+
+
+def ready(services: Services | None) -> Services:
+    """The core, or ModelNotReady while the model loads."""
+    if services is None:
+        raise ModelNotReady("the model is still loading; retry when health reports SERVING")
+    return services
 
 
 def _deadline(context: Context) -> float | None:
@@ -74,31 +81,13 @@ class LstmServicer:
         self._step_observer = step_observer
         self._tracing = tracing
 
-    @contextlib.contextmanager
-    def _step(self, method: str) -> Iterator[None]:
+    def _step(self, method: str) -> contextlib.AbstractContextManager[None]:
         """Report one session step's time and code to the step observer."""
-        began = time.perf_counter()
-        code = "OK"
-        try:
-            yield
-        except ServingError as error:
-            code = status_code(error).name
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception:
-            code = "INTERNAL"
-            raise
-        finally:
-            if self._step_observer is not None:
-                self._step_observer.step_done(method, time.perf_counter() - began, code)
+        return timed_step(self._step_observer, method)
 
     @property
     def _core(self) -> Services:
-        if self.services is None:
-            raise ModelNotReady("the model is still loading; retry when health reports SERVING")
-        return self.services
+        return ready(self.services)
 
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: Context

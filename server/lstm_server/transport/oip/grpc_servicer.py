@@ -1,0 +1,237 @@
+"""inference.GRPCInferenceService: the Open Inference Protocol's gRPC binding. Converts its
+messages to the neutral request (``tensors.py``) and back, and calls ``OpenInference``; errors are
+mapped by the same interceptor as lstm.v1's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc.aio import ServicerContext as Context
+
+from lstm_server.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
+from lstm_server.core.types import Array
+from lstm_server.transport.auth import principal
+from lstm_server.transport.oip import messages as oip
+from lstm_server.transport.oip.model import EXTENSIONS, OpenInference
+from lstm_server.transport.oip.tensors import (
+    DATATYPES,
+    InferRequest,
+    InferResponse,
+    Parameter,
+    Tensor,
+    from_array,
+    from_raw,
+    from_values,
+    typed_field,
+)
+
+_FP32_FIELD = oip.InferTensorContents.DESCRIPTOR.fields_by_name["fp32_contents"].number
+_FP32_TAG = bytes([_FP32_FIELD << 3 | 2])  # length-delimited: a packed repeated float
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _packed_fp32(contents: Any) -> Array:
+    """The floats of a contents message that holds only ``fp32_contents``, read from its bytes
+    (one packed field: tag, length, the floats), not float by float."""
+    data = contents.SerializeToString()
+    if not data:
+        return np.zeros(0, np.float32)
+    pos, length, shift = 1, 0, 0
+    while True:
+        byte = data[pos]
+        length |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80:
+            break
+    return np.frombuffer(data, "<f4", count=length // 4, offset=pos)
+
+
+def _parameters_in(parameters: Any) -> dict[str, Parameter]:
+    values: dict[str, Parameter] = {}
+    for key, parameter in parameters.items():
+        kind = parameter.WhichOneof("parameter_choice")
+        if kind is not None:
+            values[key] = getattr(parameter, kind)
+    return values
+
+
+def _parameters_out(values: dict[str, Parameter], parameters: Any) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool):
+            parameters[key].bool_param = value
+        elif isinstance(value, int):
+            parameters[key].int64_param = value
+        elif isinstance(value, float):
+            parameters[key].double_param = value
+        else:
+            parameters[key].string_param = value
+
+
+def _typed(tensor: Any) -> Tensor:
+    """An input from its typed contents: only the field of its datatype may hold values."""
+    name, datatype, shape = tensor.name, tensor.datatype, tensor.shape
+    if datatype not in DATATYPES or not typed_field(datatype):
+        return from_raw(name, datatype, shape, b"")  # refuses the datatype, naming it
+    field = typed_field(datatype)
+    contents = tensor.contents
+    for other, values in contents.ListFields():
+        if other.name != field and len(values):
+            raise InvalidInput.single(
+                f"inputs[{name}]",
+                f"has values in contents.{other.name}; a {datatype} tensor's are in "
+                f"contents.{field}",
+            )
+    if field == "fp32_contents":
+        contents.DiscardUnknownFields()  # what is left serializes as the one packed field
+        return from_array(name, datatype, shape, _packed_fp32(contents))
+    return from_values(name, datatype, shape, getattr(contents, field))
+
+
+def request_in(message: Any) -> InferRequest:
+    """The neutral request of a ModelInferRequest (raw or typed contents)."""
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput.single(
+            "raw_input_contents",
+            f"has {len(raw)} entries; there must be one per input ({len(message.inputs)})",
+        )
+    inputs = []
+    for i, tensor in enumerate(message.inputs):
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput.single(
+                    f"inputs[{tensor.name}].contents",
+                    "must be empty when raw_input_contents carries the inputs",
+                )
+            inputs.append(from_raw(tensor.name, tensor.datatype, tensor.shape, raw[i]))
+        else:
+            inputs.append(_typed(tensor))
+    return InferRequest(
+        model_name=message.model_name,
+        model_version=message.model_version,
+        id=message.id,
+        parameters=_parameters_in(message.parameters),
+        inputs=inputs,
+        outputs=[output.name for output in message.outputs] or None,
+    )
+
+
+def response_out(response: InferResponse, *, raw: bool) -> Any:
+    """A ModelInferResponse, its outputs in raw contents or typed (FP32) contents; typed
+    contents are written as the packed bytes protobuf would write, then parsed once."""
+    message = oip.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    _parameters_out(response.parameters, message.parameters)
+    for tensor in response.outputs:
+        out = message.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        data = np.ascontiguousarray(tensor.data, "<f4").tobytes()
+        if raw:
+            message.raw_output_contents.append(data)
+            continue
+        out.contents.SetInParent()
+        if data:
+            out.contents.MergeFromString(_FP32_TAG + _varint(len(data)) + data)
+    return message
+
+
+def _deadline(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class InferenceServicer:
+    """Every RPC of inference.GRPCInferenceService."""
+
+    def __init__(
+        self, model: OpenInference, *, ready: Callable[[], bool], server_version: str
+    ) -> None:
+        self.model = model
+        self._ready = ready
+        self._version = server_version
+
+    async def ServerLive(self, request: Any, context: Context) -> Any:
+        return oip.message("ServerLiveResponse")(live=True)
+
+    async def ServerReady(self, request: Any, context: Context) -> Any:
+        return oip.message("ServerReadyResponse")(ready=self._ready())
+
+    async def ModelReady(self, request: Any, context: Context) -> Any:
+        try:
+            self.model.find(request.name, request.version)
+            ready = self._ready()
+        except (ModelNotFound, ModelNotReady):
+            ready = False
+        return oip.message("ModelReadyResponse")(ready=ready)
+
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
+        return oip.message("ServerMetadataResponse")(
+            name="lstm-serving", version=self._version, extensions=EXTENSIONS
+        )
+
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
+        found = self.model.metadata(request.name, request.version)
+        response = oip.message("ModelMetadataResponse")
+        spec = response.TensorMetadata
+        return response(
+            name=found.name,
+            versions=found.versions,
+            platform=found.platform,
+            inputs=[spec(name=t.name, datatype=t.datatype, shape=t.shape) for t in found.inputs],
+            outputs=[spec(name=t.name, datatype=t.datatype, shape=t.shape) for t in found.outputs],
+        )
+
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
+        response = await self.model.infer(
+            request_in(request), owner=principal(), deadline=_deadline(context)
+        )
+        return response_out(response, raw=bool(request.raw_input_contents))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[Any]:
+        """One response per request, in order; a refused request is answered in-band (its
+        ``error_message``, as Triton does) and the stream goes on."""
+        async for request in request_iterator:
+            try:
+                response = await self.model.infer(
+                    request_in(request), owner=principal(), method="ModelStreamInfer"
+                )
+            except ServingError as error:
+                yield oip.ModelStreamInferResponse(error_message=error.message)
+                continue
+            yield oip.ModelStreamInferResponse(
+                infer_response=response_out(response, raw=bool(request.raw_input_contents))
+            )
+
+
+def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """A handler for every method of the service, made from its descriptor with the pool's
+    message classes."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in oip.SERVICE.methods:
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        request = oip.message(method.input_type.name)
+        response = oip.message(method.output_type.name)
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(oip.SERVICE_NAME, handlers)

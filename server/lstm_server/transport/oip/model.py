@@ -1,0 +1,489 @@
+"""The served model as the Open Inference Protocol sees it, for both bindings: its tensors, its
+metadata, and inference: a request without a sequence is a Predict; a request of a sequence
+(Triton's sequence extension: ``sequence_id``, ``sequence_start``, ``sequence_end``) is a step of a
+session, which the sequence's start makes and its end closes.
+
+Tensors: input ``x`` (FP32 ``[batch, timesteps, features]``, or INT64/INT32 token ids
+``[batch, timesteps]``), optional ``lengths`` (INT32/INT64 ``[batch]``: rows shorter than
+``timesteps``), optional initial states ``h0`` and ``c0`` (FP32 ``[batch, units]``; ``h0_<k>`` and
+``c0_<k>`` per LSTM layer ``k`` of a stack); outputs ``sequence`` (the top LSTM's hidden output of
+every timestep, zeros past a row's length), ``outputs`` (the output layers' values, for models
+that have them) and ``state_h``/``state_c`` (``state_h_<k>``/``state_c_<k>`` for stacks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from lstm_server.core.errors import InvalidInput, ModelNotFound, SessionNotFound, StepConflict
+from lstm_server.core.sessions import StepOutcome
+from lstm_server.core.types import (
+    Array,
+    GivenState,
+    Limits,
+    ModelInfo,
+    RaggedSequence,
+    RowResult,
+    State,
+)
+from lstm_server.transport.observation import StepObserver, timed_step
+from lstm_server.transport.oip.tensors import InferRequest, InferResponse, Parameter, Tensor
+from lstm_server.transport.servicer import Services
+
+PLATFORM = "keras_lstm"
+# Extensions in the sense of the protocol's server metadata (Triton's names).
+EXTENSIONS = ("sequence", "binary_tensor_data")
+STEP_NUMBER = "lstm_step_number"
+_SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", STEP_NUMBER)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor the model takes or gives: -1 marks a dimension of any size."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class Layout:
+    """The names and shapes of a model's tensors."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+        units = info.layer_units
+        suffixes = [""] if len(units) == 1 else [f"_{k}" for k in range(len(units))]
+        self.state_inputs = [(f"h0{s}", f"c0{s}") for s in suffixes]
+        self.state_outputs = [(f"state_h{s}", f"state_c{s}") for s in suffixes]
+        x = (
+            TensorSpec("x", "INT64", (-1, -1))
+            if info.vocabulary_size
+            else TensorSpec("x", "FP32", (-1, -1, info.input_features))
+        )
+        self.inputs = (
+            x,
+            TensorSpec("lengths", "INT32", (-1,)),
+            *(
+                TensorSpec(name, "FP32", (-1, u))
+                for pair, u in zip(self.state_inputs, units, strict=True)
+                for name in pair
+            ),
+        )
+        outputs = [TensorSpec("sequence", "FP32", (-1, -1, units[-1]))]
+        if info.has_output_layers:
+            outputs.append(TensorSpec("outputs", "FP32", (-1, -1, info.output_size)))
+        outputs += [
+            TensorSpec(name, "FP32", (-1, u))
+            for pair, u in zip(self.state_outputs, units, strict=True)
+            for name in pair
+        ]
+        self.outputs = tuple(outputs)
+        self.output_names = tuple(spec.name for spec in self.outputs)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A request's inputs, checked: each row's sequence and (optional) initial state."""
+
+    sequences: list[RaggedSequence]
+    states: list[GivenState]
+    lengths: Array
+    timesteps: int
+
+
+def _parameter_int(parameters: dict[str, Parameter], name: str) -> int:
+    value = parameters.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput.single(f"parameters[{name}]", f"is {value!r}; expected an integer >= 0")
+    return value
+
+
+def _parameter_bool(parameters: dict[str, Parameter], name: str) -> bool:
+    value = parameters.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput.single(f"parameters[{name}]", f"is {value!r}; expected a boolean")
+    return value
+
+
+def sequence_id(parameters: dict[str, Parameter]) -> int | str | None:
+    """The request's sequence id, or None for a request outside any sequence (0 and "" are
+    "none", as in Triton)."""
+    value = parameters.get("sequence_id")
+    if value is None or value == 0 or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidInput.single(
+            "parameters[sequence_id]", f"is {value!r}; expected an integer or a string"
+        )
+    return value
+
+
+def session_of(sequence: int | str, owner: str) -> str:
+    """The session that holds ``owner``'s sequence: sequence ids are per principal, so another
+    principal's same id names another session."""
+    kind = "int" if isinstance(sequence, int) else "str"
+    key = f"{owner}\0{kind}\0{sequence}".encode()
+    return "oip-" + hashlib.sha256(key).hexdigest()[:48]
+
+
+class OpenInference:
+    """Serves the protocol's model calls over the core."""
+
+    def __init__(
+        self,
+        core: Callable[[], Services],
+        *,
+        step_observer: StepObserver | None = None,
+    ) -> None:
+        """``core()`` gives the services (or raises ModelNotReady); the step observer is told
+        of every request of a sequence."""
+        self._core = core
+        self._step_observer = step_observer
+        self._layouts: dict[str, Layout] = {}
+
+    def layout(self) -> Layout:
+        info = self._core().inference.info
+        made = self._layouts.get(info.version)
+        if made is None:
+            made = self._layouts[info.version] = Layout(info)
+        return made
+
+    def find(self, name: str, version: str = "") -> ModelInfo:
+        """The served model if it is the one named; NOT_FOUND, in Triton's words, if not."""
+        info = self._core().inference.info
+        if name != info.name:
+            raise ModelNotFound(f"Request for unknown model: '{name}' is not found", model=name)
+        if version not in ("", info.version):
+            raise ModelNotFound(
+                f"Request for unknown model: '{name}' version {version} is not found",
+                model=name,
+                version=version,
+            )
+        return info
+
+    def metadata(self, name: str, version: str = "") -> ModelMetadata:
+        info = self.find(name, version)
+        layout = self.layout()
+        return ModelMetadata(info.name, (info.version,), PLATFORM, layout.inputs, layout.outputs)
+
+    async def infer(
+        self,
+        request: InferRequest,
+        *,
+        owner: str = "",
+        deadline: float | None = None,
+        method: str = "ModelInfer",
+    ) -> InferResponse:
+        """Run the request: a Predict, or a step of its sequence."""
+        info = self.find(request.model_name, request.model_version)
+        layout = self.layout()
+        deadline = _earlier(deadline, request.parameters)
+        inputs = self._inputs(request, layout)
+        wanted = self._wanted(request.outputs, layout)
+        sequence = sequence_id(request.parameters)
+        parameters: dict[str, Parameter]
+        if sequence is not None:
+            with timed_step(self._step_observer, method):
+                outcome, rows = await self._step(request, sequence, inputs, layout, owner, deadline)
+            outputs = _outputs([RowResult(outcome.sequence, outcome.state)], rows, layout, wanted)
+            parameters = {"sequence_id": sequence, STEP_NUMBER: outcome.step_number}
+        else:
+            if any(name in request.parameters for name in _SEQUENCE_PARAMETERS[1:]):
+                raise InvalidInput.single(
+                    "parameters[sequence_id]",
+                    "is missing: sequence_start, sequence_end and lstm_step_number belong to "
+                    "requests of a sequence",
+                )
+            rows = _rows(inputs, layout, self._core().inference.limits)
+            results = await self._core().inference.predict(
+                rows.sequences, rows.states, deadline=deadline
+            )
+            outputs = _outputs(results, rows, layout, wanted)
+            parameters = {}
+        return InferResponse(info.name, info.version, request.id, outputs, parameters)
+
+    async def _step(
+        self,
+        request: InferRequest,
+        sequence: int | str,
+        inputs: dict[str, Tensor],
+        layout: Layout,
+        owner: str,
+        deadline: float | None,
+    ) -> tuple[StepOutcome, _Rows]:
+        """One request of a sequence: its start (re)makes the session from the state inputs,
+        every request steps it, its end closes it."""
+        sessions = self._core().sessions
+        parameters = request.parameters
+        start = _parameter_bool(parameters, "sequence_start")
+        end = _parameter_bool(parameters, "sequence_end")
+        step_number = _parameter_int(parameters, STEP_NUMBER)
+        rows = _rows(inputs, layout, sessions.limits, single=True)
+        if not start and rows.states:
+            raise InvalidInput.single(
+                "inputs",
+                "initial states are taken only by the request that starts a sequence "
+                "(sequence_start)",
+            )
+        session = session_of(sequence, owner)
+        [given] = rows.sequences
+        try:
+            if start:
+                outcome = await self._start(session, rows, step_number, owner, deadline)
+            else:
+                outcome = await sessions.step(
+                    session, given, step_number, owner=owner, deadline=deadline
+                )
+        except SessionNotFound as error:
+            raise _unknown_sequence(sequence, request.model_name, error) from None
+        if end:
+            with contextlib.suppress(SessionNotFound):
+                await sessions.close(session, owner=owner)
+        return outcome, rows
+
+    async def _start(
+        self, session: str, rows: _Rows, step_number: int, owner: str, deadline: float | None
+    ) -> StepOutcome:
+        sessions = self._core().sessions
+        [given] = rows.sequences
+        if step_number == 1:
+            # A start that repeats the session's only step (a retry whose reply was lost) is
+            # answered from it; any other start begins the sequence anew.
+            with contextlib.suppress(SessionNotFound, StepConflict):
+                return await sessions.step(session, given, 1, owner=owner, deadline=deadline)
+        state = rows.states[0] if rows.states else None
+        await sessions.restart(session, state, owner=owner)
+        return await sessions.step(session, given, step_number, owner=owner, deadline=deadline)
+
+    def _inputs(self, request: InferRequest, layout: Layout) -> dict[str, Tensor]:
+        """The request's inputs by name, each known, given once and of the model's datatype."""
+        specs = {spec.name: spec for spec in layout.inputs}
+        found: dict[str, Tensor] = {}
+        name = request.model_name
+        for tensor in request.inputs:
+            spec = specs.get(tensor.name)
+            if spec is None:
+                raise InvalidInput.single(
+                    f"inputs[{tensor.name}]",
+                    f"is not an input of model '{name}' (it takes {', '.join(specs)})",
+                )
+            if tensor.name in found:
+                raise InvalidInput.single(f"inputs[{tensor.name}]", "is given twice")
+            accepted = {spec.datatype, *(("INT32", "INT64") if spec.datatype[:3] == "INT" else ())}
+            if tensor.datatype not in accepted:
+                raise InvalidInput.single(
+                    f"inputs[{tensor.name}]",
+                    f"data-type is '{tensor.datatype}', but model '{name}' expects "
+                    f"'{spec.datatype}'",
+                )
+            found[tensor.name] = tensor
+        if "x" not in found:
+            x = specs["x"]
+            raise InvalidInput.single(
+                "inputs[x]", f"is missing: model '{name}' takes x {x.datatype} {list(x.shape)}"
+            )
+        return found
+
+    @staticmethod
+    def _wanted(requested: list[str] | None, layout: Layout) -> tuple[str, ...]:
+        if requested is None:
+            return layout.output_names
+        for name in requested:
+            if name not in layout.output_names:
+                raise InvalidInput.single(
+                    f"outputs[{name}]",
+                    f"is not an output of the model (it gives {', '.join(layout.output_names)})",
+                )
+        return tuple(dict.fromkeys(requested))
+
+
+def _earlier(deadline: float | None, parameters: dict[str, Parameter]) -> float | None:
+    """The call's deadline, or the request's ``timeout`` parameter (microseconds, as Triton's)
+    if that comes first."""
+    if "timeout" not in parameters:
+        return deadline
+    timeout = _parameter_int(parameters, "timeout")
+    if timeout == 0:
+        return deadline
+    own = time.monotonic() + timeout / 1e6
+    return own if deadline is None else min(deadline, own)
+
+
+def _unknown_sequence(sequence: int | str, model: str, error: SessionNotFound) -> SessionNotFound:
+    how = {"SESSION_EXPIRED": " (it expired)", "SESSION_CLOSED": " (it ended)"}
+    return SessionNotFound(
+        f"inference request for sequence {sequence} to model '{model}' must specify the START "
+        f"flag on the first request of the sequence{how.get(error.reason, '')}",
+        reason=error.reason,
+        sequence_id=sequence,
+    )
+
+
+def _shaped(tensor: Tensor, ndim: int, last: int | None, spec: str) -> Array:
+    shape = tensor.shape
+    if len(shape) != ndim or (last is not None and shape[-1] != last):
+        raise InvalidInput.single(
+            f"inputs[{tensor.name}]", f"has shape {list(shape)}; the model takes {spec}"
+        )
+    return tensor.array
+
+
+def _rows(inputs: dict[str, Tensor], layout: Layout, limits: Limits, single: bool = False) -> _Rows:
+    """Check the inputs' shapes and values against the model and the limits; split them into
+    rows."""
+    info = layout.info
+    x_tensor = inputs["x"]
+    if info.vocabulary_size:
+        x = _shaped(x_tensor, 2, None, "[batch, timesteps] token ids")
+    else:
+        features = info.input_features
+        x = _shaped(x_tensor, 3, features, f"[batch, timesteps, {features}]")
+    batch, timesteps = x.shape[0], x.shape[1]
+    if batch == 0 or timesteps == 0:
+        raise InvalidInput.single(
+            "inputs[x]", f"has shape {list(x.shape)}: at least one row of one timestep is needed"
+        )
+    if single and batch != 1:
+        raise InvalidInput.single(
+            "inputs[x]", f"has a batch of {batch}: a request of a sequence carries one row"
+        )
+    if batch > limits.max_batch_size:
+        raise InvalidInput.single(
+            "inputs[x]", f"has {batch} rows, more than the limit {limits.max_batch_size}"
+        )
+    if timesteps > limits.max_timesteps:
+        raise InvalidInput.single(
+            "inputs[x]", f"has {timesteps} timesteps, more than the limit {limits.max_timesteps}"
+        )
+    lengths = np.full(batch, timesteps, np.int64)
+    if "lengths" in inputs:
+        given = _shaped(inputs["lengths"], 1, batch, f"[{batch}] (one length per row of x)")
+        bad = np.flatnonzero((given < 1) | (given > timesteps))
+        if bad.size:
+            raise InvalidInput.single(
+                "inputs[lengths]",
+                f"is {int(given[bad[0]])} for row {bad[0]}: lengths are between 1 and "
+                f"the {timesteps} timesteps of x",
+            )
+        lengths = given.astype(np.int64)
+    if info.vocabulary_size:
+        outside = np.argwhere((x < 0) | (x >= info.vocabulary_size))
+        if outside.size:
+            row, step = outside[0]
+            raise InvalidInput.single(
+                "inputs[x]",
+                f"is {int(x[row, step])} at row {row}, timestep {step}: outside the "
+                f"vocabulary [0, {info.vocabulary_size})",
+            )
+        sequences = [
+            RaggedSequence(_EMPTY, _EMPTY_WIDTHS, x[i, : lengths[i]].astype(np.int64))
+            for i in range(batch)
+        ]
+    else:
+        _finite(x, "x")
+        x = np.ascontiguousarray(x, np.float32)
+        sequences = [
+            RaggedSequence(
+                x[i, : lengths[i]].reshape(-1), np.full(int(lengths[i]), info.input_features)
+            )
+            for i in range(batch)
+        ]
+    return _Rows(sequences, _states(inputs, layout, batch), lengths, timesteps)
+
+
+_EMPTY = np.zeros(0, np.float32)
+_EMPTY_WIDTHS = np.zeros(0, np.int64)
+
+
+def _finite(values: Array, name: str) -> None:
+    if np.isfinite(values).all():
+        return
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        where = ", ".join(str(int(i)) for i in bad[0])
+        raise InvalidInput.single(
+            f"inputs[{name}]", f"contains NaN or infinite values (at [{where}])"
+        )
+
+
+def _states(inputs: dict[str, Tensor], layout: Layout, batch: int) -> list[GivenState]:
+    """Each row's initial state: none given (zeros), or every layer's h and c."""
+    names = [name for pair in layout.state_inputs for name in pair]
+    given = [name for name in names if name in inputs]
+    if not given:
+        return []
+    missing = [name for name in names if name not in inputs]
+    if missing:
+        raise InvalidInput.single(
+            f"inputs[{missing[0]}]",
+            f"is missing: an initial state needs all of {', '.join(names)} (or none: zeros)",
+        )
+    layers = []
+    for (h_name, c_name), units in zip(layout.state_inputs, layout.info.layer_units, strict=True):
+        pair = []
+        for name in (h_name, c_name):
+            value = _shaped(inputs[name], 2, units, f"[{batch}, {units}]")
+            if value.shape[0] != batch:
+                raise InvalidInput.single(
+                    f"inputs[{name}]", f"has {value.shape[0]} rows; x has {batch}"
+                )
+            _finite(value, name)
+            pair.append(value.astype(np.float32))
+        layers.append(pair)
+    if len(layers) == 1:
+        [(h, c)] = layers
+        return [(h[i], c[i]) for i in range(batch)]
+    return [[(h[i], c[i]) for h, c in layers] for i in range(batch)]
+
+
+def _outputs(
+    results: list[RowResult], rows: _Rows, layout: Layout, wanted: tuple[str, ...]
+) -> list[Tensor]:
+    """The requested outputs of every row, rows shorter than the batch's zero-padded."""
+    info = layout.info
+    batch, timesteps = len(results), rows.timesteps
+    made: dict[str, Array] = {}
+
+    def timewise(columns: slice, width: int) -> Array:
+        if batch == 1 and results[0].sequence.shape[0] == timesteps:  # no padding: no copy
+            return results[0].sequence[None, :, columns]
+        out = np.zeros((batch, timesteps, width), np.float32)
+        for i, result in enumerate(results):
+            out[i, : result.sequence.shape[0]] = result.sequence[:, columns]
+        return out
+
+    if "sequence" in wanted:
+        made["sequence"] = timewise(info.hidden_columns(), info.layer_units[-1])
+    if "outputs" in wanted:
+        made["outputs"] = timewise(info.output_columns(), info.output_size)
+    slices = info.layer_slices()
+    for (h_name, c_name), part in zip(layout.state_outputs, slices, strict=True):
+        for name, pick in ((h_name, _h), (c_name, _c)):
+            if name in wanted:
+                made[name] = np.stack([pick(r.state)[part] for r in results]).astype(np.float32)
+    return [
+        Tensor(name, "FP32", tuple(made[name].shape), made[name].reshape(-1)) for name in wanted
+    ]
+
+
+def _h(state: State) -> Array:
+    return state.h
+
+
+def _c(state: State) -> Array:
+    return state.c
