@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -118,6 +119,29 @@ def lstm_server(*args: str, env: dict[str, str] | None = None) -> Process:
         ],
         env=env,
     )
+
+
+def redis_server() -> tuple[subprocess.Popen | None, str]:
+    """A throwaway redis-server on a free loopback port (no persistence), and its URL; (None, "")
+    when the machine has none (`make test` installs it)."""
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if binary is None:
+        return None, ""
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return process, f"redis://127.0.0.1:{port}/0"
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -236,6 +260,8 @@ def measure(rounds: int, seconds: float) -> dict:
     big = lstm_server(*BIG)
     unbatched = lstm_server(*BIG, "--no-batching")
     stack = lstm_server("--model", str(stack_path))
+    redis, redis_url = redis_server()
+    redised = lstm_server(*BIG, "--session-store", redis_url) if redis is not None else None
     sink_port = free_port()
     sink = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), "--port", str(sink_port)]
@@ -297,6 +323,21 @@ def measure(rounds: int, seconds: float) -> dict:
                 _bidi(big.target, bench.SERVICE + "StreamSession", opening, step, 256, seconds)
             )
             record("t4", (floor.percentile(50), single.percentile(50), single.rps, many.rps))
+            if redised is not None:
+                on_redis = run(
+                    _bidi(
+                        redised.target, bench.SERVICE + "StreamSession", opening, step, 1, seconds
+                    )
+                )
+                many_on_redis = run(
+                    _bidi(
+                        redised.target, bench.SERVICE + "StreamSession", opening, step, 256, seconds
+                    )
+                )
+                record(
+                    "t11",
+                    (single.percentile(50), on_redis.percentile(50), many.rps, many_on_redis.rps),
+                )
             stacked = run(
                 _unary(
                     stack.target,
@@ -356,6 +397,10 @@ def measure(rounds: int, seconds: float) -> dict:
     finally:
         for process in (echo, tiny, big, unbatched, stack, traced):
             process.stop()
+        if redised is not None and redis is not None:
+            redised.stop()
+            redis.terminate()
+            redis.wait(timeout=30)
         sink.terminate()
         sink.wait(timeout=30)
     keras_runs = [
@@ -512,6 +557,26 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
             "-",
         ),
     ]
+    if "t11" in pr:
+        added = [(redis - memory) * 1e3 for memory, redis, _, _ in pr["t11"]]
+        rows += [
+            (
+                "11. StreamSession 1-timestep step with --session-store redis:// (loopback): "
+                "p50 - memory-store p50",
+                f"{median(added):+.3f} ms ({median([r for _, r, _, _ in pr['t11']]) * 1e3:.3f} "
+                f"ms vs {median([m for m, _, _, _ in pr['t11']]) * 1e3:.3f} ms)",
+                "<= +0.3 ms",
+                ok(median(added) <= 0.3),
+            ),
+            (
+                "11. 256 session streams on Redis: steps/s / on the memory store",
+                f"{median([r / m for _, _, m, r in pr['t11']]):.2f}x "
+                f"({median([r for *_, r in pr['t11']]):.0f} vs "
+                f"{median([m for _, _, m, _ in pr['t11']]):.0f} steps/s)",
+                "(measured)",
+                "-",
+            ),
+        ]
     return rows, levels
 
 

@@ -60,3 +60,23 @@ def test_calibration_sends_single_steps_to_numpy_and_long_work_to_tensorflow(
     runtime.calibrate()
     assert runtime.runs_inline(1, 1)
     assert not runtime.runs_inline(64, 10_000)
+
+
+def test_a_lone_row_runs_unmasked_at_its_length_once_compiled_and_equals_the_bucket(
+    tmp_path: Path, rng
+) -> None:
+    runtime = _runtime(tmp_path, "tanh", "sigmoid")
+    x = rng.normal(size=(1, 13, 8)).astype(np.float32)  # 13 timesteps: the bucket is 16
+    lengths = np.array([13])
+    h0, c0 = (rng.normal(size=(1, 16)).astype(np.float32) for _ in range(2))
+    masked = runtime.run(x, lengths, h0, c0)  # the bucket serves; (1, 13) compiles meanwhile
+    runtime._compiler.submit(lambda: None).result(timeout=120)  # the compiler's queue drained
+    assert (1, 13) in runtime._exact_compiled
+    exact = runtime.run(x, lengths, h0, c0)
+    for mine, theirs in zip(exact, masked, strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+    batch = np.concatenate([x, x])  # batches keep to the masked buckets
+    runtime.run(batch, np.array([13, 13]), np.concatenate([h0, h0]), np.concatenate([c0, c0]))
+    runtime._compiler.submit(lambda: None).result(timeout=120)
+    assert runtime._exact_compiled == {(1, 13)}
+    runtime.close()

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lstm_client import LstmClient
+from lstm_client.v1 import lstm_service_pb2 as pb
+from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 from lstm_server.tracing import Tracing
 from lstm_server.transport.access_log import TraceIdFilter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -25,7 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.helpers import NumpyRuntime
+from tests.helpers import NumpyRuntime, seq_msg
 from tests.servers import ServerProcess, ThreadedServer, settings
 
 PREDICT = "lstm.v1.LstmService/Predict"
@@ -84,7 +86,18 @@ def test_a_session_step_has_store_and_model_spans(traced) -> None:
     spans = _wait_for(exporter, "lstm.v1.LstmService/Step")
     [step] = [s for s in spans if s.name == "lstm.v1.LstmService/Step"]
     names = sorted(s.name for s in _children(spans, step))
-    assert names == ["lstm.model", "lstm.queue", "lstm.store.compare_and_set", "lstm.store.get"]
+    # The replica remembers the record it created: the step writes without reading first.
+    assert names == ["lstm.model", "lstm.queue", "lstm.store.compare_and_set"]
+    exporter.clear()
+    with grpc.insecure_channel(server.target) as channel:
+        request = pb.StepRequest(
+            session_id=session.session_id, input=seq_msg(np.ones((1, 2))), step_number=7
+        )
+        with pytest.raises(grpc.RpcError):  # refused, on a record just read
+            pb_grpc.LstmServiceStub(channel).Step(request)
+    spans = _wait_for(exporter, "lstm.v1.LstmService/Step")
+    [refused] = [s for s in spans if s.name == "lstm.v1.LstmService/Step"]
+    assert [s.name for s in _children(spans, refused)] == ["lstm.store.get"]
 
 
 def test_stream_steps_and_predict_stream_chunks_have_their_spans(traced) -> None:

@@ -291,3 +291,26 @@ async def test_writers_that_keep_conflicting_get_a_retryable_error(
     with pytest.raises(ConcurrentChange, match="being changed by other writers; retry"):
         await service.step(session.session_id, ragged(rng.normal(size=(1, 3))), 1)
     assert counts.stepped == 0
+
+
+async def test_a_step_after_another_replicas_write_reads_the_store(
+    service: SessionService, clock: Clock, rng
+) -> None:
+    """Two services on one store, as two replicas on Redis: each remembers what it wrote, and a
+    write by the other is noticed by the compare-and-set, never applied over."""
+    other = SessionService(service.store, service.scheduler, service.limits, clock=clock)
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    session = await service.create(None)
+    sid = session.session_id
+    await service.step(sid, ragged(x[:1]), 1)
+    await other.step(sid, ragged(x[1:2]), 2)  # the first service's memory of step 1 is stale
+    third = await service.step(sid, ragged(x[2:3]), 3)  # still the next step: applied on step 2
+    with pytest.raises(StepConflict, match="expects step_number 4"):
+        await service.step(sid, ragged(x[3:]), 5)  # decided on the store's record
+    fourth = await other.step(sid, ragged(x[3:]), 0)
+    seq, h, _ = reference(service).run(x)
+    np.testing.assert_allclose(third.sequence, seq[2:3], atol=TOL)
+    np.testing.assert_allclose(fourth.state.h, h, atol=TOL)
+    await other.close(sid)
+    with pytest.raises(SessionNotFound):
+        await service.step(sid, ragged(x[:1]), 0)  # remembered here, closed there

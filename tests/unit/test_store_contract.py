@@ -162,3 +162,19 @@ async def test_owner_cap_counts_live_sessions_of_that_owner(store: SessionStore)
     await asyncio.sleep(0.1)  # expired sessions do not count
     assert await store.delete("a1")
     await store.create(record("a5"), max_sessions=0, max_owner_sessions=2)
+
+
+@pytest.mark.system
+async def test_more_operations_at_once_than_redis_connections_wait_for_one(redis_server) -> None:
+    """Beyond its pool's connections, the Redis store queues operations (a burst of session
+    streams opening at once), never failing them as unavailable."""
+    store = RedisSessionStore(
+        redis_server.url, prefix=f"test-{uuid.uuid4().hex}:", max_connections=2
+    )
+    await store.open()
+    try:
+        await asyncio.gather(*(store.create(record(f"s{i}"), max_sessions=0) for i in range(40)))
+        got = await asyncio.gather(*(store.get(f"s{i}") for i in range(40)))
+        assert [r.session_id for r in got] == [f"s{i}" for i in range(40)]
+    finally:
+        await store.close()

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -29,6 +30,8 @@ from lstm_server.core.validation import optional_state, step_input
 log = logging.getLogger(__name__)
 
 _CAS_ATTEMPTS = 8
+# Records this replica last wrote, kept to spare a step the read before its write (see step()).
+_RECENT_RECORDS = 4096
 
 
 def new_session_id() -> str:
@@ -153,6 +156,7 @@ class SessionService:
         self._observer = observer
         self._locks = _KeyedLocks()
         self._reaper: asyncio.Task[None] | None = None
+        self._recent: OrderedDict[str, SessionRecord] = OrderedDict()
 
     async def start(self) -> None:
         """Report the live count and start sweeping expired sessions."""
@@ -214,12 +218,16 @@ class SessionService:
             ttl_seconds=ttl,
             expires_at=self._clock() + ttl,
             owner=owner,
+            # Random, not 0: a session made again under the same name (a sequence restarted by
+            # another replica) never has a revision that a record remembered here still holds.
+            revision=secrets.randbits(48),
         )
         await self.store.create(
             record,
             max_sessions=self.limits.max_sessions,
             max_owner_sessions=self.limits.max_sessions_per_principal,
         )
+        self._remember(record)
         if self._observer is not None:
             self._observer.session_created(record.session_id, record.expires_at)
         return SessionInfo.of(record)
@@ -244,12 +252,20 @@ class SessionService:
         owner: str = "",
         deadline: float | None = None,
     ) -> StepOutcome:
-        """Apply one step exactly once; a retry of the last applied step repeats its reply."""
+        """Apply one step exactly once; a retry of the last applied step repeats its reply.
+
+        A step that follows one this replica wrote starts from the record it remembers and goes
+        straight to the compare-and-set, one store round trip instead of two; if another writer
+        changed the session meanwhile, the compare-and-set fails and the step reads the store as
+        any other does. Refusals and replays are only ever decided on a record just read.
+        """
         x = step_input(sequence, "input", self.info, self.limits)
         digest = input_digest(x)
         async with self._locks.hold(session_id):
+            remembered = self._recalled(session_id, owner, step_number)
             for _ in range(_CAS_ATTEMPTS):
-                record = await self._record(session_id, owner)
+                record = remembered or await self._record(session_id, owner)
+                remembered = None
                 self._check_model(record)
                 replay = self._replay(record, step_number, digest)
                 if replay is not None:
@@ -274,12 +290,36 @@ class SessionService:
                     last_step=AppliedStep(applied, digest, result.sequence, secrets.token_hex(8)),
                 )
                 if await self._stored(updated, record.revision):
+                    self._remember(updated)
                     self._stepped(updated, replayed=False)
                     return StepOutcome(session_id, applied, result.sequence, result.state)
+                self._recent.pop(session_id, None)
             raise ConcurrentChange(
                 f"session {session_id} is being changed by other writers; retry",
                 session_id=session_id,
             )
+
+    def _recalled(self, session_id: str, owner: str, step_number: int) -> SessionRecord | None:
+        """The record this replica last wrote, if a step numbered ``step_number`` would apply
+        to it (the next step, or 0) and it is live by its TTL."""
+        record = self._recent.get(session_id)
+        if (
+            record is None
+            or record.owner != owner
+            or record.expires_at <= self._clock()
+            or record.model_version != self.info.version
+            or step_number not in (0, record.step_count + 1)
+        ):
+            return None
+        return record
+
+    def _remember(self, record: SessionRecord) -> None:
+        # Without its last step's results (a step that applies never reads them): a remembered
+        # record costs its state, not its replies.
+        self._recent[record.session_id] = replace(record, last_step=None)
+        self._recent.move_to_end(record.session_id)
+        if len(self._recent) > _RECENT_RECORDS:
+            self._recent.popitem(last=False)
 
     async def _stored(self, updated: SessionRecord, expected_revision: int) -> bool:
         """Compare-and-set a step. If the store fails to answer, the write may still have been
@@ -356,6 +396,7 @@ class SessionService:
                     last_step=None,
                 )
                 if await self.store.compare_and_set(updated, expected_revision=record.revision):
+                    self._remember(updated)
                     return SessionInfo.of(updated)
         raise ConcurrentChange(
             f"session {session_id} is being changed by other writers; retry",
@@ -382,6 +423,7 @@ class SessionService:
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""
         await self._record(session_id, owner)
+        self._recent.pop(session_id, None)
         if not await self.store.delete(session_id):
             raise SessionNotFound.ended(session_id, None)
         if self._observer is not None:

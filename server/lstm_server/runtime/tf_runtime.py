@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import keras
 import numpy as np
@@ -76,12 +77,24 @@ def chain_function(chain: Chain, info: ModelInfo) -> Callable[..., list[tf.Tenso
     return run
 
 
+ConcreteFunction = Callable[..., list[tf.Tensor]]
+
+
+def _called(function: ConcreteFunction, *arrays: Array) -> list[Array]:
+    """``function`` on tensors made of ``arrays``, its results as arrays."""
+    return [result.numpy() for result in function(*(tf.constant(a) for a in arrays))]
+
+
 class TfLstmRuntime:
     """Runs ``(x, lengths, h0, c0) -> (results, h, c)`` through one compiled function.
 
     Long sequences run in chunks of at most ``chunk_timesteps`` with the state carried over, and
     rows that have finished drop out of later chunks. Batch and time are padded to powers of two
     (masked, so padding never reaches a result) so that XLA compiles a small, bounded set of shapes.
+    A lone row needs no mask: it runs on an unmasked function compiled for its exact length, up to
+    ``max_exact_shapes`` of them, each compiled in the background the first time it is met (the
+    masked bucket serves meanwhile). Batches keep to the buckets: exact batch shapes too would
+    double the compilations a cold server runs while it serves.
 
     Work small enough that TensorFlow's fixed cost per call would dominate runs on the exact
     numpy path instead: numpy's cost per timestep (fixed plus per row) and TensorFlow's cost per
@@ -97,6 +110,7 @@ class TfLstmRuntime:
         max_rows: int = 64,
         xla: bool = True,
         fast: NumpyChain | None = None,
+        max_exact_shapes: int = 64,
     ) -> None:
         self.info = info
         self.fast = fast
@@ -117,11 +131,27 @@ class TfLstmRuntime:
         # XLA compiles once per concrete shape (about 0.2 s each). Shapes not compiled yet run on
         # the plain graph function, which takes any shape, while a background thread compiles them,
         # so a new shape never stalls the calls queued behind it.
-        self._graph = tf.function(function, input_signature=signature)
-        compiled = tf.function(function, input_signature=signature, jit_compile=True)
-        self._xla = compiled if xla else None
+        # Concrete functions, called with tensors: calling a tf.function with numpy arrays binds
+        # and converts its arguments on every call, which took longer than the XLA kernel itself
+        # (1.1 ms against 0.5 ms for one row of 100 timesteps of 128 units, in-process).
+        self._graph = tf.function(function, input_signature=signature).get_concrete_function()
+        self._xla: ConcreteFunction | None = None
+        if xla:
+            compiled = tf.function(function, input_signature=signature, jit_compile=True)
+            self._xla = compiled.get_concrete_function()
         self._compiled: set[tuple[int, int]] = set()
         self._compiling: set[tuple[int, int]] = set()
+        # Unmasked, exact shapes (XLA only; not for models that mask their own content).
+        self._exact: ConcreteFunction | None = None
+        if xla and not chain.masks_content:
+            self._exact = tf.function(
+                lambda x, h0, c0: function(x, None, h0, c0),
+                input_signature=[signature[0], signature[2], signature[3]],
+                jit_compile=True,
+            ).get_concrete_function()
+        self._exact_compiled: set[tuple[int, int]] = set()
+        self._exact_compiling: set[tuple[int, int]] = set()
+        self.max_exact_shapes = max_exact_shapes
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xla-compile")
 
     def runs_inline(self, rows: int, timesteps: int) -> bool:
@@ -141,6 +171,8 @@ class TfLstmRuntime:
         """Run B right-padded sequences x (B, T, input_width) of the given lengths from states
         (B, state_size) through TensorFlow, for any size of work."""
         rows, steps = x.shape[0], x.shape[1]
+        if rows <= self.max_rows and steps <= self.chunk_timesteps and lengths.max() == steps:
+            return self._call(x, lengths, h0, c0)  # one call: nothing to split or carry
         sequence = np.zeros((rows, steps, self.info.timestep_width), np.float32)
         h = np.array(h0, np.float32, copy=True)
         c = np.array(c0, np.float32, copy=True)
@@ -158,19 +190,27 @@ class TfLstmRuntime:
                 h[group], c[group] = hg, cg
         return sequence, h, c
 
-    def _call(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
+    def _call(
+        self, x: Array, lengths: Array, h0: Array, c0: Array, *, exact: bool = True
+    ) -> tuple[Array, Array, Array]:
         rows, span, features = x.shape
-        padded_rows, padded_span = _next_power_of_two(rows), _next_power_of_two(span)
+        x, h0, c0 = (np.asarray(a, np.float32) for a in (x, h0, c0))  # the functions' dtypes
+        padded_rows = _next_power_of_two(rows)
+        if exact and rows == 1 and lengths[0] == span and self._exact_ready((1, span)):
+            assert self._exact is not None
+            s, h, c = _called(self._exact, x, h0, c0)
+            return s, h, c
+        padded_span = _next_power_of_two(span)
         xp = np.zeros((padded_rows, padded_span, features), np.float32)
         xp[:rows, :span] = x
         mask = np.arange(padded_span)[None, :] < np.pad(lengths, (0, padded_rows - rows))[:, None]
         hp = np.zeros((padded_rows, self.info.state_size), np.float32)
         cp = np.zeros_like(hp)
         hp[:rows], cp[:rows] = h0, c0
-        s, h, c = self._function_for((padded_rows, padded_span))(xp, mask, hp, cp)
-        return s.numpy()[:rows, :span], h.numpy()[:rows], c.numpy()[:rows]
+        s, h, c = _called(self._function_for((padded_rows, padded_span)), xp, mask, hp, cp)
+        return s[:rows, :span], h[:rows], c[:rows]
 
-    def _function_for(self, shape: tuple[int, int]) -> Callable[..., list[tf.Tensor]]:
+    def _function_for(self, shape: tuple[int, int]) -> ConcreteFunction:
         if self._xla is None or shape in self._compiled:
             return self._xla or self._graph
         if shape not in self._compiling:
@@ -178,12 +218,34 @@ class TfLstmRuntime:
             self._compiler.submit(self._compile, shape)
         return self._graph
 
+    def _exact_ready(self, shape: tuple[int, int]) -> bool:
+        """Whether the unmasked function is compiled for ``shape``; if not, compile it in the
+        background (while fewer than ``max_exact_shapes`` are)."""
+        if self._exact is None or shape in self._exact_compiled:
+            return self._exact is not None
+        if (
+            shape not in self._exact_compiling
+            and len(self._exact_compiling) < self.max_exact_shapes
+        ):
+            self._exact_compiling.add(shape)
+            self._compiler.submit(self._compile_exact, shape)
+        return False
+
+    def _compile_exact(self, shape: tuple[int, int]) -> None:
+        assert self._exact is not None
+        rows, span = shape
+        state = np.zeros((rows, self.info.state_size), np.float32)
+        _called(
+            self._exact, np.zeros((rows, span, self.info.input_width), np.float32), state, state
+        )
+        self._exact_compiled.add(shape)
+
     def _compile(self, shape: tuple[int, int]) -> None:
         assert self._xla is not None
         rows, span = shape
         state = np.zeros((rows, self.info.state_size), np.float32)
         x = np.zeros((rows, span, self.info.input_width), np.float32)
-        self._xla(x, np.ones((rows, span), bool), state, state)
+        _called(self._xla, x, np.ones((rows, span), bool), state, state)
         self._compiled.add(shape)
 
     def close(self) -> None:
@@ -198,7 +260,7 @@ class TfLstmRuntime:
         shapes = [(1, s) for s in spans] + [(r, 1) for r in rows]
         state = np.zeros((1, self.info.state_size), np.float32)
         x = np.zeros((1, 1, self.info.input_width), np.float32)
-        self._graph(x, np.ones((1, 1), bool), state, state)  # trace the fallback once
+        _called(self._graph, x, np.ones((1, 1), bool), state, state)  # the fallback, once
         if self._xla is not None:
             for shape in shapes:
                 self._compile(shape)
@@ -224,7 +286,9 @@ class TfLstmRuntime:
                 times.append(time.perf_counter() - began)
             return float(np.median(times))
 
-        self._tensorflow_call = median_seconds(self.run, 1, 1)
+        # One TensorFlow call of one step, on the bucket warm_up compiled: measuring it must not
+        # start a compilation, which would compete with these measurements for the cores.
+        self._tensorflow_call = median_seconds(partial(self._call, exact=False), 1, 1)
         one_row = median_seconds(self.fast.run, 1, 16) / 16
         many_rows = median_seconds(self.fast.run, 32, 16) / 16
         self._numpy_row_step = max(0.0, (many_rows - one_row) / 31)

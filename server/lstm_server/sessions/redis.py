@@ -140,8 +140,8 @@ def _decode(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
 
 
 class RedisSessionStore:
-    """Sessions in Redis (redis-py asyncio, one connection pool, bounded timeouts, no retries:
-    a Redis outage fails calls fast with ``StoreUnavailable`` instead of hanging them)."""
+    """Sessions in Redis (redis-py asyncio, one bounded connection pool, bounded timeouts, no
+    retries: a Redis outage fails calls fast with ``StoreUnavailable`` instead of hanging them)."""
 
     def __init__(
         self,
@@ -153,13 +153,17 @@ class RedisSessionStore:
         clock: Callable[[], float] = time.time,
         on_end: Callable[[str], None] | None = None,
     ) -> None:
-        self._redis = redis.Redis.from_url(
+        # A blocking pool: beyond ``max_connections`` operations at once, an operation waits
+        # (up to ``timeout``) for a connection, instead of failing with "too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
-            max_connections=max_connections,
         )
+        self._redis = redis.Redis(connection_pool=pool)
         self._prefix = prefix
         self._index = f"{prefix}sessions"
         self._clock = clock
