@@ -56,7 +56,8 @@ def ready(services: Services | None) -> Services:
     return services
 
 
-def _deadline(context: Context) -> float | None:
+def deadline_of(context: Context) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant, or None."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
 
@@ -102,7 +103,7 @@ class LstmServicer:
         size = wire.predict_reply_bytes(batch.sequences, inference.info, selection)
         check_reply_bytes(size, inference.limits, "use PredictStream, which sends them in parts")
         results = await inference.predict(
-            batch.sequences, batch.initial_states, deadline=_deadline(context)
+            batch.sequences, batch.initial_states, deadline=deadline_of(context)
         )
         replies = wire.Replies(inference.info, selection)
         return await _converted(size > OFF_LOOP_BYTES, replies.predict_response, results)
@@ -117,7 +118,7 @@ class LstmServicer:
             batch.sequences,
             batch.initial_states,
             timesteps_per_message=batch.timesteps_per_message,
-            deadline=_deadline(context),
+            deadline=deadline_of(context),
         )
         replies = wire.Replies(inference.info, selection)
         async for chunk in chunks:
@@ -141,7 +142,7 @@ class LstmServicer:
             step.input,
             step.step_number,
             owner=principal(),
-            deadline=_deadline(context),
+            deadline=deadline_of(context),
         )
         replies = wire.Replies(sessions.info, selection)
         return await _converted(size > OFF_LOOP_BYTES, replies.step_response, outcome)

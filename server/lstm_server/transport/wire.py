@@ -511,7 +511,7 @@ def _varint_bytes(n: int) -> bytes:
             return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
+def length_delimited(number: int, payload: bytes) -> bytes:
     """A length-delimited field."""
     return _varint_bytes(number << 3 | LEN) + _varint_bytes(len(payload)) + payload
 
@@ -523,13 +523,13 @@ def _scalar(number: int, value: int) -> bytes:
 
 def _vector_payload(values: np.ndarray) -> bytes:
     floats = np.ascontiguousarray(values, _FLOAT).tobytes()
-    return _field(1, floats) if floats else b""
+    return length_delimited(1, floats) if floats else b""
 
 
 def vectors(number: int, rows: np.ndarray) -> bytes:
     """A repeated Vector field, one entry per row of ``rows`` (T, units)."""
     steps, units = rows.shape
-    inner = _field(1, b"\0" * 4 * units)[: -4 * units] if units else b""
+    inner = length_delimited(1, b"\0" * 4 * units)[: -4 * units] if units else b""
     head = _varint_bytes(number << 3 | LEN) + _varint_bytes(len(inner) + 4 * units) + inner
     out = np.empty((steps, len(head) + 4 * units), np.uint8)
     out[:, : len(head)] = np.frombuffer(head, np.uint8)
@@ -576,13 +576,14 @@ class Replies:
             parts[outputs] = vectors(outputs, rows[:, info.output_columns()])
         if selection.layer_hidden:
             parts[layer_hidden] = b"".join(
-                _field(layer_hidden, vectors(1, rows[:, part])) for part in info.layer_slices()
+                length_delimited(layer_hidden, vectors(1, rows[:, part]))
+                for part in info.layer_slices()
             )
         if state is not None:
             top = info.hidden_columns()
             parts[single] = _state_field(single, state.h[top], state.c[top])
             if info.lstm_layers > 1:
-                parts[layered] = _field(
+                parts[layered] = length_delimited(
                     layered,
                     b"".join(
                         _state_field(1, state.h[part], state.c[part])
@@ -594,7 +595,7 @@ class Replies:
     def predict_response(self, results: list[RowResult]) -> bytes:
         """A PredictResponse."""
         return b"".join(
-            _field(1, self.fields(r.sequence, r.state, SEQUENCE_OUTPUT)) for r in results
+            length_delimited(1, self.fields(r.sequence, r.state, SEQUENCE_OUTPUT)) for r in results
         )
 
     def stream_response(self, chunk: StreamChunk) -> bytes:
@@ -609,15 +610,17 @@ class Replies:
         """A StepResponse."""
         session_id = outcome.session_id.encode()
         return (
-            (_field(1, session_id) if session_id else b"")
+            (length_delimited(1, session_id) if session_id else b"")
             + _scalar(2, outcome.step_number)
             + self.fields(outcome.sequence, outcome.state, STEP_RESPONSE)
         )
 
     def stream_step_response(self, outcome: StepOutcome) -> bytes:
         """A SessionStreamResponse carrying a StepResponse."""
-        return _field(2, self.step_response(outcome))
+        return length_delimited(2, self.step_response(outcome))
 
 
 def _state_field(number: int, h: np.ndarray, c: np.ndarray) -> bytes:
-    return _field(number, _field(1, _vector_payload(h)) + _field(2, _vector_payload(c)))
+    return length_delimited(
+        number, length_delimited(1, _vector_payload(h)) + length_delimited(2, _vector_payload(c))
+    )

@@ -4,7 +4,6 @@ mapped by the same interceptor as lstm.v1's."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,18 +27,10 @@ from lstm_server.transport.oip.tensors import (
     from_values,
     typed_field,
 )
+from lstm_server.transport.servicer import deadline_of
+from lstm_server.transport.wire import length_delimited
 
 _FP32_FIELD = oip.InferTensorContents.DESCRIPTOR.fields_by_name["fp32_contents"].number
-_FP32_TAG = bytes([_FP32_FIELD << 3 | 2])  # length-delimited: a packed repeated float
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _packed_fp32(contents: Any) -> Array:
@@ -143,13 +134,8 @@ def response_out(response: InferResponse, *, raw: bool) -> Any:
             continue
         out.contents.SetInParent()
         if data:
-            out.contents.MergeFromString(_FP32_TAG + _varint(len(data)) + data)
+            out.contents.MergeFromString(length_delimited(_FP32_FIELD, data))  # packed floats
     return message
-
-
-def _deadline(context: Context) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
 
 
 class InferenceServicer:
@@ -195,7 +181,7 @@ class InferenceServicer:
 
     async def ModelInfer(self, request: Any, context: Context) -> Any:
         response = await self.model.infer(
-            request_in(request), owner=principal(), deadline=_deadline(context)
+            request_in(request), owner=principal(), deadline=deadline_of(context)
         )
         return response_out(response, raw=bool(request.raw_input_contents))
 
