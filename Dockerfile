@@ -11,7 +11,8 @@ COPY pyproject.toml README.md ./
 COPY client ./client
 COPY server ./server
 RUN pip install ".[server,otel]" \
-    && useradd --system --uid 10001 --create-home lstm
+    && useradd --system --uid 10001 --create-home lstm \
+    && mkdir -p /var/cache/lstm-serving && chown lstm /var/cache/lstm-serving
 
 USER lstm
 EXPOSE 50051 8000 8080

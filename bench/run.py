@@ -24,13 +24,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from lstm_client import bench
+from lstm_client import LstmClient, bench
 from lstm_client.v1 import lstm_service_pb2 as pb
 from readme import replace_block
 from tritonclient.grpc import service_pb2 as oip
@@ -144,6 +144,41 @@ def redis_server() -> tuple[subprocess.Popen | None, str]:
     return process, f"redis://127.0.0.1:{port}/0"
 
 
+PEER_VENV = ROOT / ".venv-kserve"
+PEER_REQUIREMENTS = ROOT / "bench" / "kserve-requirements.txt"
+
+
+def peer_python() -> Path:
+    """The Python of the peer's venv, made from ``kserve-requirements.txt`` when it is missing
+    or older than that file (KServe and TensorFlow from PyPI: about a minute)."""
+    python = PEER_VENV / "bin" / "python"
+    stamp = PEER_VENV / ".installed"
+    if not stamp.exists() or stamp.stat().st_mtime < PEER_REQUIREMENTS.stat().st_mtime:
+        print("installing the KServe peer into .venv-kserve", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEER_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-r", str(PEER_REQUIREMENTS)], check=True
+        )
+        stamp.touch()
+    return python
+
+
+def kserve_peer() -> Process:
+    """KServe's model server with the same LSTMs (``bench/kserve_peer.py``); ready when its
+    port opens (it compiles its shapes before it listens)."""
+    return Process(
+        [
+            str(peer_python()),
+            str(ROOT / "bench" / "kserve_peer.py"),
+            "--grpc-port",
+            "{port}",
+            "--http-port",
+            "{metrics}",
+        ],
+        health=False,
+    )
+
+
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
@@ -163,9 +198,12 @@ async def _bidi(
     level: int,
     seconds: float,
     metadata: tuple = (),
+    window: int = 1,
 ) -> bench.LoadResult:
     async with grpc.aio.insecure_channel(target) as channel:
-        return await bench.bidi_load(channel, method, opening, message, level, seconds, metadata)
+        return await bench.bidi_load(
+            channel, method, opening, message, level, seconds, metadata, window
+        )
 
 
 async def _stream(target: str, request: bytes, seconds: float) -> bench.LoadResult:
@@ -234,6 +272,25 @@ def create_sessions(target: str, count: int) -> None:
     run(main())
 
 
+PIPELINE_WINDOW = 16
+
+
+def sdk_stream_rate(target: str, window: int, seconds: float) -> float:
+    """Steps per second of one ``LstmClient.stream_session`` of 1-timestep chunks (32 features)
+    with ``window`` steps in flight, over ``seconds``."""
+    chunk = np.random.default_rng(0).normal(size=(1, 32)).astype(np.float32)
+    end = time.perf_counter() + seconds
+
+    def chunks() -> Iterator[np.ndarray]:
+        while time.perf_counter() < end:
+            yield chunk
+
+    began = time.perf_counter()
+    with LstmClient(target, timeout=30) as client:
+        steps = sum(1 for _ in client.stream_session(chunks(), window=window))
+    return steps / (time.perf_counter() - began)
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -248,7 +305,8 @@ def levels_p50(figures: dict) -> float:
     return figures["batching"]["p50 ms"] / 1e3
 
 
-def measure(rounds: int, seconds: float) -> dict:
+def measure(rounds: int, seconds: float, with_peer: bool = True) -> dict:
+    peer = kserve_peer() if with_peer else None
     echo = Process(
         [sys.executable, str(ROOT / "bench" / "echo_server.py"), "--port", "{port}"], health=False
     )
@@ -286,6 +344,8 @@ def measure(rounds: int, seconds: float) -> dict:
     long_request = bench.predict_request(32, 10_000, 1)
     long_request.timesteps_per_message = 1
     raw_infer, typed_infer = infer_requests(big_request, "default-lstm")
+    peer_big, _ = infer_requests(big_request, "big")
+    peer_tiny, _ = infer_requests(tiny_request, "tiny")
     per_round: dict[str, list] = {}
 
     def record(key: str, value: object) -> None:
@@ -296,6 +356,9 @@ def measure(rounds: int, seconds: float) -> dict:
             print(f"round {r + 1}/{rounds}", flush=True)
             floor, served = predict_pair(echo, tiny, tiny_request, 1, seconds)
             record("t1", (floor.percentile(50), served.percentile(50)))
+            if peer is not None:
+                peered = run(_unary(peer.target, MODEL_INFER, peer_tiny, 1, seconds))
+                record("peer_tiny", (served.percentile(50), peered.percentile(50)))
             for level in LEVELS:
                 floor, served = predict_pair(echo, big, big_request, level, seconds)
                 plain = run(
@@ -307,14 +370,15 @@ def measure(rounds: int, seconds: float) -> dict:
                         seconds,
                     )
                 )
-                record(
-                    f"big{level}",
-                    {
-                        "echo": floor.row(100),
-                        "batching": served.row(100),
-                        "no batching": plain.row(100),
-                    },
-                )
+                figures = {
+                    "echo": floor.row(100),
+                    "batching": served.row(100),
+                    "no batching": plain.row(100),
+                }
+                if peer is not None:
+                    peered = run(_unary(peer.target, MODEL_INFER, peer_big, level, seconds))
+                    figures["kserve"] = peered.row(100)
+                record(f"big{level}", figures)
             floor = run(_bidi(echo.target, "/bench.Echo/Stream", None, step, 1, seconds, step_size))
             single = run(
                 _bidi(big.target, bench.SERVICE + "StreamSession", opening, step, 1, seconds)
@@ -323,6 +387,22 @@ def measure(rounds: int, seconds: float) -> dict:
                 _bidi(big.target, bench.SERVICE + "StreamSession", opening, step, 256, seconds)
             )
             record("t4", (floor.percentile(50), single.percentile(50), single.rps, many.rps))
+            lock_step = sdk_stream_rate(big.target, 1, seconds)
+            pipelined = sdk_stream_rate(big.target, PIPELINE_WINDOW, seconds)
+            w = PIPELINE_WINDOW
+            windowed, _ = bench.session_messages(32, 1, window=w)
+            raw_windowed = run(
+                _bidi(
+                    big.target, bench.SERVICE + "StreamSession", windowed, step, 1, seconds, (), w
+                )
+            )
+            floor_windowed = run(
+                _bidi(echo.target, "/bench.Echo/Stream", None, step, 1, seconds, step_size, w)
+            )
+            record(
+                "t12",
+                (lock_step, pipelined, single.rps, raw_windowed.rps, floor.rps, floor_windowed.rps),
+            )
             if redised is not None:
                 on_redis = run(
                     _bidi(
@@ -397,6 +477,8 @@ def measure(rounds: int, seconds: float) -> dict:
     finally:
         for process in (echo, tiny, big, unbatched, stack, traced):
             process.stop()
+        if peer is not None:
+            peer.stop()
         if redised is not None and redis is not None:
             redised.stop()
             redis.terminate()
@@ -418,6 +500,7 @@ def measure(rounds: int, seconds: float) -> dict:
         "per_round": per_round,
         "memory_mb": (before, after),
         "startup_s": startups,
+        "peer_startup_s": None if peer is None else peer.startup,
         "keras": {"tiny": keras_runs[0], "big": keras_runs[1]},
         "rounds": rounds,
         "seconds": seconds,
@@ -436,7 +519,7 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
                 k: median([r[kind][k] for r in pr[f"big{level}"]])
                 for k in pr[f"big{level}"][0][kind]
             }
-            for kind in ("echo", "batching", "no batching")
+            for kind in pr[f"big{level}"][0]
         }
     t2 = [r["batching"]["p50 ms"] / r["echo"]["p50 ms"] for r in pr["big1"]]
     t3 = [r["batching"]["requests/s"] / r["no batching"]["requests/s"] for r in pr["big64"]]
@@ -577,7 +660,70 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
                 "-",
             ),
         ]
+    if "peer_tiny" in pr:
+        rows += peer_rows(pr)
+    t12 = [sdk_w / sdk_1 for sdk_1, sdk_w, *_ in pr["t12"]]
+    t12_raw = [raw_w / raw_1 for _, _, raw_1, raw_w, _, _ in pr["t12"]]
+    t12_floor = [echo_w / echo_1 for *_, echo_1, echo_w in pr["t12"]]
+    rows.append(
+        (
+            f"12. one session stream through the SDK (1-timestep steps, 128 units): steps/s with "
+            f"window={PIPELINE_WINDOW} / lock-step",
+            f"{median(t12):.2f}x ({median([r[1] for r in pr['t12']]):.0f} vs "
+            f"{median([r[0] for r in pr['t12']]):.0f} steps/s; with the load generator's raw "
+            f"messages {median(t12_raw):.2f}x, {median([r[3] for r in pr['t12']]):.0f} steps/s; "
+            f"the echo floor's stream {median(t12_floor):.2f}x, to "
+            f"{median([r[5] for r in pr['t12']]):.0f} messages/s)",
+            ">= 3x",
+            ok(median(t12) >= 3),
+        )
+    )
     return rows, levels
+
+
+def peer_rows(pr: dict) -> list[tuple[str, str, str, str]]:
+    """lstm-serving (lstm.v1 Predict, typed) against KServe (ModelInfer, raw tensor bytes),
+    measured one after the other in each round."""
+
+    def ok(flag: bool) -> str:
+        return "yes" if flag else "**no**"
+
+    rows = []
+    p50 = [r["batching"]["p50 ms"] / r["kserve"]["p50 ms"] for r in pr["big1"]]
+    rows.append(
+        (
+            "13. peer: 32x128x100 Predict p50 at 1 in flight / KServe 0.21 ModelInfer p50 "
+            "(raw tensor bytes, an exact-shape XLA function)",
+            f"{median(p50):.2f}x ({median([r['batching']['p50 ms'] for r in pr['big1']]):.3f} ms "
+            f"vs {median([r['kserve']['p50 ms'] for r in pr['big1']]):.3f} ms)",
+            "<= 1x",
+            ok(median(p50) <= 1),
+        )
+    )
+    for level in (8, 64):
+        key = f"big{level}"
+        ratio = [r["batching"]["requests/s"] / r["kserve"]["requests/s"] for r in pr[key]]
+        ours = median([r["batching"]["requests/s"] for r in pr[key]])
+        theirs = median([r["kserve"]["requests/s"] for r in pr[key]])
+        rows.append(
+            (
+                f"13. peer: requests/s at {level} in flight, lstm-serving / KServe",
+                f"{median(ratio):.2f}x ({ours:.0f} vs {theirs:.0f})",
+                ">= 1x",
+                ok(median(ratio) >= 1),
+            )
+        )
+    tiny = [ours / theirs for ours, theirs in pr["peer_tiny"]]
+    rows.append(
+        (
+            "13. peer: tutorial model Predict p50 / KServe p50",
+            f"{median(tiny):.2f}x ({median([o for o, _ in pr['peer_tiny']]) * 1e3:.3f} ms vs "
+            f"{median([t for _, t in pr['peer_tiny']]) * 1e3:.3f} ms)",
+            "<= 1x",
+            ok(median(tiny) <= 1),
+        )
+    )
+    return rows
 
 
 def markdown(data: dict, rows: list, levels: dict) -> str:
@@ -603,6 +749,7 @@ def markdown(data: dict, rows: list, levels: dict) -> str:
                 "echo": "gRPC echo (floor)",
                 "batching": "lstm-serving",
                 "no batching": "lstm-serving, --no-batching",
+                "kserve": "KServe 0.21 (ModelInfer, raw tensor bytes)",
             }[kind]
             lines.append(
                 f"| {level} | {name} | {r['requests/s']:.0f} | {r['timesteps/s']:.0f} | "
@@ -637,9 +784,12 @@ def chart(levels: dict, path: Path) -> None:
         "echo": ("gRPC echo (floor)", "tab:gray"),
         "batching": ("lstm-serving", "tab:blue"),
         "no batching": ("lstm-serving --no-batching", "tab:orange"),
+        "kserve": ("KServe 0.21", "tab:green"),
     }
     xs = list(levels)
     for kind, (label, color) in styles.items():
+        if kind not in levels[xs[0]]:
+            continue
         for q, dash in (("p50 ms", "-"), ("p99 ms", ":")):
             latency.plot(
                 xs,
@@ -680,8 +830,11 @@ def main(argv: list[str] | None = None, report: Callable[[str], None] = print) -
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument(
+        "--no-peer", action="store_true", help="leave out KServe (no venv of its own is made)"
+    )
     args = parser.parse_args(argv)
-    data = measure(args.rounds, args.seconds)
+    data = measure(args.rounds, args.seconds, with_peer=not args.no_peer)
     rows, levels = summarize(data)
     RESULTS.mkdir(parents=True, exist_ok=True)
     table = markdown(data, rows, levels)

@@ -172,11 +172,13 @@ class AsyncLstmClient:
         close_on_end: bool | None = None,
         first_step_number: int | None = None,
         include: Include = None,
+        window: int = 1,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncIterator[StepResult]:
         """Step through ``chunks`` (an iterable or an async iterable: a queue, a websocket)
-        over one stream, as ``LstmClient.stream_session`` does, resuming it the same way."""
+        over one stream, as ``LstmClient.stream_session`` does (``window`` steps in flight),
+        resuming it the same way."""
         stream = SessionStream(
             initial_state=initial_state,
             ttl=ttl,
@@ -184,6 +186,7 @@ class AsyncLstmClient:
             close_on_end=close_on_end,
             first_step_number=first_step_number,
             include=include,
+            window=window,
         )
         wait = self.timeout if timeout is None else timeout
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
@@ -193,12 +196,13 @@ class AsyncLstmClient:
             call = self._stub.StreamSession(**kwargs)
             try:
                 await _write(call, stream.opening)
-                stream.opened(await _reply(call, wait))
-                if stream.pending is not None:
-                    await _write(call, stream.pending)
-                    yield stream.result(await _reply(call, wait))
-                async for chunk in source:
-                    await _write(call, stream.step(chunk))
+                for message in stream.opened(await _reply(call, wait)):
+                    await _write(call, message)
+                while True:
+                    while stream.open_slots and (chunk := await anext(source, _END)) is not _END:
+                        await _write(call, stream.step(chunk))
+                    if not stream.pending:
+                        break
                     yield stream.result(await _reply(call, wait))
                 await call.done_writing()  # the server closes a close_on_end session, then ends
                 while await _read_within(call, wait) is not None:
@@ -211,6 +215,9 @@ class AsyncLstmClient:
                 await asyncio.sleep(delay)
             finally:
                 call.cancel()
+
+
+_END = object()  # what an exhausted iterator of chunks gives
 
 
 async def _aiter(chunks: Iterable[ArrayLike] | AsyncIterable[ArrayLike]) -> AsyncIterator[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,8 +103,10 @@ async def server_stream_load(
 async def bidi_load(
     channel: grpc.aio.Channel, method: str, opening: bytes | None, message: bytes,
     concurrency: int, duration: float, metadata: tuple[tuple[str, str], ...] = (),
+    window: int = 1,
 ) -> LoadResult:  # fmt: skip
-    """Each worker holds one stream open and sends ``message`` after each reply."""
+    """Each worker holds one stream open and keeps ``window`` messages in flight (1: it sends
+    ``message`` after each reply); a latency is from a message's send to its reply."""
     call_factory = channel.stream_stream(method)
     latencies: list[float] = []
     end = time.perf_counter() + duration
@@ -113,13 +116,23 @@ async def bidi_load(
         if opening is not None:
             await call.write(opening)
             await call.read()
-        while (start := time.perf_counter()) < end:
-            await call.write(message)
-            await call.read()
-            latencies.append(time.perf_counter() - start)
-        await call.done_writing()
-        while await call.read() is not grpc.aio.EOF:
-            pass
+        sent: deque[float] = deque()
+        room = asyncio.Semaphore(window)
+
+        async def send() -> None:
+            while time.perf_counter() < end:
+                await room.acquire()
+                sent.append(time.perf_counter())
+                await call.write(message)
+            await call.done_writing()
+
+        sender = asyncio.ensure_future(send())
+        try:
+            while await call.read() is not grpc.aio.EOF:
+                latencies.append(time.perf_counter() - sent.popleft())
+                room.release()
+        finally:
+            sender.cancel()
 
     began = time.perf_counter()
     seconds = await _run([asyncio.ensure_future(worker()) for _ in range(concurrency)], began)
@@ -134,11 +147,14 @@ def predict_request(features: int, timesteps: int, batch: int, seed: int = 0) ->
     )
 
 
-def session_messages(features: int, timesteps: int, seed: int = 0) -> tuple[bytes, bytes]:
-    """The opening message of a session stream (closed at its end) and one step (append)."""
+def session_messages(
+    features: int, timesteps: int, seed: int = 0, window: int = 1
+) -> tuple[bytes, bytes]:
+    """The opening message of a session stream (closed at its end; ``window`` steps in
+    flight) and one step (append)."""
     sequence = predict_request(features, timesteps, 1, seed).sequences[0]
     opening = pb.SessionStreamRequest(
-        open=pb.OpenSession(create=pb.CreateSessionRequest(), close_on_end=True)
+        open=pb.OpenSession(create=pb.CreateSessionRequest(), close_on_end=True, window=window)
     )
     step = pb.SessionStreamRequest(step=pb.SessionStep(input=sequence, step_number=0))
     return opening.SerializeToString(), step.SerializeToString()
@@ -147,16 +163,19 @@ def session_messages(features: int, timesteps: int, seed: int = 0) -> tuple[byte
 async def lstm_load(
     target: str, rpc: str, features: int, timesteps: int, batch: int, concurrency: int,
     duration: float, metadata: tuple[tuple[str, str], ...] = (), tls: TlsOptions | None = None,
+    window: int = 1,
 ) -> LoadResult:  # fmt: skip
     """Drive one lstm-serving RPC (``predict``, ``stream`` or ``session``) at a concurrency,
-    over TLS if ``tls`` is given (``metadata`` carries a token, if any)."""
+    over TLS if ``tls`` is given (``metadata`` carries a token, if any); session streams keep
+    ``window`` steps in flight."""
     settings = ChannelSettings(tls=tls, retry=NO_RETRIES)
     async with open_channel(target, settings, aio=True) as channel:
         if rpc == "session":
-            opening, step = session_messages(features, timesteps)
+            opening, step = session_messages(features, timesteps, window=window)
             return await bidi_load(
-                channel, SERVICE + "StreamSession", opening, step, concurrency, duration, metadata
-            )
+                channel, SERVICE + "StreamSession", opening, step, concurrency, duration,
+                metadata, window,
+            )  # fmt: skip
         request = predict_request(features, timesteps, batch).SerializeToString()
         if rpc == "stream":
             return await server_stream_load(

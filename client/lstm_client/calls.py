@@ -6,6 +6,7 @@ is read, how a session stream numbers its steps, and when a session step is retr
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -29,6 +30,8 @@ from lstm_client.results import (
 from lstm_client.v1 import lstm_service_pb2 as pb
 
 R = TypeVar("R")
+# The most steps a session stream may keep in flight (the server's limit too).
+MAX_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -161,11 +164,13 @@ class SessionStream:
     """The messages of ``StreamSession`` calls for one run of chunks: an opening (create or
     resume), then one numbered step per chunk; replies are read back in order.
 
-    Steps are numbered from the session's step count, or from ``first_step_number`` when a
-    resume says which step its first chunk is: a step whose reply was lost is then answered
-    again by the server, never applied twice. When a stream breaks (UNAVAILABLE) after the
-    session is known, ``resume`` opens the next stream on the same session from the first step
-    not answered, and that step is sent again with its number: exactly once, on any replica."""
+    Up to ``window`` steps are sent before their replies are read (the server answers in
+    order, and keeps the replies of that many latest steps). Steps are numbered from the
+    session's step count, or from ``first_step_number`` when a resume says which step its first
+    chunk is: a step whose reply was lost is then answered again by the server, never applied
+    twice. When a stream breaks (UNAVAILABLE) after the session is known, ``resume`` opens the
+    next stream on the same session and the steps not answered are sent again with their
+    numbers: each applied exactly once, on any replica."""
 
     def __init__(
         self,
@@ -176,12 +181,16 @@ class SessionStream:
         close_on_end: bool | None,
         first_step_number: int | None = None,
         include: Include = None,
+        window: int = 1,
     ) -> None:
         self._include = codec.include_values(include)
         if first_step_number is not None and (session_id is None or first_step_number < 1):
             raise ValueError("first_step_number (1 or more) goes with the session_id it resumes")
+        if not 1 <= window <= MAX_WINDOW:
+            raise ValueError(f"window is {window}: 1 to {MAX_WINDOW} steps may be in flight")
+        self.window = window
         self._close_on_end = session_id is None if close_on_end is None else close_on_end
-        opening = pb.OpenSession(close_on_end=self._close_on_end)
+        opening = pb.OpenSession(close_on_end=self._close_on_end, window=window)
         if session_id is None:
             opening.create.CopyFrom(codec.create_request(initial_state, ttl))
         else:
@@ -190,29 +199,37 @@ class SessionStream:
         self.session_id = session_id
         self._first = first_step_number
         self._number = 0
-        self.pending: pb.SessionStreamRequest | None = None  # sent, not answered
+        self.pending: deque[pb.SessionStreamRequest] = deque()  # sent, not answered
 
-    def opened(self, reply: pb.SessionStreamResponse) -> None:
+    @property
+    def open_slots(self) -> int:
+        """How many more steps may be sent before a reply is read."""
+        return self.window - len(self.pending)
+
+    def opened(self, reply: pb.SessionStreamResponse) -> list[pb.SessionStreamRequest]:
         """The server's answer to the opening: steps continue from its step count, unless the
-        caller (or a resume) said which step comes first."""
+        caller (or a resume) said which step comes first. Returns the steps to send again (those
+        sent on a broken stream and not answered), with their numbers."""
         self.session_id = reply.session.session_id
         count = reply.session.step_count
         self._number = count if self._first is None else self._first - 1
-        if self.pending is not None:  # sent again on the new stream, with the same number
-            self._number = self.pending.step.step_number
+        if self.pending:
+            self._number = self.pending[-1].step.step_number
+        return list(self.pending)
 
     def step(self, chunk: ArrayLike) -> pb.SessionStreamRequest:
         self._number += 1
         step = pb.SessionStep(
             input=codec.sequence_message(chunk), step_number=self._number, include=self._include
         )
-        self.pending = pb.SessionStreamRequest(step=step)
-        return self.pending
+        message = pb.SessionStreamRequest(step=step)
+        self.pending.append(message)
+        return message
 
     def result(self, reply: pb.SessionStreamResponse) -> StepResult:
-        """A step's result; a step refused in-band raises its ``LstmError`` (with its reason
-        and violations)."""
-        self.pending = None
+        """The oldest pending step's result; a step refused in-band raises its ``LstmError``
+        (with its reason and violations)."""
+        self.pending.popleft()
         if reply.HasField("error"):
             raise LstmError.from_status(reply.error, in_band=True)
         return codec.step_result(reply.step)
@@ -222,7 +239,9 @@ class SessionStream:
         known and the error is UNAVAILABLE); if so, ``opening`` now resumes it."""
         if error.in_band or error.code != grpc.StatusCode.UNAVAILABLE or not self.session_id:
             return False
-        self._first = self._number + 1 if self.pending is None else None
-        opening = pb.OpenSession(resume_session_id=self.session_id, close_on_end=self._close_on_end)
+        self._first = None if self.pending else self._number + 1
+        opening = pb.OpenSession(
+            resume_session_id=self.session_id, close_on_end=self._close_on_end, window=self.window
+        )
         self.opening = pb.SessionStreamRequest(open=opening)
         return True

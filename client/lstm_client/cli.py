@@ -203,7 +203,7 @@ def cmd_bench(args: argparse.Namespace, tls: TlsOptions | None) -> None:
     def load(level: int, seconds: float) -> bench.LoadResult:
         return asyncio.run(
             bench.lstm_load(args.target, args.rpc, args.features, args.timesteps, args.batch,
-                            level, seconds, metadata, tls)
+                            level, seconds, metadata, tls, args.window)
         )  # fmt: skip
 
     if args.warmup:
@@ -269,6 +269,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--timesteps", type=int, default=3)
     b.add_argument("--batch", type=int, default=1, help="sequences per request (predict, stream)")
     b.add_argument("--concurrency", default="1,8,64", help="calls in flight, comma-separated")
+    b.add_argument(
+        "--window", type=int, default=1, help="steps in flight on each session stream (session)"
+    )
     b.add_argument("--duration", type=float, default=5.0, help="seconds per concurrency level")
     b.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up first")
     b.set_defaults(run=None)

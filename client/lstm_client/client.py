@@ -164,16 +164,12 @@ class LstmClient:
         server's computation."""
         request = calls.stream_request(x, initial_state, timesteps_per_message, include)
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
-        call = self._stub.PredictStream(request, **kwargs)
-        wait = self._per_message(timeout)
+        replies = _Replies(self._stub.PredictStream(request, **kwargs), self._per_message(timeout))
         try:
-            while True:
-                message = _next_within(call, wait)
-                if message is None:
-                    return
+            while (message := replies.next()) is not None:
                 yield from calls.stream_items(message)
         finally:
-            call.cancel()
+            replies.close()
 
     def _per_message(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
@@ -207,10 +203,15 @@ class LstmClient:
         close_on_end: bool | None = None,
         first_step_number: int | None = None,
         include: Include = None,
+        window: int = 1,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Iterator[StepResult]:
         """Step through ``chunks`` over a bidirectional stream; yield each step's result.
+
+        ``window`` steps (1 to 64) are sent before their replies are read, so one stream's
+        throughput is not bound by the round trip; ``chunks`` is then read that far ahead of
+        the results.
 
         Opens a new session, or resumes ``session_id``. A new session is closed when the stream
         ends unless ``close_on_end=False``; a resumed one is kept unless ``close_on_end=True``.
@@ -227,6 +228,7 @@ class LstmClient:
             close_on_end=close_on_end,
             first_step_number=first_step_number,
             include=include,
+            window=window,
         )
         wait = self._per_message(timeout)
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
@@ -234,18 +236,19 @@ class LstmClient:
         source = iter(chunks)
         while True:
             outbox: queue.SimpleQueue[pb.SessionStreamRequest | None] = queue.SimpleQueue()
-            replies = self._stub.StreamSession(iter(outbox.get, None), **kwargs)
+            replies = _Replies(self._stub.StreamSession(iter(outbox.get, None), **kwargs), wait)
             try:
                 outbox.put(stream.opening)
-                stream.opened(_reply(replies, wait))
-                if stream.pending is not None:
-                    outbox.put(stream.pending)
-                    yield stream.result(_reply(replies, wait))
-                for chunk in source:
-                    outbox.put(stream.step(chunk))
-                    yield stream.result(_reply(replies, wait))
+                for message in stream.opened(replies.reply()):
+                    outbox.put(message)
+                while True:
+                    while stream.open_slots and (chunk := next(source, _END)) is not _END:
+                        outbox.put(stream.step(chunk))
+                    if not stream.pending:
+                        break
+                    yield stream.result(replies.reply())
                 outbox.put(None)  # done writing: the server closes a close_on_end session
-                while _next_within(replies, wait) is not None:
+                while replies.next() is not None:
                     pass
                 return
             except LstmError as error:
@@ -255,44 +258,73 @@ class LstmClient:
                 time.sleep(delay)
             finally:
                 outbox.put(None)
-                replies.cancel()
+                replies.close()
 
 
-def _next_within(call: Any, seconds: float | None) -> Any:
-    """The next message of a streaming call (None at its end), waiting at most ``seconds``:
-    past them the call is cancelled and DEADLINE_EXCEEDED raised."""
-    timer = None
-    expired = threading.Event()
-    if seconds is not None:
-
-        def expire() -> None:
-            expired.set()
-            call.cancel()
-
-        timer = threading.Timer(seconds, expire)
-        timer.daemon = True
-        timer.start()
-    try:
-        return next(call, None)
-    except grpc.RpcError as error:
-        if expired.is_set():
-            raise LstmError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no message within {seconds} s",
-                reason="DEADLINE_EXCEEDED",
-            ) from None
-        raise LstmError.from_rpc_error(error) from None
-    finally:
-        if timer is not None:
-            timer.cancel()
+_END = object()  # what an exhausted iterator of chunks gives
 
 
-def _reply(call: Any, seconds: float | None) -> Any:
-    """The next message, which must come: a stream that ends instead is UNAVAILABLE."""
-    message = _next_within(call, seconds)
-    if message is None:
-        raise LstmError(grpc.StatusCode.UNAVAILABLE, "the stream ended before its reply")
-    return message
+class _Replies:
+    """The messages of a streaming call, each awaited at most ``seconds`` (None: no limit):
+    past them the call is cancelled and DEADLINE_EXCEEDED raised. One watchdog thread per
+    stream keeps the time (a timer thread per message would cost more than the message)."""
+
+    def __init__(self, call: Any, seconds: float | None) -> None:
+        self.call = call
+        self._seconds = seconds
+        self._due: float | None = None  # when the message awaited now is late
+        self._expired = False
+        self._closed = False
+        self._changed = threading.Condition()
+        if seconds is not None:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while not self._closed:
+                if self._due is None:
+                    self._changed.wait()
+                elif (left := self._due - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                else:
+                    self._expired = True
+                    self.call.cancel()
+                    return
+
+    def next(self) -> Any:
+        """The next message, or None at the stream's end."""
+        if self._seconds is not None:
+            with self._changed:
+                idle = self._due is None
+                self._due = time.monotonic() + self._seconds
+                if idle:  # a watchdog waiting for a later time wakes up by itself
+                    self._changed.notify()
+        try:
+            return next(self.call, None)
+        except grpc.RpcError as error:
+            if self._expired:
+                raise LstmError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no message within {self._seconds} s",
+                    reason="DEADLINE_EXCEEDED",
+                ) from None
+            raise LstmError.from_rpc_error(error) from None
+        finally:
+            self._due = None
+
+    def reply(self) -> Any:
+        """The next message, which must come: a stream that ends instead is UNAVAILABLE."""
+        message = self.next()
+        if message is None:
+            raise LstmError(grpc.StatusCode.UNAVAILABLE, "the stream ended before its reply")
+        return message
+
+    def close(self) -> None:
+        """Cancel the call (if it is still running) and stop the watchdog."""
+        self.call.cancel()
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
 
 
 Invoke = Callable[..., Any]

@@ -39,6 +39,7 @@ class Settings:
     tls_client_ca: Path | None = None
     auth_tokens_file: Path | None = None
     xla: bool = True
+    compile_cache: Path | None = None
     fast_path: bool = True
     batching: bool = True
     max_batch_rows: int = 64
@@ -96,6 +97,7 @@ class Settings:
             chunk_timesteps=self.compute_chunk_timesteps,
             max_rows=self.max_batch_rows,
             xla=self.xla,
+            compile_cache=self.compile_cache,
             fast_path=self.fast_path,
         )
 
@@ -118,6 +120,7 @@ HELP: dict[str, str] = {
     "tls_client_ca": "PEM CA bundle: require client certificates it signed (mutual TLS)",
     "auth_tokens_file": "file of 'principal token' lines: require an authorization Bearer token",
     "xla": "compile the model with XLA",
+    "compile_cache": "directory where XLA keeps compiled shapes across restarts (default: none)",
     "fast_path": "run small work (single steps, tiny models) on the exact numpy path",
     "batching": "batch queued work from concurrent calls into one model call",
     "max_batch_rows": "most sequences in one model call",

@@ -194,6 +194,33 @@ def test_stream_session_and_resume(twin, wide_reference, rng) -> None:
     assert gone.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_pipelined_stream_session_equals_one_call(twin, wide_reference, rng) -> None:
+    x = rng.normal(size=(20, 8)).astype(np.float32)
+    results = list(twin.stream_session([x[t : t + 1] for t in range(20)], window=8))
+    assert [r.step_number for r in results] == list(range(1, 21))
+    seq, h, c = wide_reference.run(x)
+    np.testing.assert_allclose(np.concatenate([r.sequence for r in results]), seq, atol=TOL)
+    np.testing.assert_allclose(results[-1].h, h, atol=TOL)
+    np.testing.assert_allclose(results[-1].c, c, atol=TOL)
+    with pytest.raises(ValueError, match="1 to 64 steps may be in flight"):
+        list(twin.stream_session([x], window=0))
+
+
+def test_a_refused_step_in_a_window_raises_its_error(twin, rng) -> None:
+    good = rng.normal(size=(1, 8))
+    chunks = [good, good, rng.normal(size=(1, 2)), good, good]
+    seen: list[int] = []
+
+    def step_through() -> None:
+        seen.extend(result.step_number for result in twin.stream_session(chunks, window=4))
+
+    with pytest.raises(LstmError) as in_band:
+        step_through()
+    assert seen == [1, 2]
+    assert in_band.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expected input_features=8" in in_band.value.details
+
+
 def test_errors_carry_code_details_and_violations(twin, rng) -> None:
     with pytest.raises(LstmError) as bad:
         twin.predict(rng.normal(size=(2, 3)))

@@ -70,13 +70,41 @@ def test_a_lone_row_runs_unmasked_at_its_length_once_compiled_and_equals_the_buc
     lengths = np.array([13])
     h0, c0 = (rng.normal(size=(1, 16)).astype(np.float32) for _ in range(2))
     masked = runtime.run(x, lengths, h0, c0)  # the bucket serves; (1, 13) compiles meanwhile
-    runtime._compiler.submit(lambda: None).result(timeout=120)  # the compiler's queue drained
-    assert (1, 13) in runtime._exact_compiled
+    assert runtime.wait_compiled(timeout=120)
+    assert (1, 13) in runtime.compiled_shapes()[1]
     exact = runtime.run(x, lengths, h0, c0)
     for mine, theirs in zip(exact, masked, strict=True):
         np.testing.assert_allclose(mine, theirs, atol=1e-5, rtol=1e-5)
     batch = np.concatenate([x, x])  # batches keep to the masked buckets
     runtime.run(batch, np.array([13, 13]), np.concatenate([h0, h0]), np.concatenate([c0, c0]))
-    runtime._compiler.submit(lambda: None).result(timeout=120)
-    assert runtime._exact_compiled == {(1, 13)}
+    assert runtime.wait_compiled(timeout=120)
+    assert runtime.compiled_shapes()[1] == {(1, 13)}
+    runtime.close()
+
+
+def test_warm_up_compiles_one_row_first_and_every_batch_bucket_in_the_background(
+    tmp_path: Path, rng
+) -> None:
+    runtime = _runtime(tmp_path, "tanh", "sigmoid")  # chunks of 16 timesteps, up to 64 rows
+    runtime.warm_up()
+    wanted = {
+        (rows, span)
+        for rows in (1, 2, 4, 8, 16, 32, 64)
+        for span in (1, 2, 4, 8, 16)
+        if not runtime.runs_inline(rows, span)
+    }
+    one_row = {shape for shape in wanted if shape[0] == 1} | {(1, 1)}  # (1, 1): calibration's
+    assert one_row <= runtime.compiled_shapes()[0]  # compiled before serving
+    assert any(rows > 1 for rows, _ in wanted)
+    assert runtime.wait_compiled(ahead=True, timeout=300)
+    assert runtime.compiled_shapes()[0] == wanted | {(1, 1)}  # nothing numpy would take
+    x = rng.normal(size=(8, 16, 8)).astype(np.float32)
+    h0 = np.zeros((8, 16), np.float32)
+    lengths = np.full(8, 16)
+    batched = runtime.run(x, lengths, h0, h0)
+    one_by_one = [runtime.fast.run(x[i : i + 1], lengths[:1], h0[:1], h0[:1]) for i in range(8)]
+    for i, (seq, h, c) in enumerate(one_by_one):
+        np.testing.assert_allclose(batched[0][i], seq[0], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(batched[1][i], h[0], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(batched[2][i], c[0], atol=1e-5, rtol=1e-5)
     runtime.close()

@@ -73,9 +73,10 @@ class LossyProxy:
     breaks the stream with UNAVAILABLE, as a lost connection does. Replies are counted from the
     opening's (1), so reply 3 is the reply to step 2."""
 
-    def __init__(self, backend: str, drop_reply: int) -> None:
+    def __init__(self, backend: str, drop_reply: int, linger: float = 0.0) -> None:
         self.backend = backend
         self.drop_reply: int | None = drop_reply
+        self.linger = linger  # seconds the backend gets to apply steps in flight before the break
         self.streams = 0
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -114,6 +115,7 @@ class LossyProxy:
                 count += 1
                 if count == self.drop_reply:
                     self.drop_reply = None
+                    await asyncio.sleep(self.linger)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost")
                 yield reply
         finally:
@@ -126,34 +128,37 @@ class LossyProxy:
         self._thread.join(10)
 
 
+@pytest.mark.parametrize("window", [1, 4])
 @pytest.mark.parametrize("twin", ["sync", "asyncio"])
 def test_a_lost_reply_is_resumed_by_the_sdk_and_applied_once(
-    wide_server, wide_reference: NumpyLstm, rng, twin: str
+    wide_server, wide_reference: NumpyLstm, rng, twin: str, window: int
 ) -> None:
-    x = rng.normal(size=(5, 8)).astype(np.float32)
-    chunks = [x[0:1], x[1:3], x[3:4], x[4:5]]
-    proxy = LossyProxy(wide_server.target, drop_reply=3)  # step 2 applied, its reply lost
+    x = rng.normal(size=(8, 8)).astype(np.float32)
+    chunks = [x[0:1], x[1:3], *(x[t : t + 1] for t in range(3, 8))]
+    # Step 2's reply is lost; with a window of 4, steps 3-5 are applied meanwhile and their
+    # replies lost with the stream: the resumed stream gets all four from the kept replies.
+    proxy = LossyProxy(wide_server.target, drop_reply=3, linger=0.3)
     try:
         if twin == "sync":
             with LstmClient(proxy.target, timeout=30, retry=FAST_RETRY) as client:
-                results = list(client.stream_session(chunks, close_on_end=False))
+                results = list(client.stream_session(chunks, close_on_end=False, window=window))
         else:
 
             async def run() -> list:
                 async with AsyncLstmClient(proxy.target, timeout=30, retry=FAST_RETRY) as client:
-                    stream = client.stream_session(chunks, close_on_end=False)
+                    stream = client.stream_session(chunks, close_on_end=False, window=window)
                     return [r async for r in stream]
 
             results = asyncio.run(run())
     finally:
         proxy.stop()
     assert proxy.streams == 2  # broken once, resumed once
-    assert [r.step_number for r in results] == [1, 2, 3, 4]
+    assert [r.step_number for r in results] == list(range(1, 8))
     seq, _, c = wide_reference.run(x)
     np.testing.assert_allclose(np.concatenate([r.sequence for r in results]), seq, atol=1e-5)
     with LstmClient(wide_server.target) as client:
         session = client.attach(results[0].session_id)
-        assert session.step_count == 4  # step 2 was applied once
+        assert session.step_count == 7  # every step was applied once
         np.testing.assert_allclose(session.info.c, c, atol=1e-5)
         session.close()
 
@@ -233,3 +238,34 @@ def test_errors_carry_reasons_the_caller_can_act_on(wide_server, rng) -> None:
             client.predict(np.zeros((2, 3), np.float32))
         assert bad.value.reason == "INVALID_INPUT"
         assert bad.value.violations
+
+
+@pytest.mark.parametrize("twin", ["sync", "asyncio"])
+def test_a_reply_that_does_not_come_in_time_is_deadline_exceeded(
+    wide_server, rng, twin: str
+) -> None:
+    chunks = [rng.normal(size=(1, 8)).astype(np.float32) for _ in range(4)]
+    proxy = LossyProxy(wide_server.target, drop_reply=3, linger=5.0)  # step 2's reply stalls
+
+    def step_through() -> None:
+        if twin == "sync":
+            with LstmClient(proxy.target, timeout=0.5, retry=FAST_RETRY) as client:
+                list(client.stream_session(chunks, window=2))
+            return
+
+        async def run() -> None:
+            async with AsyncLstmClient(proxy.target, timeout=0.5) as client:
+                async for _ in client.stream_session(chunks, window=2):
+                    pass
+
+        asyncio.run(run())
+
+    began = time.monotonic()
+    try:
+        with pytest.raises(LstmError) as late:
+            step_through()
+    finally:
+        proxy.stop()
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no message within 0.5 s" in late.value.details
+    assert time.monotonic() - began < 4.5  # the watchdog fired, not the proxy's break

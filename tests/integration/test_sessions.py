@@ -295,6 +295,55 @@ def test_resume_on_a_new_stream_after_the_first_was_cut(wide_server, wide_refere
         assert client.attach(sid).step_count == 2  # a resumed session outlives the stream
 
 
+def test_a_cut_windowed_stream_resumes_from_the_replies_it_kept(
+    wide_server, wide_reference, rng
+) -> None:
+    x = rng.normal(size=(5, 8)).astype(np.float32)
+
+    def step(n: int) -> pb.SessionStreamRequest:
+        return pb.SessionStreamRequest(
+            step=pb.SessionStep(input=seq_msg(x[n - 1 : n]), step_number=n)
+        )
+
+    with grpc.insecure_channel(wide_server.target) as channel:
+        stub = pb_grpc.LstmServiceStub(channel)
+        outbox: queue.SimpleQueue = queue.SimpleQueue()
+        opening = pb.OpenSession(create=pb.CreateSessionRequest(), window=4)
+        outbox.put(pb.SessionStreamRequest(open=opening))
+        first = stub.StreamSession(iter(outbox.get, None))
+        sid = next(first).session.session_id
+        for n in range(1, 5):  # four steps in flight
+            outbox.put(step(n))
+        step1 = next(first).step
+        deadline = time.monotonic() + 10  # steps 2-4 are applied; their replies are never read
+        while stub.GetSession(pb.GetSessionRequest(session_id=sid)).step_count < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first.cancel()
+        resume = pb.OpenSession(resume_session_id=sid, window=4, close_on_end=True)
+        requests = [pb.SessionStreamRequest(open=resume), step(2), step(3), step(4), step(5)]
+        replies = list(stub.StreamSession(iter(requests)))
+    assert replies[0].session.step_count == 4
+    steps = [r.step for r in replies[1:]]
+    assert [s.step_number for s in steps] == [2, 3, 4, 5]  # 2-4 answered again, 5 applied
+    outputs = [np.array([v.values for v in s.hidden_sequence]) for s in [step1, *steps]]
+    assert_matches(
+        outputs, steps[-1].state.h.values, steps[-1].state.c.values, wide_reference.run(x)
+    )
+    _, h2, c2 = wide_reference.run(x[:2])  # a replayed step carries the state after it
+    np.testing.assert_allclose(steps[0].state.h.values, h2, atol=TOL)
+    np.testing.assert_allclose(steps[0].state.c.values, c2, atol=TOL)
+
+
+def test_a_window_past_the_maximum_is_refused(stub) -> None:
+    opening = pb.OpenSession(create=pb.CreateSessionRequest(), window=65)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.StreamSession(iter([pb.SessionStreamRequest(open=opening)])))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "open.window" in caught.value.details()
+    assert "at most 64 steps in flight" in caught.value.details()
+
+
 def test_in_band_errors_leave_the_stream_open(stub, rng) -> None:
     x = rng.normal(size=(2, 8)).astype(np.float32)
     good = lambda n: pb.SessionStreamRequest(step=pb.SessionStep(input=seq_msg(x), step_number=n))  # noqa: E731

@@ -79,6 +79,18 @@ def test_bench_reports_throughput_and_percentiles(served, rpc: str) -> None:
         assert 0 < p50 <= p90 <= p99
 
 
+def test_bench_keeps_a_window_of_steps_in_flight_on_session_streams(served) -> None:
+    done = client(
+        served, "--output", "json", "bench", "--target", served.target, "--rpc", "session",
+        "--window", "8", "--concurrency", "2", "--duration", "0.3", "--warmup", "0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [row] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert row["concurrency"] == 2
+    assert row["requests/s"] > 0
+    assert 0 < row["p50 ms"] <= row["p99 ms"]
+
+
 def test_server_errors_reach_the_user(served) -> None:
     done = client(served, "predict", "0.1", "0.2", "--features", "2")
     assert done.returncode == 1

@@ -41,6 +41,10 @@ def test_compose_services_and_referenced_files() -> None:
             assert path.exists(), f"{name} mounts {path}, which is missing"
         for dependency in service.get("depends_on", []):
             assert dependency in services
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith(("./", "/")):
+                assert source in COMPOSE["volumes"], f"{name} mounts an undeclared volume {source}"
 
 
 def test_replica_settings_are_real_and_agree_with_defaults() -> None:
@@ -55,6 +59,9 @@ def test_replica_settings_are_real_and_agree_with_defaults() -> None:
         assert int(env["LSTM_METRICS_PORT"]) == DEFAULTS.metrics_port
         assert int(env["LSTM_HTTP_PORT"]) == DEFAULTS.http_port
         assert env["LSTM_SESSION_STORE"] == "redis://redis:6379/0"
+        # The compile cache lies on a volume, so it outlives the container.
+        mounts = [v.split(":")[1] for v in COMPOSE["services"][name]["volumes"]]
+        assert any(env["LSTM_COMPILE_CACHE"].startswith(m + "/") for m in mounts)
     assert f"{DEFAULTS.port}:{DEFAULTS.port}" in COMPOSE["services"]["nginx"]["ports"]
     assert f"{DEFAULTS.http_port}:{DEFAULTS.http_port}" in COMPOSE["services"]["nginx"]["ports"]
 

@@ -64,8 +64,7 @@ def test_a_broken_stream_resumes_the_session_and_resends_the_unanswered_step() -
     assert stream.resume(_error(grpc.StatusCode.UNAVAILABLE))
     assert stream.opening.open.resume_session_id == "s"
     assert stream.opening.open.close_on_end  # as the stream that created it said
-    stream.opened(opened(2))  # the server had applied step 2
-    assert stream.pending is second  # sent again, with its number: the server replays it
+    assert stream.opened(opened(2)) == [second]  # sent again with its number: replayed
     assert (first.step.step_number, second.step.step_number) == (1, 2)
     stream.result(pb.SessionStreamResponse(step=pb.StepResponse(step_number=2)))
     assert numbers(stream, 1) == [3]
@@ -77,9 +76,24 @@ def test_a_resume_after_every_reply_goes_on_from_the_next_step() -> None:
     stream.step(np.zeros((1, 1)))
     stream.result(pb.SessionStreamResponse(step=pb.StepResponse(step_number=5)))
     assert stream.resume(_error(grpc.StatusCode.UNAVAILABLE))
-    stream.opened(opened(5))
-    assert stream.pending is None
+    assert stream.opened(opened(5)) == []
     assert numbers(stream, 1) == [6]
+
+
+def test_a_broken_window_resends_every_unanswered_step_in_order() -> None:
+    stream = SessionStream(
+        initial_state=None, ttl=None, session_id=None, close_on_end=None, window=3
+    )
+    assert stream.opening.open.window == 3
+    stream.opened(opened(0))
+    sent = [stream.step(np.full((1, 1), n, np.float32)) for n in range(3)]
+    assert stream.open_slots == 0
+    stream.result(pb.SessionStreamResponse(step=pb.StepResponse(step_number=1)))
+    assert stream.open_slots == 1
+    assert stream.resume(_error(grpc.StatusCode.UNAVAILABLE))
+    assert stream.opening.open.window == 3  # the resumed stream keeps the window
+    assert stream.opened(opened(3)) == sent[1:]  # steps 2 and 3, answered from kept replies
+    assert numbers(stream, 1) == [4]
 
 
 @pytest.mark.parametrize(
@@ -112,6 +126,7 @@ def test_in_band_errors_keep_their_reason_and_violations() -> None:
         ("input.timesteps", "is empty")
     ]
     stopped = rpc_status(errors.StepConflict("x", expected_step_number=4))
+    stream.step(np.zeros((1, 1)))
     with pytest.raises(LstmError) as conflict:
         stream.result(pb.SessionStreamResponse(error=stopped))
     assert conflict.value.metadata == {"expected_step_number": "4"}

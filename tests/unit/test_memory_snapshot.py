@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,23 @@ async def test_close_saves_and_open_restores(tmp_path: Path) -> None:
     np.testing.assert_array_equal(restored.state.c, -np.arange(3))
     assert restored.last_step is not None
     np.testing.assert_array_equal(restored.last_step.hidden_sequence, np.ones((4, 3)))
+
+
+async def test_earlier_steps_of_a_windowed_stream_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    before = State(np.full(3, 7, np.float32), np.full(3, -7, np.float32))
+    earlier = AppliedStep(1, "d1", np.full((2, 3), 0.5, np.float32), "w1", before)
+    first = MemorySessionStore(snapshot=path)
+    await first.open()
+    await first.create(replace(record("kept"), earlier_steps=(earlier,)), max_sessions=0)
+    await first.close()
+    second = MemorySessionStore(snapshot=path)
+    await second.open()
+    [restored] = (await second.get("kept")).earlier_steps
+    assert (restored.step_number, restored.input_digest, restored.write_id) == (1, "d1", "w1")
+    np.testing.assert_array_equal(restored.hidden_sequence, earlier.hidden_sequence)
+    assert restored.state is not None
+    np.testing.assert_array_equal(restored.state.c, before.c)
 
 
 async def test_a_store_never_opened_leaves_the_snapshot_alone(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from lstm_server.core.errors import (
     StoreUnavailable,
 )
 from lstm_server.core.scheduler import BatchScheduler
-from lstm_server.core.sessions import SessionService
+from lstm_server.core.sessions import SessionService, check_window
 from lstm_server.core.types import Limits, RaggedSequence
 from lstm_server.sessions import MemorySessionStore
 
@@ -127,6 +127,41 @@ async def test_a_retry_gets_the_same_reply_and_applies_nothing(
         await service.step(session.session_id, ragged(rng.normal(size=(2, 3))), 1)
     assert changed.value.reason == "STEP_INPUT_MISMATCH"
     assert changed.value.metadata["expected_step_number"] == "2"
+
+
+async def test_a_window_keeps_the_replies_of_that_many_latest_steps(
+    service: SessionService, rng
+) -> None:
+    x = rng.normal(size=(6, 3)).astype(np.float32)
+    session = await service.create(None)
+    first = [
+        await service.step(session.session_id, ragged(x[n : n + 1]), n + 1, window=3)
+        for n in range(6)
+    ]
+    for n in (4, 5, 6):  # the three latest, each with its own outputs and the state after it
+        again = await service.step(session.session_id, ragged(x[n - 1 : n]), n, window=3)
+        assert again.replayed
+        assert again.step_number == n
+        np.testing.assert_array_equal(again.sequence, first[n - 1].sequence)
+        np.testing.assert_array_equal(again.state.h, first[n - 1].state.h)
+        np.testing.assert_array_equal(again.state.c, first[n - 1].state.c)
+    with pytest.raises(StepConflict, match="expects step_number 7"):
+        await service.step(session.session_id, ragged(x[2:3]), 3, window=3)
+    with pytest.raises(StepConflict, match="already applied with another input"):
+        await service.step(session.session_id, ragged(x[:1]), 5, window=3)
+    seq, _, _ = reference(service).run(x)
+    np.testing.assert_allclose(np.concatenate([o.sequence for o in first]), seq, atol=TOL)
+    assert (await service.get(session.session_id)).step_count == 6
+    # A step without a window keeps only its own reply again.
+    await service.step(session.session_id, ragged(x[:1]), 7)
+    with pytest.raises(StepConflict, match="expects step_number 8"):
+        await service.step(session.session_id, ragged(x[5:6]), 6)
+
+
+async def test_a_window_past_the_maximum_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="at most 64 steps in flight"):
+        check_window(65, "open.window")
+    check_window(64, "open.window")
 
 
 @pytest.mark.parametrize("number", [2, 5, -1])

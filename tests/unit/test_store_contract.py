@@ -71,6 +71,36 @@ async def test_round_trip_keeps_every_field(store: SessionStore) -> None:
     np.testing.assert_array_equal(got.last_step.hidden_sequence, np.ones((2, 4)))
 
 
+async def test_earlier_steps_round_trip_with_their_states(store: SessionStore) -> None:
+    earlier = tuple(
+        AppliedStep(n, f"d{n}", np.full((n, 6), n, np.float32), f"w{n}", State(
+            np.full(4, n, np.float32), np.full(4, -n, np.float32)
+        ))
+        for n in (1, 2)
+    )  # fmt: skip
+    original = replace(
+        record("a"),
+        step_count=3,
+        last_step=AppliedStep(3, "d3", np.ones((3, 6), np.float32), "w3"),
+        earlier_steps=earlier,
+    )
+    await store.create(original, max_sessions=0)
+    got = await store.get("a")
+    assert [s.step_number for s in got.kept_steps()] == [1, 2, 3]
+    for want, kept in zip(earlier, got.earlier_steps, strict=True):
+        assert (kept.input_digest, kept.write_id) == (want.input_digest, want.write_id)
+        np.testing.assert_array_equal(kept.hidden_sequence, want.hidden_sequence)
+        assert kept.state is not None
+        assert want.state is not None
+        np.testing.assert_array_equal(kept.state.h, want.state.h)
+        np.testing.assert_array_equal(kept.state.c, want.state.c)
+    # A write without earlier steps drops them.
+    assert await store.compare_and_set(
+        replace(got, revision=1, earlier_steps=()), expected_revision=0
+    )
+    assert (await store.get("a")).earlier_steps == ()
+
+
 async def test_unknown_id_is_not_found(store: SessionStore) -> None:
     with pytest.raises(SessionNotFound, match="does not exist"):
         await store.get("nope")

@@ -243,14 +243,16 @@ class StepResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., step_number: _Optional[int] = ..., hidden_sequence: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., state: _Optional[_Union[LstmState, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., layer_hidden: _Optional[_Iterable[_Union[LayerSequence, _Mapping]]] = ..., layer_states: _Optional[_Union[LayerStates, _Mapping]] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("create", "resume_session_id", "close_on_end")
+    __slots__ = ("create", "resume_session_id", "close_on_end", "window")
     CREATE_FIELD_NUMBER: _ClassVar[int]
     RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLOSE_ON_END_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
     create: CreateSessionRequest
     resume_session_id: str
     close_on_end: bool
-    def __init__(self, create: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., resume_session_id: _Optional[str] = ..., close_on_end: bool = ...) -> None: ...
+    window: int
+    def __init__(self, create: _Optional[_Union[CreateSessionRequest, _Mapping]] = ..., resume_session_id: _Optional[str] = ..., close_on_end: bool = ..., window: _Optional[int] = ...) -> None: ...
 
 class SessionStep(_message.Message):
     __slots__ = ("input", "step_number", "include")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import secrets
 import time
@@ -30,6 +31,8 @@ from lstm_server.core.validation import optional_state, step_input
 log = logging.getLogger(__name__)
 
 _CAS_ATTEMPTS = 8
+# The most steps a session stream may send ahead of their replies (and a session keeps replies of).
+MAX_STREAM_WINDOW = 64
 # Records this replica last wrote, kept to spare a step the read before its write (see step()).
 _RECENT_RECORDS = 4096
 
@@ -53,6 +56,33 @@ def check_session_id(session_id: str) -> None:
             f"is not a session id: ids have at most {MAX_ID_LENGTH} letters, digits, '-', '_' "
             "or '.'",
         )
+
+
+# Write ids: this process's random prefix and a count. Unique across replicas and attempts,
+# which is all a write id must be, without a trip to the OS's random source per step.
+_WRITER = secrets.token_hex(8)
+_writes = itertools.count()
+
+
+def new_write_id() -> str:
+    return f"{_WRITER}-{next(_writes):x}"
+
+
+def check_window(window: int, field: str) -> None:
+    """Refuse a stream window (steps sent before their replies are read) past the maximum."""
+    if window > MAX_STREAM_WINDOW:
+        raise InvalidInput.single(
+            field, f"is {window}; a stream keeps at most {MAX_STREAM_WINDOW} steps in flight"
+        )
+
+
+def kept_after(record: SessionRecord, window: int) -> tuple[AppliedStep, ...]:
+    """The steps a record about to take a new step keeps from ``record``: the latest
+    ``window - 1`` (with the state after each), so that with the new one it keeps ``window``."""
+    if window <= 1 or record.last_step is None:
+        return ()
+    last = replace(record.last_step, state=record.state)
+    return (*record.earlier_steps, last)[-(window - 1) :]
 
 
 def input_digest(x: Array) -> str:
@@ -251,8 +281,11 @@ class SessionService:
         *,
         owner: str = "",
         deadline: float | None = None,
+        window: int = 1,
     ) -> StepOutcome:
-        """Apply one step exactly once; a retry of the last applied step repeats its reply.
+        """Apply one step exactly once; a retry of the last applied step repeats its reply, and
+        so does a retry of any of the ``window`` latest steps (a stream that keeps that many in
+        flight).
 
         A step that follows one this replica wrote starts from the record it remembers and goes
         straight to the compare-and-set, one store round trip instead of two; if another writer
@@ -287,10 +320,11 @@ class SessionService:
                     step_count=applied,
                     revision=record.revision + 1,
                     expires_at=self._clock() + record.ttl_seconds,
-                    last_step=AppliedStep(applied, digest, result.sequence, secrets.token_hex(8)),
+                    last_step=AppliedStep(applied, digest, result.sequence, new_write_id()),
+                    earlier_steps=kept_after(record, window),
                 )
                 if await self._stored(updated, record.revision):
-                    self._remember(updated)
+                    self._remember(updated, with_steps=window > 1)
                     self._stepped(updated, replayed=False)
                     return StepOutcome(session_id, applied, result.sequence, result.state)
                 self._recent.pop(session_id, None)
@@ -313,10 +347,13 @@ class SessionService:
             return None
         return record
 
-    def _remember(self, record: SessionRecord) -> None:
-        # Without its last step's results (a step that applies never reads them): a remembered
-        # record costs its state, not its replies.
-        self._recent[record.session_id] = replace(record, last_step=None)
+    def _remember(self, record: SessionRecord, *, with_steps: bool = False) -> None:
+        # Without its steps' results unless a window of steps keeps them (a step that applies
+        # only reads them to carry them over): a remembered record costs its state, not its
+        # replies.
+        if not with_steps:
+            record = replace(record, last_step=None, earlier_steps=())
+        self._recent[record.session_id] = record
         self._recent.move_to_end(record.session_id)
         if len(self._recent) > _RECENT_RECORDS:
             self._recent.popitem(last=False)
@@ -358,9 +395,12 @@ class SessionService:
             )
 
     def _replay(self, record: SessionRecord, step_number: int, digest: str) -> StepOutcome | None:
-        last = record.last_step
-        if step_number == 0 or last is None or step_number != last.step_number:
+        if step_number == 0 or step_number > record.step_count:
             return None
+        kept = [step for step in record.kept_steps() if step.step_number == step_number]
+        if not kept:
+            return None
+        [last] = kept
         if last.input_digest != digest:
             raise StepConflict(
                 f"step {step_number} of session {record.session_id} was already applied with "
@@ -370,8 +410,9 @@ class SessionService:
                 expected_step_number=record.step_count + 1,
                 step_number=step_number,
             )
+        state = record.state if last.state is None else last.state
         return StepOutcome(
-            record.session_id, step_number, last.hidden_sequence, record.state, replayed=True
+            record.session_id, step_number, last.hidden_sequence, state, replayed=True
         )
 
     def _stepped(self, record: SessionRecord, *, replayed: bool) -> None:
@@ -394,6 +435,7 @@ class SessionService:
                     model_version=self.info.version,
                     expires_at=self._clock() + record.ttl_seconds,
                     last_step=None,
+                    earlier_steps=(),
                 )
                 if await self.store.compare_and_set(updated, expected_revision=record.revision):
                     self._remember(updated)

@@ -18,12 +18,13 @@ from lstm_server.core.types import Array, State
 
 @dataclass(frozen=True)
 class AppliedStep:
-    """The last step applied, kept so that a retry of it gets the same reply."""
+    """A step applied, kept so that a retry of it gets the same reply."""
 
     step_number: int
     input_digest: str
     hidden_sequence: Array  # every timestep's result (T, timestep_width), as the reply had it
-    write_id: str = ""  # random per attempt: tells a writer whether the stored step is its own
+    write_id: str = ""  # unique per attempt: tells a writer whether the stored step is its own
+    state: State | None = None  # the state after it; None for the last step (the record's)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,14 @@ class SessionRecord:
     owner: str = ""
     revision: int = 0
     last_step: AppliedStep | None = None
+    # Steps applied before ``last_step`` whose replies a stream with a window of steps in flight
+    # may still ask for again (oldest first, each with the state after it).
+    earlier_steps: tuple[AppliedStep, ...] = ()
+
+    def kept_steps(self) -> tuple[AppliedStep, ...]:
+        """Every step whose reply a retry repeats, oldest first."""
+        last = () if self.last_step is None else (self.last_step,)
+        return self.earlier_steps + last
 
 
 class SessionStore(Protocol):

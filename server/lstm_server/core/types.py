@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, fields
 
@@ -38,6 +39,12 @@ class LayerInfo:
     name: str
     units: int
     lstm: bool = False
+
+
+@functools.cache
+def _layer_slices(units: tuple[int, ...]) -> tuple[slice, ...]:
+    bounds = itertools.accumulate(units, initial=0)
+    return tuple(slice(a, b) for a, b in itertools.pairwise(bounds))
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,7 @@ class ModelInfo:
 
     def layer_slices(self) -> list[slice]:
         """Where each LSTM layer's part of a state (or of a timestep's result) lies."""
-        bounds = np.cumsum((0, *self.layer_units))
-        return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        return list(_layer_slices(self.layer_units))
 
     def hidden_columns(self) -> slice:
         """The top LSTM's hidden output within a timestep's result."""

@@ -19,4 +19,5 @@ class RuntimeOptions:
     chunk_timesteps: int = 128
     max_rows: int = 64
     xla: bool = True
+    compile_cache: Path | None = None  # XLA's persistent cache of compiled shapes
     fast_path: bool = True

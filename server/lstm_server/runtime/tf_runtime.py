@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from lstm_server.core.types import Array, ModelInfo
 from lstm_server.runtime.chain import Chain, load_chain
+from lstm_server.runtime.compiler import Compiled, Compiler, Priority, Shape
 from lstm_server.runtime.keras_model import (
     chain_info,
     default_chain,
@@ -128,31 +130,29 @@ class TfLstmRuntime:
         ]
         function = chain_function(chain, info)
 
-        # XLA compiles once per concrete shape (about 0.2 s each). Shapes not compiled yet run on
-        # the plain graph function, which takes any shape, while a background thread compiles them,
-        # so a new shape never stalls the calls queued behind it.
-        # Concrete functions, called with tensors: calling a tf.function with numpy arrays binds
-        # and converts its arguments on every call, which took longer than the XLA kernel itself
-        # (1.1 ms against 0.5 ms for one row of 100 timesteps of 128 units, in-process).
+        # Calling a tf.function with numpy arrays binds and converts its arguments on every
+        # call, which took longer than the XLA kernel itself (1.1 ms against 0.5 ms for one row
+        # of 100 timesteps of 128 units, in-process): they are called as concrete functions on
+        # tensors. Shapes not compiled yet run on the plain graph function, which takes any
+        # shape, while the compiler's thread compiles them (runtime/compiler.py).
         self._graph = tf.function(function, input_signature=signature).get_concrete_function()
+        self._compiler = Compiler()
         self._xla: ConcreteFunction | None = None
+        self._buckets: Compiled | None = None
         if xla:
             compiled = tf.function(function, input_signature=signature, jit_compile=True)
             self._xla = compiled.get_concrete_function()
-        self._compiled: set[tuple[int, int]] = set()
-        self._compiling: set[tuple[int, int]] = set()
+            self._buckets = Compiled(self._compiler, self._compile)
         # Unmasked, exact shapes (XLA only; not for models that mask their own content).
         self._exact: ConcreteFunction | None = None
+        self._exact_shapes: Compiled | None = None
         if xla and not chain.masks_content:
             self._exact = tf.function(
                 lambda x, h0, c0: function(x, None, h0, c0),
                 input_signature=[signature[0], signature[2], signature[3]],
                 jit_compile=True,
             ).get_concrete_function()
-        self._exact_compiled: set[tuple[int, int]] = set()
-        self._exact_compiling: set[tuple[int, int]] = set()
-        self.max_exact_shapes = max_exact_shapes
-        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xla-compile")
+            self._exact_shapes = Compiled(self._compiler, self._compile_exact, max_exact_shapes)
 
     def runs_inline(self, rows: int, timesteps: int) -> bool:
         """Whether this work takes the numpy path: cheaper than one TensorFlow call, and no
@@ -210,63 +210,87 @@ class TfLstmRuntime:
         s, h, c = _called(self._function_for((padded_rows, padded_span)), xp, mask, hp, cp)
         return s[:rows, :span], h[:rows], c[:rows]
 
-    def _function_for(self, shape: tuple[int, int]) -> ConcreteFunction:
-        if self._xla is None or shape in self._compiled:
-            return self._xla or self._graph
-        if shape not in self._compiling:
-            self._compiling.add(shape)
-            self._compiler.submit(self._compile, shape)
-        return self._graph
+    def _function_for(self, shape: Shape) -> ConcreteFunction:
+        if self._xla is None or self._buckets is None:
+            return self._graph
+        return self._xla if self._buckets.ready(shape) else self._graph
 
-    def _exact_ready(self, shape: tuple[int, int]) -> bool:
-        """Whether the unmasked function is compiled for ``shape``; if not, compile it in the
-        background (while fewer than ``max_exact_shapes`` are)."""
-        if self._exact is None or shape in self._exact_compiled:
-            return self._exact is not None
-        if (
-            shape not in self._exact_compiling
-            and len(self._exact_compiling) < self.max_exact_shapes
-        ):
-            self._exact_compiling.add(shape)
-            self._compiler.submit(self._compile_exact, shape)
-        return False
+    def _exact_ready(self, shape: Shape) -> bool:
+        """Whether the unmasked function is compiled for ``shape`` (if not, it is compiled in
+        the background, up to ``max_exact_shapes`` of them)."""
+        return self._exact_shapes is not None and self._exact_shapes.ready(shape)
 
-    def _compile_exact(self, shape: tuple[int, int]) -> None:
+    def _compile_exact(self, shape: Shape) -> None:
         assert self._exact is not None
         rows, span = shape
         state = np.zeros((rows, self.info.state_size), np.float32)
         _called(
             self._exact, np.zeros((rows, span, self.info.input_width), np.float32), state, state
         )
-        self._exact_compiled.add(shape)
 
-    def _compile(self, shape: tuple[int, int]) -> None:
+    def _compile(self, shape: Shape) -> None:
         assert self._xla is not None
         rows, span = shape
         state = np.zeros((rows, self.info.state_size), np.float32)
         x = np.zeros((rows, span, self.info.input_width), np.float32)
         _called(self._xla, x, np.ones((rows, span), bool), state, state)
-        self._compiled.add(shape)
 
     def close(self) -> None:
         """Stop the background compiler; a compilation under way finishes first."""
-        self._compiler.shutdown(wait=True, cancel_futures=True)
+        self._compiler.close()
+
+    def compiled_shapes(self) -> tuple[frozenset[Shape], frozenset[Shape]]:
+        """The masked buckets and the exact shapes compiled so far."""
+        buckets = frozenset() if self._buckets is None else self._buckets.shapes
+        exact = frozenset() if self._exact_shapes is None else self._exact_shapes.shapes
+        return buckets, exact
+
+    def wait_compiled(self, *, ahead: bool = False, timeout: float = 300.0) -> bool:
+        """Wait for the compilations calls asked for so far (and, if ``ahead``, those queued
+        ahead of traffic too)."""
+        return self._compiler.drain(Priority.AHEAD if ahead else Priority.NOW, timeout)
+
+    def _tensorflow_shapes(self) -> list[Shape]:
+        """Every bucket TensorFlow may run (those the numpy path does not take), the shapes of
+        one row first, then by rows, longest spans first."""
+        spans = [1 << i for i in range(self.chunk_timesteps.bit_length())]
+        rows = [1 << i for i in range(self.max_rows.bit_length())]
+        return [
+            (r, s)
+            for r in rows
+            for s in reversed(spans)
+            if self.fast is None or not self.runs_inline(r, s)
+        ]
 
     def warm_up(self) -> float:
-        """Compile the common shapes (one row of each length, many rows of one step)."""
+        """Compile what a call may meet first, then queue the rest to compile in the background.
+
+        Before serving: the one-step bucket (which calibration measures), then every bucket of
+        one row that TensorFlow runs rather than numpy. In the background, ahead of traffic:
+        every batch bucket TensorFlow runs, so that a new server is soon as fast as a warm one
+        on batched traffic too (a call that meets a shape first still moves it ahead)."""
         began = time.perf_counter()
-        spans = [1 << i for i in range(self.chunk_timesteps.bit_length())]
-        rows = [1 << i for i in range(1, self.max_rows.bit_length())]
-        shapes = [(1, s) for s in spans] + [(r, 1) for r in rows]
         state = np.zeros((1, self.info.state_size), np.float32)
         x = np.zeros((1, 1, self.info.input_width), np.float32)
         _called(self._graph, x, np.ones((1, 1), bool), state, state)  # the fallback, once
-        if self._xla is not None:
-            for shape in shapes:
-                self._compile(shape)
-        elapsed = time.perf_counter() - began
-        log.info("warmed up %d shapes in %.2f s", len(shapes), elapsed)
+        if self._buckets is None:
+            self.calibrate()
+            return time.perf_counter() - began
+        self._buckets.compile_now((1, 1))
         self.calibrate()
+        shapes = self._tensorflow_shapes()
+        now = [shape for shape in shapes if shape[0] == 1]
+        for shape in now:
+            self._buckets.compile_now(shape)
+        for shape in shapes:
+            self._buckets.ready(shape, priority=Priority.AHEAD)
+        elapsed = time.perf_counter() - began
+        log.info(
+            "compiled %d shapes in %.2f s; %d more in the background",
+            len(self._buckets.shapes),
+            elapsed,
+            len(shapes) - len(now),
+        )
         return elapsed
 
     def calibrate(self) -> None:
@@ -302,8 +326,20 @@ class TfLstmRuntime:
         )
 
 
+def use_compile_cache(directory: Path) -> None:
+    """Have XLA keep what it compiles in ``directory`` and load it from there on the next start
+    (its persistent cache, keyed by the compiled program: a changed model never hits an old
+    entry). TensorFlow reads ``TF_XLA_FLAGS`` when it first compiles."""
+    directory.mkdir(parents=True, exist_ok=True)
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
+    log.info("XLA compile cache in %s", directory)
+
+
 def load_runtime(options: RuntimeOptions) -> TfLstmRuntime:
     """Load the user's model (or build the seeded default), optionally save it, and compile it."""
+    if options.compile_cache is not None:
+        use_compile_cache(options.compile_cache)
     if options.model is not None:
         chain = load_chain(options.model)
     else:

@@ -181,9 +181,12 @@ class MemorySessionStore:
 
 def record_bytes(record: SessionRecord) -> int:
     """What a session holds in memory: its arrays and a fixed allowance for the rest."""
-    last = record.last_step
     held = record.state.h.nbytes + record.state.c.nbytes
-    return held + (0 if last is None else last.hidden_sequence.nbytes) + 1024
+    for step in record.kept_steps():
+        held += step.hidden_sequence.nbytes
+        if step.state is not None:
+            held += step.state.h.nbytes + step.state.c.nbytes
+    return held + 1024
 
 
 def too_many_sessions(max_sessions: int) -> LimitExceeded:

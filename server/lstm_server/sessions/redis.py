@@ -2,7 +2,8 @@
 
 Layout (``prefix`` defaults to ``lstm:``):
 - ``{prefix}session:{id}``: a hash with the state as float32 bytes, the step count, revision,
-  model version, owner and the last applied step; it carries a Redis TTL of the session's TTL;
+  model version, owner and the last applied step (and, for a stream with a window of steps in
+  flight, the steps before it, packed in one field); it carries a Redis TTL of the session's TTL;
 - ``{prefix}sessions``: a sorted set of live ids scored by expiry time, for the cap and reaping;
 - ``{prefix}ended:{id}``: why a session ended ("closed" or "expired"), kept for a day.
 
@@ -12,6 +13,7 @@ revision, and two replicas racing on one step apply it once. No pickle: only num
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -70,7 +72,8 @@ return 1
 # field/value pairs.
 _COMPARE_AND_SET = """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], 'last_step', 'last_digest', 'last_hidden', 'last_shape', 'last_write')
+redis.call('HDEL', KEYS[1], 'last_step', 'last_digest', 'last_hidden', 'last_shape', 'last_write',
+  'earlier')
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
@@ -112,7 +115,38 @@ def _encode(record: SessionRecord) -> list[Any]:
             "last_shape": ",".join(map(str, hidden.shape)),
             "last_write": record.last_step.write_id,
         }
+    if record.earlier_steps:
+        fields["earlier"] = _packed(record.earlier_steps)
     return [item for pair in fields.items() for item in pair]
+
+
+def _packed(steps: tuple[AppliedStep, ...]) -> bytes:
+    """Steps with their states as one value: the length of a JSON header (numbers, digests,
+    shapes), the header, then the float32 bytes of each step's outputs, h and c in order."""
+    header: list[list[Any]] = []
+    arrays: list[np.ndarray] = []
+    for step in steps:
+        assert step.state is not None
+        hidden = np.ascontiguousarray(step.hidden_sequence, np.float32)
+        header.append([step.step_number, step.input_digest, step.write_id, *hidden.shape])
+        arrays += [hidden, step.state.h.astype(np.float32), step.state.c.astype(np.float32)]
+    head = json.dumps(header).encode()
+    return b"%d\n" % len(head) + head + b"".join(a.tobytes() for a in arrays)
+
+
+def _unpacked(blob: bytes, state_size: int) -> tuple[AppliedStep, ...]:
+    length, _, rest = blob.partition(b"\n")
+    header = json.loads(rest[: int(length)])
+    values = np.frombuffer(rest[int(length) :], np.float32)
+    steps = []
+    at = 0
+    for number, digest, write_id, rows, columns in header:
+        hidden = values[at : at + rows * columns].reshape(rows, columns)
+        at += rows * columns
+        h, c = values[at : at + state_size], values[at + state_size : at + 2 * state_size]
+        at += 2 * state_size
+        steps.append(AppliedStep(number, digest, hidden, write_id, State(h, c)))
+    return tuple(steps)
 
 
 def _decode(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
@@ -126,9 +160,11 @@ def _decode(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
             np.frombuffer(f["last_hidden"], np.float32).reshape(shape),
             f.get("last_write", b"").decode(),
         )
+    state = State(np.frombuffer(f["h"], np.float32), np.frombuffer(f["c"], np.float32))
+    earlier = _unpacked(f["earlier"], state.h.size) if b"earlier" in raw else ()
     return SessionRecord(
         session_id=session_id,
-        state=State(np.frombuffer(f["h"], np.float32), np.frombuffer(f["c"], np.float32)),
+        state=state,
         step_count=int(f["step_count"]),
         model_version=f["model_version"].decode(),
         ttl_seconds=int(f["ttl_seconds"]),
@@ -136,6 +172,7 @@ def _decode(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
         owner=f["owner"].decode(),
         revision=int(f["revision"]),
         last_step=last,
+        earlier_steps=earlier,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import os
 from pathlib import Path
@@ -46,6 +47,18 @@ def _from_array(d: Any, what: str, dims: int) -> np.ndarray:
     return array
 
 
+def _step_out(step: AppliedStep) -> dict[str, Any]:
+    out = {
+        "step_number": step.step_number,
+        "input_digest": step.input_digest,
+        "hidden_sequence": _array(step.hidden_sequence),
+        "write_id": step.write_id,
+    }
+    if step.state is not None:
+        out |= {"h": _array(step.state.h), "c": _array(step.state.c)}
+    return out
+
+
 def _encode(r: SessionRecord) -> dict[str, Any]:
     last = r.last_step
     return {
@@ -58,14 +71,8 @@ def _encode(r: SessionRecord) -> dict[str, Any]:
         "expires_at": r.expires_at,
         "owner": r.owner,
         "revision": r.revision,
-        "last_step": None
-        if last is None
-        else {
-            "step_number": last.step_number,
-            "input_digest": last.input_digest,
-            "hidden_sequence": _array(last.hidden_sequence),
-            "write_id": last.write_id,
-        },
+        "last_step": None if last is None else _step_out(last),
+        "earlier_steps": [_step_out(step) for step in r.earlier_steps],
     }
 
 
@@ -94,22 +101,19 @@ def _decode(d: Any, what: str) -> SessionRecord:
     last = d.get("last_step")
     last_step = None
     if last is not None:
-        if not isinstance(last, dict):
-            raise ValueError(f"{what}.last_step is not an object")
-        hidden = _from_array(last.get("hidden_sequence"), f"{what}.last_step.hidden_sequence", 2)
-        if hidden.shape[1] < h.size:  # every LSTM's hidden output, then any output layers'
-            raise ValueError(
-                f"{what}.last_step has {hidden.shape[1]} values per timestep, fewer than the "
-                f"state's {h.size}"
-            )
-        number = _field(last, "step_number", int, f"{what}.last_step")
-        if number != counts["step_count"]:
-            raise ValueError(f"{what}.last_step is step {number}, not the last one applied")
-        digest = _field(last, "input_digest", str, f"{what}.last_step")
-        write_id = last.get("write_id", "")
-        if not isinstance(write_id, str):
-            raise ValueError(f"{what}.last_step.write_id is not a string")
-        last_step = AppliedStep(number, digest, hidden, write_id)
+        last_step = _step_in(last, f"{what}.last_step", h.size, with_state=False)
+        if last_step.step_number != counts["step_count"]:
+            raise ValueError(f"{what}.last_step is not the last step applied")
+    earlier = d.get("earlier_steps", [])
+    if not isinstance(earlier, list) or (earlier and last_step is None):
+        raise ValueError(f"{what}.earlier_steps is not a list of steps before the last")
+    earlier_steps = tuple(
+        _step_in(step, f"{what}.earlier_steps[{i}]", h.size, with_state=True)
+        for i, step in enumerate(earlier)
+    )
+    numbers = [step.step_number for step in earlier_steps] + [counts["step_count"]]
+    if any(a >= b for a, b in itertools.pairwise(numbers)):
+        raise ValueError(f"{what}.earlier_steps are not in order before the last step")
     return SessionRecord(
         session_id=session_id,
         state=State(h, c),
@@ -120,7 +124,33 @@ def _decode(d: Any, what: str) -> SessionRecord:
         owner=_field(d, "owner", str, what),
         revision=counts["revision"],
         last_step=last_step,
+        earlier_steps=earlier_steps,
     )
+
+
+def _step_in(d: Any, what: str, state_size: int, *, with_state: bool) -> AppliedStep:
+    """A kept step, checked: its outputs hold at least the state's values per timestep, and an
+    earlier step carries the state after it."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} is not an object")
+    hidden = _from_array(d.get("hidden_sequence"), f"{what}.hidden_sequence", 2)
+    if hidden.shape[1] < state_size:  # every LSTM's hidden output, then any output layers'
+        raise ValueError(
+            f"{what} has {hidden.shape[1]} values per timestep, fewer than the state's {state_size}"
+        )
+    number = _field(d, "step_number", int, what)
+    digest = _field(d, "input_digest", str, what)
+    write_id = d.get("write_id", "")
+    if not isinstance(write_id, str):
+        raise ValueError(f"{what}.write_id is not a string")
+    state = None
+    if with_state:
+        h = _from_array(d.get("h"), f"{what}.h", 1)
+        c = _from_array(d.get("c"), f"{what}.c", 1)
+        if h.size != state_size or c.size != state_size:
+            raise ValueError(f"{what}: h and c do not have the state's {state_size} values")
+        state = State(h, c)
+    return AppliedStep(number, digest, hidden, write_id, state)
 
 
 def write_snapshot(path: Path, records: list[SessionRecord]) -> None:

@@ -23,7 +23,7 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 
 from lstm_server.core.errors import InvalidInput, ModelNotReady, ServingError, SessionNotFound
 from lstm_server.core.inference import InferenceService
-from lstm_server.core.sessions import SessionInfo, SessionService
+from lstm_server.core.sessions import SessionInfo, SessionService, check_window
 from lstm_server.core.types import Limits
 from lstm_server.transport import converters as conv
 from lstm_server.transport import wire
@@ -31,6 +31,7 @@ from lstm_server.transport.auth import principal
 from lstm_server.transport.errors import rpc_status
 from lstm_server.transport.limits import check_reply_bytes
 from lstm_server.transport.observation import StepObserver, timed_step
+from lstm_server.transport.read_ahead import read_ahead
 from lstm_server.transport.traced import RpcTracer
 
 T = TypeVar("T")
@@ -157,13 +158,22 @@ class LstmServicer:
         opening = (await _read(wire.stream_message, first, sessions.limits)).open
         if opening is None:
             raise InvalidInput.single("open", "the first message of a stream must open a session")
+        check_window(opening.window, "open.window")
         if opening.WhichOneof("target") == "resume_session_id":
             session = await sessions.get(opening.resume_session_id, owner=principal())
         else:
             session = await self._create(opening.create)
         yield pb.SessionStreamResponse(session=self._session_out(session)).SerializeToString()
-        async for message in request_iterator:
-            yield await self._stream_step(session.session_id, message)
+        # Steps are read ahead of the one being applied (as many as the window sends before
+        # reading replies, within the bytes of one largest message), and applied in order.
+        steps = read_ahead(
+            request_iterator,
+            count=max(opening.window, 1),
+            budget_bytes=sessions.limits.max_message_bytes,
+        )
+        async with contextlib.aclosing(steps):
+            async for message in steps:
+                yield await self._stream_step(session.session_id, message, opening.window)
         # Only a client that ends the stream ends a close_on_end session. A stream cut by the
         # network or by a server shutdown (whose streams end as if their clients had ended
         # them) leaves it for a resume; its TTL still runs.
@@ -171,7 +181,7 @@ class LstmServicer:
             with contextlib.suppress(SessionNotFound):
                 await sessions.close(session.session_id, owner=principal())
 
-    async def _stream_step(self, session_id: str, message: bytes) -> bytes:
+    async def _stream_step(self, session_id: str, message: bytes, window: int) -> bytes:
         """One step of a stream; a refused step is answered in-band and the stream goes on."""
         spanned = (
             contextlib.nullcontext()
@@ -180,11 +190,11 @@ class LstmServicer:
         )
         try:
             with spanned, self._step("StreamSession"):
-                return await self._applied_stream_step(session_id, message)
+                return await self._applied_stream_step(session_id, message, window)
         except ServingError as error:
             return pb.SessionStreamResponse(error=rpc_status(error)).SerializeToString()
 
-    async def _applied_stream_step(self, session_id: str, message: bytes) -> bytes:
+    async def _applied_stream_step(self, session_id: str, message: bytes, window: int) -> bytes:
         sessions = self._core.sessions
         step = (await _read(wire.stream_message, message, sessions.limits)).step
         if step is None:
@@ -192,7 +202,9 @@ class LstmServicer:
         selection = wire.selection(step.include)
         size = wire.step_reply_bytes(step.input, sessions.info, selection)
         check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
-        outcome = await sessions.step(session_id, step.input, step.step_number, owner=principal())
+        outcome = await sessions.step(
+            session_id, step.input, step.step_number, owner=principal(), window=window
+        )
         replies = wire.Replies(sessions.info, selection)
         return await _converted(size > OFF_LOOP_BYTES, replies.stream_step_response, outcome)
 

@@ -165,6 +165,8 @@ def _uniform(buf: bytes, start: int, end: int, limit: int) -> tuple[int, int, in
     if (end - start) % stride:
         return None
     steps = (end - start) // stride
+    if steps == 1:
+        return steps, header, count
     checked = min(steps, limit + 1)
     rows = np.frombuffer(buf, np.uint8, checked * stride, start).reshape(checked, stride)
     if not (rows[:, :header] == rows[0, :header]).all():
