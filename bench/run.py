@@ -65,6 +65,7 @@ class Process:
             env={**os.environ, **(env or {})},
         )
         self.startup = self._wait(health) - began
+        self.settled = self.startup  # seconds from launch to idle, once settle() has said
 
     def _wait(self, health: bool) -> float:
         """Poll as a readiness probe does, on a new connection each time: lstm-server opens its
@@ -87,6 +88,24 @@ class Process:
             time.sleep(0.05)
         raise TimeoutError(self.target)
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the process has used (Linux)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def settle(self, timeout: float = 300.0) -> float:
+        """Wait until the process is idle (under 2% of a core over a second): a server that
+        compiles shapes ahead of traffic after SERVING is done with them. Returns the wait."""
+        began = time.perf_counter()
+        used = self.cpu_seconds()
+        while time.perf_counter() - began < timeout:
+            time.sleep(1.0)
+            now = self.cpu_seconds()
+            if now - used < 0.02:
+                break
+            used = now
+        return time.perf_counter() - began
+
     def rss_mb(self) -> float:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
@@ -100,6 +119,15 @@ class Process:
 
 
 def lstm_server(*args: str, env: dict[str, str] | None = None) -> Process:
+    """A server, started once the ones before it are idle, and left when it is idle in turn: its
+    start is measured on an otherwise idle machine, and no measurement meets its background
+    compilation."""
+    server = _lstm_process(*args, env=env)
+    server.settled = server.startup + server.settle()
+    return server
+
+
+def _lstm_process(*args: str, env: dict[str, str] | None = None) -> Process:
     return Process(
         [
             sys.executable,
@@ -337,6 +365,11 @@ def measure(rounds: int, seconds: float, with_peer: bool = True) -> dict:
         "32 features, 128 units": big.startup,
         "2 x 128-unit stack + Dense(64)": stack.startup,
     }
+    settled = {
+        "tiny (1 feature, 1 unit)": tiny.settled,
+        "32 features, 128 units": big.settled,
+        "2 x 128-unit stack + Dense(64)": stack.settled,
+    }
     tiny_request = bench.predict_request(1, 3, 1)
     big_request = bench.predict_request(32, 100, 1)
     opening, step = bench.session_messages(32, 1)
@@ -500,6 +533,7 @@ def measure(rounds: int, seconds: float, with_peer: bool = True) -> dict:
         "per_round": per_round,
         "memory_mb": (before, after),
         "startup_s": startups,
+        "settled_s": settled,
         "peer_startup_s": None if peer is None else peer.startup,
         "keras": {"tiny": keras_runs[0], "big": keras_runs[1]},
         "rounds": rounds,
@@ -598,7 +632,8 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
         ),
         (
             "7. process start to SERVING, warm-up included (slowest of the servers started)",
-            f"{startup:.1f} s",
+            f"{startup:.1f} s (every shape compiled, the server idle, after "
+            f"{max(data['settled_s'].values()):.1f} s)",
             "<= 10 s",
             ok(startup <= 10),
         ),

@@ -13,6 +13,7 @@ with it); and each session store operation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -82,7 +83,7 @@ class Tracing:
         finally:
             with contextlib.suppress(ValueError):  # a stream closed from elsewhere
                 otel_context.detach(token)
-            span.end()
+            _end_soon(span)
 
     @staticmethod
     def current_trace_id() -> str | None:
@@ -147,6 +148,17 @@ class Tracing:
     def shutdown(self) -> None:
         """Send what is buffered, then stop."""
         self.provider.shutdown()
+
+
+def _end_soon(span: Any) -> None:
+    """End ``span`` now, but hand it to the span processor on the event loop's next turn, once
+    the reply is on its way: a span's bookkeeping (its copy, the export queue) is then off the
+    call's path. Outside an event loop, at once."""
+    ended = time.time_ns()
+    try:
+        asyncio.get_running_loop().call_soon(span.end, ended)
+    except RuntimeError:
+        span.end(ended)
 
 
 def _ns(seconds: float) -> int:

@@ -67,7 +67,7 @@ async def test_the_path_is_decided_once_per_call(rng) -> None:
     scheduler.start()
     await scheduler.run([row(rng)])
     await scheduler.stop()
-    assert runtime.asked == 2  # once before queueing (skip the queue?), once for the batch
+    assert runtime.asked == 1  # a request that finds the runtime idle skips the queue
     assert runtime.calls == [("run", 1)]
 
     inline = NumpyRuntime(inline=True)

@@ -80,7 +80,8 @@ class BatchTracer(Protocol):
         rows: int,
     ) -> None:  # fmt: skip
         """A model call of ``rows`` rows from the requests ``callers``, which joined the queue at
-        ``queued_at``; wall-clock times (``time.time()``)."""
+        ``queued_at``; wall-clock times (``time.time()``). Told once the requests have their
+        results, so that recording it is off their path."""
         ...
 
 
@@ -133,16 +134,9 @@ class BatchScheduler:
         """Run rows (each alone, as far as results go); ``deadline`` is a ``time.monotonic()``."""
         if self._closed:
             raise ModelNotReady("the server is shutting down", reason="SHUTTING_DOWN")
-        if not self._busy and not self._queue and self._inline(rows):
-            # Nothing to batch with and microseconds of work: run it here, skipping the queue.
-            started, wall = time.monotonic(), time.time()
-            results = _run_rows(self.runtime.run_inline, rows)
-            self._observe(rows, [0.0], started)
-            if self._tracer is not None:
-                self._tracer.batch_ran(
-                    [self._tracer.capture()], [wall], wall, time.time(), len(rows)
-                )
-            return results
+        if not self._busy and not self._queue:
+            # Nothing to batch with: run it now, skipping the queue and the worker's turn.
+            return await self._run_alone(rows)
         future: asyncio.Future[list[RowResult]] = asyncio.get_running_loop().create_future()
         pending = _Pending(rows, future, time.monotonic(), deadline)
         if self._tracer is not None:
@@ -151,12 +145,40 @@ class BatchScheduler:
         self._wakeup.set()
         return await future
 
+    async def _run_alone(self, rows: Sequence[Row]) -> list[RowResult]:
+        """Rows of a request that found the runtime idle: microseconds of numpy work run here,
+        the rest on the runtime's thread; requests that come meanwhile queue for the worker."""
+        loop = asyncio.get_running_loop()
+        started, wall = time.monotonic(), time.time()
+        if self._inline(rows):
+            results = _run_rows(self.runtime.run_inline, rows)
+        else:
+            self._busy = True
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, _run_rows, self.runtime.run, rows
+                )
+            except Exception:
+                log.exception("model execution failed")
+                raise
+            finally:
+                self._busy = False
+                if self._queue:
+                    self._wakeup.set()
+        self._observe(rows, [0.0], started)
+        if self._tracer is not None:  # recorded once the caller has gone on
+            loop.call_soon(
+                self._tracer.batch_ran,
+                [self._tracer.capture()], [wall], wall, time.time(), len(rows),
+            )  # fmt: skip
+        return results
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
+            while self._queue and not self._busy:  # a request running alone wakes us after
                 batch = self._take_batch()
                 if not batch:
                     continue
@@ -203,15 +225,8 @@ class BatchScheduler:
                 results = await loop.run_in_executor(
                     self._executor, _run_rows, self.runtime.run, rows
                 )
+            ended = time.time()
             self._observe(rows, [started - item.enqueued for item in batch], started)
-            if self._tracer is not None:
-                self._tracer.batch_ran(
-                    [item.trace for item in batch],
-                    [item.queued_at for item in batch],
-                    wall,
-                    time.time(),
-                    len(rows),
-                )
         except Exception as exc:
             log.exception("model execution failed")
             for item in batch:
@@ -223,6 +238,15 @@ class BatchScheduler:
             if not item.future.done():
                 item.future.set_result(results[offset : offset + len(item.rows)])
             offset += len(item.rows)
+        if self._tracer is not None:  # after the requests' own wake-ups: off their path
+            loop.call_soon(
+                self._tracer.batch_ran,
+                [item.trace for item in batch],
+                [item.queued_at for item in batch],
+                wall,
+                ended,
+                len(rows),
+            )
 
     def _observe(self, rows: Sequence[Row], waits: list[float], started: float) -> None:
         if self._observer is None:

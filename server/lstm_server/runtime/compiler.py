@@ -1,16 +1,19 @@
 """Compiling shapes in the background, most wanted first.
 
 XLA compiles once per concrete shape (tenths of a second each). Calls never wait for it: a shape
-not compiled yet runs on a slower function that takes any shape while one thread compiles it.
-Shapes that calls are meeting now come before shapes compiled ahead of traffic.
+not compiled yet runs on a slower function that takes any shape while a thread compiles it.
+Shapes that calls are meeting now are compiled at once; shapes compiled ahead of traffic only
+take what CPU serving leaves.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from enum import IntEnum
 
@@ -64,37 +67,62 @@ class Compiled:
         return frozenset(self._ready)
 
 
-class Compiler:
-    """One thread that runs compilations in order of priority, then of submission."""
+class _Worker:
+    """A thread that runs jobs in order, at ``niceness`` (Linux: a thread's own nice value)."""
 
-    def __init__(self) -> None:
-        self._jobs: queue.PriorityQueue[tuple[int, int, Callable[[], None] | None]] = (
-            queue.PriorityQueue()
-        )
-        self._order = itertools.count()
-        self._thread = threading.Thread(target=self._work, name="xla-compile", daemon=True)
+    def __init__(self, name: str, niceness: int) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._niceness = niceness
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[], None], priority: Priority) -> None:
-        self._jobs.put((priority, next(self._order), job))
-
-    def drain(self, priority: Priority, timeout: float) -> bool:
-        """Wait until every compilation of ``priority`` or a higher one queued so far is done."""
-        done = threading.Event()
-        self.submit(done.set, priority)
-        return done.wait(timeout)
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
 
     def _work(self) -> None:
-        while True:
-            _, _, job = self._jobs.get()
-            if job is None:
-                return
+        if self._niceness:
+            with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._niceness)
+        while (job := self._jobs.get()) is not None:
             try:
                 job()
             except Exception:  # a shape that fails to compile keeps running on the fallback
                 log.exception("compiling a shape failed")
 
-    def close(self) -> None:
-        """Stop: a compilation under way finishes, queued ones are dropped."""
-        self._jobs.put((-1, -1, None))
+    def drain(self, timeout: float) -> bool:
+        done = threading.Event()
+        self.submit(done.set)
+        return done.wait(timeout)
+
+    def close(self, *, drop: bool) -> None:
+        if drop:  # what is queued is not compiled
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._jobs.get_nowait()
+        self._jobs.put(None)
         self._thread.join()
+
+
+class Compiler:
+    """Two threads: one compiles the shapes calls meet, at once; the other compiles shapes ahead
+    of traffic at the lowest CPU priority, so that it takes only cycles serving leaves idle (a
+    new server compiling its batch buckets answers as fast as an idle one)."""
+
+    def __init__(self) -> None:
+        self._now = _Worker("xla-compile", 0)
+        self._ahead = _Worker("xla-compile-ahead", 19)
+
+    def submit(self, job: Callable[[], None], priority: Priority) -> None:
+        (self._now if priority is Priority.NOW else self._ahead).submit(job)
+
+    def drain(self, priority: Priority, timeout: float) -> bool:
+        """Wait until every compilation of ``priority`` or a higher one queued so far is done."""
+        began = time.monotonic()
+        if priority is Priority.AHEAD and not self._ahead.drain(timeout):
+            return False
+        return self._now.drain(max(0.0, timeout - (time.monotonic() - began)))
+
+    def close(self) -> None:
+        """Stop: compilations under way finish, queued ones are dropped."""
+        self._ahead.close(drop=True)
+        self._now.close(drop=True)

@@ -1,0 +1,86 @@
+"""The background compiler: shapes calls meet are compiled at once, others ahead of traffic at
+the lowest CPU priority, each shape once."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+from lstm_server.runtime.compiler import Compiled, Compiler, Priority, Shape
+
+
+class Recorder:
+    """A compile function that records shapes and the thread that compiled them, and can be
+    held until released."""
+
+    def __init__(self) -> None:
+        self.compiled: list[tuple[Shape, str]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.held = threading.Event()
+
+    def __call__(self, shape: Shape) -> None:
+        self.held.set()
+        assert self.release.wait(30)
+        self.compiled.append((shape, threading.current_thread().name))
+
+
+@pytest.fixture
+def compiler() -> Iterator[Compiler]:
+    made = Compiler()
+    yield made
+    made.close()
+
+
+def test_a_shape_is_compiled_once_in_the_background(compiler: Compiler) -> None:
+    compile = Recorder()
+    shapes = Compiled(compiler, compile)
+    assert not shapes.ready((1, 8))  # the caller runs on the fallback meanwhile
+    assert not shapes.ready((1, 8))
+    assert compiler.drain(Priority.NOW, 30)
+    assert shapes.ready((1, 8))
+    assert compile.compiled == [((1, 8), "xla-compile")]
+    assert shapes.shapes == {(1, 8)}
+
+
+def test_shapes_calls_meet_do_not_wait_behind_those_compiled_ahead(compiler: Compiler) -> None:
+    compile = Recorder()
+    shapes = Compiled(compiler, compile)
+    compile.release.clear()
+    shapes.ready((64, 128), priority=Priority.AHEAD)
+    assert compile.held.wait(30)  # the ahead thread is busy with a long compilation
+    shapes.ready((2, 128), priority=Priority.AHEAD)
+    shapes.ready((2, 128))  # a call met it: moved to the thread that compiles at once
+    compile.release.set()
+    assert compiler.drain(Priority.AHEAD, 30)
+    assert ((2, 128), "xla-compile") in compile.compiled
+    assert [shape for shape, _ in compile.compiled].count((2, 128)) == 1  # compiled once
+    assert shapes.shapes == {(64, 128), (2, 128)}
+
+
+def test_at_most_limit_shapes_are_ever_compiled(compiler: Compiler) -> None:
+    compile = Recorder()
+    shapes = Compiled(compiler, compile, limit=2)
+    for span in (1, 2, 3):
+        shapes.ready((1, span))
+    assert compiler.drain(Priority.NOW, 30)
+    assert shapes.shapes == {(1, 1), (1, 2)}
+    assert not shapes.ready((1, 3))
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread priorities are Linux's")
+def test_compiling_ahead_runs_at_the_lowest_priority(compiler: Compiler) -> None:
+    seen: dict[str, int] = {}
+
+    def note() -> None:
+        seen[threading.current_thread().name] = os.getpriority(
+            os.PRIO_PROCESS, threading.get_native_id()
+        )
+
+    compiler.submit(note, Priority.AHEAD)
+    compiler.submit(note, Priority.NOW)
+    assert compiler.drain(Priority.AHEAD, 30)
+    assert seen["xla-compile-ahead"] == 19
+    assert seen["xla-compile"] == os.getpriority(os.PRIO_PROCESS, 0)
