@@ -695,8 +695,6 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
                 "-",
             ),
         ]
-    if "peer_tiny" in pr:
-        rows += peer_rows(pr)
     t12 = [sdk_w / sdk_1 for sdk_1, sdk_w, *_ in pr["t12"]]
     t12_raw = [raw_w / raw_1 for _, _, raw_1, raw_w, _, _ in pr["t12"]]
     t12_floor = [echo_w / echo_1 for *_, echo_1, echo_w in pr["t12"]]
@@ -713,6 +711,8 @@ def summarize(data: dict) -> tuple[list[tuple[str, str, str, str]], dict]:
             ok(median(t12) >= 3),
         )
     )
+    if "peer_tiny" in pr:
+        rows += peer_rows(pr)
     return rows, levels
 
 
