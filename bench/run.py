@@ -122,13 +122,7 @@ def lstm_server(*args: str, env: dict[str, str] | None = None) -> Process:
     """A server, started once the ones before it are idle, and left when it is idle in turn: its
     start is measured on an otherwise idle machine, and no measurement meets its background
     compilation."""
-    server = _lstm_process(*args, env=env)
-    server.settled = server.startup + server.settle()
-    return server
-
-
-def _lstm_process(*args: str, env: dict[str, str] | None = None) -> Process:
-    return Process(
+    server = Process(
         [
             sys.executable,
             "-m",
@@ -147,6 +141,8 @@ def _lstm_process(*args: str, env: dict[str, str] | None = None) -> Process:
         ],
         env=env,
     )
+    server.settled = server.startup + server.settle()
+    return server
 
 
 def redis_server() -> tuple[subprocess.Popen | None, str]:

@@ -166,11 +166,9 @@ class BatchScheduler:
                 if self._queue:
                     self._wakeup.set()
         self._observe(rows, [0.0], started)
-        if self._tracer is not None:  # recorded once the caller has gone on
-            loop.call_soon(
-                self._tracer.batch_ran,
-                [self._tracer.capture()], [wall], wall, time.time(), len(rows),
-            )  # fmt: skip
+        if self._tracer is not None:
+            traces = [self._tracer.capture()]
+            self._trace_later(loop, traces, [wall], wall, time.time(), len(rows))
         return results
 
     async def _work(self) -> None:
@@ -238,15 +236,19 @@ class BatchScheduler:
             if not item.future.done():
                 item.future.set_result(results[offset : offset + len(item.rows)])
             offset += len(item.rows)
-        if self._tracer is not None:  # after the requests' own wake-ups: off their path
-            loop.call_soon(
-                self._tracer.batch_ran,
-                [item.trace for item in batch],
-                [item.queued_at for item in batch],
-                wall,
-                ended,
-                len(rows),
-            )
+        if self._tracer is not None:  # after the requests' own wake-ups
+            traces = [item.trace for item in batch]
+            queued = [item.queued_at for item in batch]
+            self._trace_later(loop, traces, queued, wall, ended, len(rows))
+
+    def _trace_later(
+        self, loop: asyncio.AbstractEventLoop, traces: list[object], queued_at: list[float],
+        started: float, ended: float, rows: int,
+    ) -> None:  # fmt: skip
+        """Tell the tracer of a model call on the loop's next turn, once its requests have gone
+        on with their results: recording it is then off their path."""
+        assert self._tracer is not None
+        loop.call_soon(self._tracer.batch_ran, traces, queued_at, started, ended, rows)
 
     def _observe(self, rows: Sequence[Row], waits: list[float], started: float) -> None:
         if self._observer is None:
