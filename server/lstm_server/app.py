@@ -21,7 +21,7 @@ from lstm_server.core.scheduler import BatchScheduler, Runtime
 from lstm_server.core.sessions import SessionService
 from lstm_server.core.store import SessionStore
 from lstm_server.metrics import Metrics
-from lstm_server.process import ensure_free, in_daemon_thread
+from lstm_server.process import ensure_free, freeze_startup_objects, in_daemon_thread
 from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.sessions import open_store
 from lstm_server.sessions.observed import ObservedStore, StoreObserver
@@ -215,6 +215,7 @@ class LstmServer:
         if self.runtime is None:
             log.info("loading the model")
             self.runtime = await in_daemon_thread(load_runtime, s.runtime)
+        log.info("%d start-up objects left out of garbage collection", freeze_startup_objects())
         self.metrics.set_model(self.runtime.info)
         self.metrics.set_limits(s.limits.exported())
         self.scheduler = BatchScheduler(

@@ -1,5 +1,6 @@
 """Process-wide matters: checking the port before the model loads, loading it on a thread that
-does not hold up an exit, and the allocator tuning the server applies once serving.
+does not hold up an exit, keeping start-up's objects out of the garbage collector's passes, and
+the allocator tuning the server applies once serving.
 
 Requests and replies of megabytes pass through the server. glibc's allocator raises its mmap
 threshold after the first such buffer is freed, and from then on serves them from its heaps,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import socket
@@ -44,6 +46,16 @@ def return_large_buffers_to_the_system() -> bool:
     done = bool(mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES))
     log.debug("mmap threshold fixed at %d bytes: %s", LARGE_BUFFER_BYTES, done)
     return done
+
+
+def freeze_startup_objects() -> int:
+    """Collect once, then leave every object alive now out of later collections; returns how
+    many. TensorFlow, Keras and the model leave some 330,000 objects that live as long as the
+    process; a full collection walked them all, 175 ms here, stalling every call in flight
+    about once in a few seconds under load. Objects freed by reference counting still go."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def ensure_free(host: str, port: int) -> None:

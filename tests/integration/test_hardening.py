@@ -3,6 +3,7 @@ token authentication: each property with a test that fails without it."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -63,6 +64,15 @@ def gated() -> Iterator[tuple[ThreadedServer, GatedRuntime]]:
     yield server, runtime
     runtime.gate.set()
     server.stop()
+
+
+def test_the_model_loaded_at_start_is_left_out_of_garbage_collection(wide_server) -> None:
+    """A full collection over TensorFlow's objects stalled every call in flight (175 ms)."""
+    runtime = wide_server.server.runtime
+    assert runtime is not None
+    assert gc.is_tracked(runtime)
+    assert gc.get_freeze_count() > 0
+    assert not any(o is runtime for o in gc.get_objects())  # frozen: no pass walks it
 
 
 def test_an_oversized_message_gets_resource_exhausted_and_the_server_goes_on() -> None:

@@ -11,6 +11,8 @@ from lstm_server.runtime.numpy_lstm import ACTIVATIONS
 from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.runtime.tf_runtime import load_runtime
 
+from tests.reference import NumpyLstm
+
 PAIRS = sorted({(a, "sigmoid") for a in ACTIVATIONS} | {("tanh", r) for r in ACTIVATIONS})
 
 
@@ -62,23 +64,37 @@ def test_calibration_sends_single_steps_to_numpy_and_long_work_to_tensorflow(
     assert not runtime.runs_inline(64, 10_000)
 
 
-def test_a_lone_row_runs_unmasked_at_its_length_once_compiled_and_equals_the_bucket(
+def test_rows_of_one_length_run_unmasked_at_it_once_compiled_and_equal_the_reference(
     tmp_path: Path, rng
 ) -> None:
     runtime = _runtime(tmp_path, "tanh", "sigmoid")
-    x = rng.normal(size=(1, 13, 8)).astype(np.float32)  # 13 timesteps: the bucket is 16
-    lengths = np.array([13])
-    h0, c0 = (rng.normal(size=(1, 16)).astype(np.float32) for _ in range(2))
-    masked = runtime.run(x, lengths, h0, c0)  # the bucket serves; (1, 13) compiles meanwhile
+    reference = NumpyLstm.from_saved_model(tmp_path / "tanh-sigmoid.keras")
+    x = rng.normal(size=(3, 13, 8)).astype(np.float32)  # 13 timesteps: the bucket is 16
+    h0, c0 = (rng.normal(size=(3, 16)).astype(np.float32) for _ in range(2))
+
+    def check(rows: int) -> None:
+        seq, h, c = runtime.run(x[:rows], np.full(rows, 13), h0[:rows], c0[:rows])
+        for i in range(rows):
+            want_seq, want_h, want_c = reference.run(x[i], h0[i], c0[i])
+            np.testing.assert_allclose(seq[i], want_seq, atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(h[i], want_h, atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(c[i], want_c, atol=1e-5, rtol=1e-5)
+
+    check(1)  # the bucket serves; (1, 13) compiles meanwhile
+    check(3)  # three rows: padded to four, (4, 13)
     assert runtime.wait_compiled(timeout=120)
-    assert (1, 13) in runtime.compiled_shapes()[1]
-    exact = runtime.run(x, lengths, h0, c0)
-    for mine, theirs in zip(exact, masked, strict=True):
-        np.testing.assert_allclose(mine, theirs, atol=1e-5, rtol=1e-5)
-    batch = np.concatenate([x, x])  # batches keep to the masked buckets
-    runtime.run(batch, np.array([13, 13]), np.concatenate([h0, h0]), np.concatenate([c0, c0]))
+    assert runtime.compiled_shapes()[1] == {(1, 13), (4, 13)}
+    check(1)  # now on the exact shapes
+    check(3)
+    lengths = np.array([13, 5, 9])  # different lengths keep to the masked buckets
+    seq, h, c = runtime.run(x, lengths, h0, c0)
+    for i, n in enumerate(lengths):
+        want_seq, want_h, want_c = reference.run(x[i, :n], h0[i], c0[i])
+        np.testing.assert_allclose(seq[i, :n], want_seq, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(h[i], want_h, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(c[i], want_c, atol=1e-5, rtol=1e-5)
     assert runtime.wait_compiled(timeout=120)
-    assert runtime.compiled_shapes()[1] == {(1, 13)}
+    assert runtime.compiled_shapes()[1] == {(1, 13), (4, 13)}
     runtime.close()
 
 

@@ -93,10 +93,10 @@ class TfLstmRuntime:
     Long sequences run in chunks of at most ``chunk_timesteps`` with the state carried over, and
     rows that have finished drop out of later chunks. Batch and time are padded to powers of two
     (masked, so padding never reaches a result) so that XLA compiles a small, bounded set of shapes.
-    A lone row needs no mask: it runs on an unmasked function compiled for its exact length, up to
-    ``max_exact_shapes`` of them, each compiled in the background the first time it is met (the
-    masked bucket serves meanwhile). Batches keep to the buckets: exact batch shapes too would
-    double the compilations a cold server runs while it serves.
+    Rows that all have the same length need no mask: they run on an unmasked function compiled
+    for that exact length (rows still padded to a power of two), up to ``max_exact_shapes`` of
+    them, each compiled in the background the first time it is met (the masked bucket serves
+    meanwhile). Rows of different lengths keep to the masked buckets.
 
     Work small enough that TensorFlow's fixed cost per call would dominate runs on the exact
     numpy path instead: numpy's cost per timestep (fixed plus per row) and TensorFlow's cost per
@@ -196,17 +196,23 @@ class TfLstmRuntime:
         rows, span, features = x.shape
         x, h0, c0 = (np.asarray(a, np.float32) for a in (x, h0, c0))  # the functions' dtypes
         padded_rows = _next_power_of_two(rows)
-        if exact and rows == 1 and lengths[0] == span and self._exact_ready((1, span)):
+        hp, cp = h0, c0
+        if padded_rows > rows:
+            hp = np.zeros((padded_rows, self.info.state_size), np.float32)
+            cp = np.zeros_like(hp)
+            hp[:rows], cp[:rows] = h0, c0
+        if exact and (lengths == span).all() and self._exact_ready((padded_rows, span)):
             assert self._exact is not None
-            s, h, c = _called(self._exact, x, h0, c0)
-            return s, h, c
+            xp = x
+            if padded_rows > rows:  # rows of zeros: unmasked, each row is computed on its own
+                xp = np.zeros((padded_rows, span, features), np.float32)
+                xp[:rows] = x
+            s, h, c = _called(self._exact, xp, hp, cp)
+            return s[:rows], h[:rows], c[:rows]
         padded_span = _next_power_of_two(span)
         xp = np.zeros((padded_rows, padded_span, features), np.float32)
         xp[:rows, :span] = x
         mask = np.arange(padded_span)[None, :] < np.pad(lengths, (0, padded_rows - rows))[:, None]
-        hp = np.zeros((padded_rows, self.info.state_size), np.float32)
-        cp = np.zeros_like(hp)
-        hp[:rows], cp[:rows] = h0, c0
         s, h, c = _called(self._function_for((padded_rows, padded_span)), xp, mask, hp, cp)
         return s[:rows, :span], h[:rows], c[:rows]
 
