@@ -82,7 +82,7 @@ def test_rows_of_one_length_run_unmasked_at_it_once_compiled_and_equal_the_refer
 
     check(1)  # the bucket serves; (1, 13) compiles meanwhile
     check(3)  # three rows: padded to four, (4, 13)
-    assert runtime.wait_compiled(timeout=120)
+    assert runtime.wait_compiled(ahead=True, timeout=120)
     assert runtime.compiled_shapes()[1] == {(1, 13), (4, 13)}
     check(1)  # now on the exact shapes
     check(3)
@@ -93,7 +93,7 @@ def test_rows_of_one_length_run_unmasked_at_it_once_compiled_and_equal_the_refer
         np.testing.assert_allclose(seq[i, :n], want_seq, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(h[i], want_h, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(c[i], want_c, atol=1e-5, rtol=1e-5)
-    assert runtime.wait_compiled(timeout=120)
+    assert runtime.wait_compiled(ahead=True, timeout=120)
     assert runtime.compiled_shapes()[1] == {(1, 13), (4, 13)}
     runtime.close()
 

@@ -24,7 +24,8 @@ Shape = tuple[int, int]  # (rows, timesteps)
 
 class Priority(IntEnum):
     NOW = 0  # a call met the shape: it runs slower until the shape is compiled
-    AHEAD = 1  # compiled before traffic meets it
+    AHEAD = 1  # with the CPU serving leaves: before traffic meets it, or a faster form of a
+    # compiled shape
 
 
 class Compiled:

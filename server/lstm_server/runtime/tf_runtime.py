@@ -95,8 +95,8 @@ class TfLstmRuntime:
     (masked, so padding never reaches a result) so that XLA compiles a small, bounded set of shapes.
     Rows that all have the same length need no mask: they run on an unmasked function compiled
     for that exact length (rows still padded to a power of two), up to ``max_exact_shapes`` of
-    them, each compiled in the background the first time it is met (the masked bucket serves
-    meanwhile). Rows of different lengths keep to the masked buckets.
+    them, each compiled in the background, at the lowest CPU priority, the first time it is met
+    (the masked bucket serves meanwhile). Rows of different lengths keep to the masked buckets.
 
     Work small enough that TensorFlow's fixed cost per call would dominate runs on the exact
     numpy path instead: numpy's cost per timestep (fixed plus per row) and TensorFlow's cost per
@@ -222,9 +222,13 @@ class TfLstmRuntime:
         return self._xla if self._buckets.ready(shape) else self._graph
 
     def _exact_ready(self, shape: Shape) -> bool:
-        """Whether the unmasked function is compiled for ``shape`` (if not, it is compiled in
-        the background, up to ``max_exact_shapes`` of them)."""
-        return self._exact_shapes is not None and self._exact_shapes.ready(shape)
+        """Whether the unmasked function is compiled for ``shape``. If not, it is compiled in
+        the background (up to ``max_exact_shapes`` of them) with the CPU serving leaves: the
+        masked bucket, compiled already, serves meanwhile, so a new server under load does not
+        share its cores with compilations that only make it faster."""
+        return self._exact_shapes is not None and self._exact_shapes.ready(
+            shape, priority=Priority.AHEAD
+        )
 
     def _compile_exact(self, shape: Shape) -> None:
         assert self._exact is not None
