@@ -487,6 +487,11 @@ def measure(rounds: int, seconds: float, with_peer: bool = True) -> dict:
             record("t4_floor", (floor.rps, floor_many.rps))
             streamed = run(_stream(big.target, long_request.SerializeToString(), seconds))
             record("t5", (median(list(streamed.first_message)), median(list(streamed.latencies))))
+        # The servers measured so far may still compile shapes their traffic met: the memory
+        # run (and its start-up) is measured on an idle machine.
+        for done in (echo, tiny, big, unbatched, stack, traced, redised, peer):
+            if done is not None:
+                done.stop()
         memory = lstm_server(*BIG)
         before = memory.rss_mb()
         create_sessions(memory.target, 10_000)
