@@ -321,6 +321,8 @@ def median(values: list[float]) -> float:
 
 def measure(rounds: int, seconds: float, with_peer: bool = True) -> dict:
     peer = kserve_peer() if with_peer else None
+    if peer is not None:
+        peer.settle()  # the servers below start, and are timed, on an idle machine
     echo = Process(
         [sys.executable, str(ROOT / "bench" / "echo_server.py"), "--port", "{port}"], health=False
     )
