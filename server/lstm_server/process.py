@@ -50,7 +50,7 @@ def return_large_buffers_to_the_system() -> bool:
 
 def freeze_startup_objects() -> int:
     """Collect once, then leave every object alive now out of later collections; returns how
-    many. TensorFlow, Keras and the model leave some 330,000 objects that live as long as the
+    many. TensorFlow, Keras and the model leave some 350,000 objects that live as long as the
     process; a full collection walked them all, 175 ms here, stalling every call in flight
     about once in a few seconds under load. Objects freed by reference counting still go."""
     gc.collect()

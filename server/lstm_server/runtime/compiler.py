@@ -23,9 +23,11 @@ Shape = tuple[int, int]  # (rows, timesteps)
 
 
 class Priority(IntEnum):
-    NOW = 0  # a call met the shape: it runs slower until the shape is compiled
-    AHEAD = 1  # with the CPU serving leaves: before traffic meets it, or a faster form of a
-    # compiled shape
+    """NOW: a call met the shape, and runs slower until it is compiled. AHEAD: with the CPU
+    serving leaves, for a shape traffic has not met yet or a faster form of one compiled."""
+
+    NOW = 0
+    AHEAD = 1
 
 
 class Compiled:
