@@ -150,21 +150,16 @@ class BatchScheduler:
         the rest on the runtime's thread; requests that come meanwhile queue for the worker."""
         loop = asyncio.get_running_loop()
         started, wall = time.monotonic(), time.time()
-        if self._inline(rows):
-            results = _run_rows(self.runtime.run_inline, rows)
-        else:
-            self._busy = True
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, _run_rows, self.runtime.run, rows
-                )
-            except Exception:
-                log.exception("model execution failed")
-                raise
-            finally:
-                self._busy = False
-                if self._queue:
-                    self._wakeup.set()
+        self._busy = True
+        try:
+            results = await self._compute(loop, rows)
+        except Exception:
+            log.exception("model execution failed")
+            raise
+        finally:
+            self._busy = False
+            if self._queue:
+                self._wakeup.set()
         self._observe(rows, [0.0], started)
         if self._tracer is not None:
             traces = [self._tracer.capture()]
@@ -210,19 +205,20 @@ class BatchScheduler:
             rows += len(item.rows)
         return batch
 
-    def _inline(self, rows: Sequence[Row]) -> bool:
-        return self.runtime.runs_inline(len(rows), max(row.x.shape[0] for row in rows))
+    async def _compute(
+        self, loop: asyncio.AbstractEventLoop, rows: Sequence[Row]
+    ) -> list[RowResult]:
+        """The rows' results: numpy work here on the event loop, the rest on the runtime's
+        thread."""
+        if self.runtime.runs_inline(len(rows), max(row.x.shape[0] for row in rows)):
+            return _run_rows(self.runtime.run_inline, rows)
+        return await loop.run_in_executor(self._executor, _run_rows, self.runtime.run, rows)
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         rows = [row for item in batch for row in item.rows]
         started, wall = time.monotonic(), time.time()
         try:
-            if self._inline(rows):
-                results = _run_rows(self.runtime.run_inline, rows)
-            else:
-                results = await loop.run_in_executor(
-                    self._executor, _run_rows, self.runtime.run, rows
-                )
+            results = await self._compute(loop, rows)
             ended = time.time()
             self._observe(rows, [started - item.enqueued for item in batch], started)
         except Exception as exc:
