@@ -87,12 +87,13 @@ def _entries(buf: bytes, pos: int, end: int, *, in_group: bool = False) -> Itera
 
     The value of a varint is the number; of a LEN entry, its (start, end); of fixed-size
     entries, their start. Groups (a legacy encoding of unknown fields) are skipped whole; an end
-    of group is yielded only ``in_group``, where protobuf also lets field number 0 pass.
+    of group is yielded only ``in_group``. Field number 0 is refused everywhere, inside groups
+    too, as protobuf refuses it.
     """
     while pos < end:
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
-        if number >= 1 << 29 or (number == 0 and not in_group):
+        if number >= 1 << 29 or number == 0:
             raise _Malformed(f"field number {number}")
         value: Any
         if wire == VARINT:
