@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from lstm_client.v1 import lstm_service_pb2
 from prometheus_client import CollectorRegistry
 
@@ -29,6 +29,7 @@ from lstm_server.tracing import Tracing
 from lstm_server.transport.access_log import AccessLogInterceptor
 from lstm_server.transport.auth import AuthInterceptor, load_tokens
 from lstm_server.transport.errors import ErrorMappingInterceptor
+from lstm_server.transport.handlers import PolicyRegistrar, WrappingInterceptor
 from lstm_server.transport.health import Readiness
 from lstm_server.transport.http import OpsHttpServer
 from lstm_server.transport.limits import (
@@ -78,12 +79,13 @@ def _tokens(settings: Settings) -> list[tuple[bytes, str]] | None:
         raise ConfigError(f"cannot use --auth-tokens-file: {exc}") from exc
 
 
-def interceptors(
+def policies(
     settings: Settings, metrics: Metrics, tracing: Tracing | None = None
-) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first: trace, log and observe every call, cap health watches, authenticate,
-    cap concurrency, map errors."""
-    chain: list[grpc.aio.ServerInterceptor] = []
+) -> list[WrappingInterceptor]:
+    """What wraps every method, outermost first: trace, log and observe every call, cap health
+    watches, authenticate, cap concurrency, map errors. Applied once per method, when the
+    services are registered (``PolicyRegistrar``)."""
+    chain: list[WrappingInterceptor] = []
     if tracing is not None:
         chain.append(TracingInterceptor(tracing))
     # Always there: it gives log lines their call's trace id; the access line is optional.
@@ -162,7 +164,6 @@ class LstmServer:
         self.port: int | None = None
         self.metrics_server: OpsHttpServer | None = None
         self._server = grpc.aio.server(
-            interceptors=interceptors(settings, self.metrics, self.tracing),
             options=[
                 # One process per port: a second server on a busy port must fail, not split
                 # traffic and sessions with the first.
@@ -173,10 +174,11 @@ class LstmServer:
         oip_servicer = oip_grpc.InferenceServicer(
             self.open_inference, ready=self.readiness.ready, server_version=package_version()
         )
-        self._server.add_generic_rpc_handlers(
+        registrar = PolicyRegistrar(self._server, policies(settings, self.metrics, self.tracing))
+        registrar.add_generic_rpc_handlers(
             (method_handlers(self.servicer), oip_grpc.method_handlers(oip_servicer))
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.readiness.servicer, registrar)
         if settings.reflection:
             names = (
                 SERVICE_NAME,
@@ -190,7 +192,11 @@ class LstmServer:
                 health_pb2.DESCRIPTOR,
                 reflection_pb2.DESCRIPTOR,
             )
-            reflection.enable_server_reflection(names, self._server, pool=pool)
+            # The asyncio servicer, named: the registrar is not a grpc.aio.Server, which is how
+            # enable_server_reflection would choose it.
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                reflection.aio.ReflectionServicer(names, pool=pool), registrar
+            )
 
     async def start(self) -> int:
         """Load and warm the model, open the store, then open the gRPC port and report SERVING;

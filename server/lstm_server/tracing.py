@@ -3,7 +3,7 @@
 On when the OpenTelemetry SDK and its OTLP exporter are installed and the standard ``OTEL_*``
 variables ask for traces (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
 set, ``OTEL_TRACES_EXPORTER`` not ``none``); the exporter and the sampler read the rest of them.
-Off, nothing of it runs: the server adds no interceptor and passes no tracer.
+Off, nothing of it runs: the server adds no tracing policy and passes no tracer.
 
 Spans: one server span per RPC (health checks have none), with the caller's W3C trace context as
 its parent; under it one per step of a session stream; the time a request waited for the model

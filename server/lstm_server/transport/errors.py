@@ -1,5 +1,5 @@
 """The one table from domain errors to gRPC status codes, the rich status built from it, and the
-interceptor that applies it to every RPC of the service. Every status the server sends, in-band
+policy that applies it to every RPC of the service. Every status the server sends, in-band
 ones on streams included, is built here."""
 
 from __future__ import annotations

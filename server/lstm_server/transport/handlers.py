@@ -1,11 +1,16 @@
-"""The machinery every interceptor shares: wrap a method's handler once, keep its codec, and
-drive unary and streaming behaviours alike. The policies (errors, auth, limits, observation) live
-in their own modules and only say what to do around a call."""
+"""The machinery every policy shares: wrap a method's handler once, keep its codec, and drive
+unary and streaming behaviours alike. The policies (errors, auth, limits, observation) live in
+their own modules and only say what to do around a call.
+
+The server applies them when it registers its services (``PolicyRegistrar``), once per method,
+rather than as gRPC interceptors: gRPC runs an interceptor chain as one coroutine per interceptor
+on every call, before it even looks the method up (about 20 us of the event loop's time per call
+here, measured on the tutorial model's Predict). The classes still work as interceptors."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -115,6 +120,66 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         if cached is None or cached[0] is not handler:
             cached = self._wrapped[method] = (handler, self.wrap(handler, method))
         return cached[1]
+
+
+def with_policies(
+    handler: grpc.RpcMethodHandler, method: str, policies: Sequence[WrappingInterceptor]
+) -> grpc.RpcMethodHandler:
+    """``handler`` inside each of ``policies`` (outermost first) that applies to ``method``."""
+    for policy in reversed(policies):
+        if policy.applies_to(method):
+            handler = policy.wrap(handler, method)
+    return handler
+
+
+class _PolicyHandler(grpc.GenericRpcHandler):
+    """A generic handler whose methods are wrapped by ``policies``, each once."""
+
+    def __init__(
+        self, inner: grpc.GenericRpcHandler, policies: Sequence[WrappingInterceptor]
+    ) -> None:
+        self._inner = inner
+        self._policies = policies
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            wrapped = with_policies(handler, method, self._policies)
+            cached = self._wrapped[method] = (handler, wrapped)
+        return cached[1]
+
+
+class PolicyRegistrar:
+    """Registers services on ``server`` with ``policies`` (outermost first) around each of their
+    methods. It stands in for the server where generated ``add_*_to_server`` functions take one,
+    so that services registered by libraries (health, reflection) get the policies too."""
+
+    def __init__(self, server: grpc.aio.Server, policies: Sequence[WrappingInterceptor]) -> None:
+        self._server = server
+        self._policies = tuple(policies)
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_PolicyHandler(handler, self._policies) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service,
+            {
+                name: with_policies(handler, f"/{service}/{name}", self._policies)
+                for name, handler in handlers.items()
+            },
+        )
 
 
 class GateInterceptor(WrappingInterceptor):

@@ -1,6 +1,6 @@
 """inference.GRPCInferenceService: the Open Inference Protocol's gRPC binding. Converts its
 messages to the neutral request (``tensors.py``) and back, and calls ``OpenInference``; errors are
-mapped by the same interceptor as lstm.v1's."""
+mapped by the same policy as lstm.v1's."""
 
 from __future__ import annotations
 
