@@ -26,23 +26,23 @@ from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.sessions import open_store
 from lstm_server.sessions.observed import ObservedStore, StoreObserver
 from lstm_server.tracing import Tracing
-from lstm_server.transport.access_log import AccessLogInterceptor
-from lstm_server.transport.auth import AuthInterceptor, load_tokens
-from lstm_server.transport.errors import ErrorMappingInterceptor
-from lstm_server.transport.handlers import PolicyRegistrar, WrappingInterceptor
+from lstm_server.transport.access_log import AccessLogPolicy
+from lstm_server.transport.auth import AuthPolicy, load_tokens
+from lstm_server.transport.errors import ErrorMappingPolicy
+from lstm_server.transport.handlers import Policy, PolicyRegistrar
 from lstm_server.transport.health import Readiness
 from lstm_server.transport.http import OpsHttpServer
 from lstm_server.transport.limits import (
-    ConcurrencyLimitInterceptor,
-    HealthWatchLimitInterceptor,
+    ConcurrencyLimitPolicy,
+    HealthWatchLimitPolicy,
 )
-from lstm_server.transport.observation import ObservingInterceptor
+from lstm_server.transport.observation import ObservingPolicy
 from lstm_server.transport.oip import grpc_servicer as oip_grpc
 from lstm_server.transport.oip import messages as oip_messages
 from lstm_server.transport.oip.model import OpenInference
 from lstm_server.transport.oip.rest import RestServer, server_ssl_context
 from lstm_server.transport.servicer import LstmServicer, Services, method_handlers, ready
-from lstm_server.transport.traced import TracingInterceptor
+from lstm_server.transport.traced import TracingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -79,31 +79,29 @@ def _tokens(settings: Settings) -> list[tuple[bytes, str]] | None:
         raise ConfigError(f"cannot use --auth-tokens-file: {exc}") from exc
 
 
-def policies(
-    settings: Settings, metrics: Metrics, tracing: Tracing | None = None
-) -> list[WrappingInterceptor]:
+def policies(settings: Settings, metrics: Metrics, tracing: Tracing | None = None) -> list[Policy]:
     """What wraps every method, outermost first: trace, log and observe every call, cap health
     watches, authenticate, cap concurrency, map errors. Applied once per method, when the
     services are registered (``PolicyRegistrar``)."""
-    chain: list[WrappingInterceptor] = []
+    chain: list[Policy] = []
     if tracing is not None:
-        chain.append(TracingInterceptor(tracing))
+        chain.append(TracingPolicy(tracing))
     # Always there: it gives log lines their call's trace id; the access line is optional.
     current_trace = tracing.current_trace_id if tracing is not None else None
-    chain.append(AccessLogInterceptor(current_trace, lines=settings.access_log))
-    chain.append(ObservingInterceptor(metrics))
+    chain.append(AccessLogPolicy(current_trace, lines=settings.access_log))
+    chain.append(ObservingPolicy(metrics))
     if settings.max_health_watches:
-        chain.append(HealthWatchLimitInterceptor(settings.max_health_watches))
+        chain.append(HealthWatchLimitPolicy(settings.max_health_watches))
     tokens = _tokens(settings)
     if tokens is not None:
-        chain.append(AuthInterceptor(tokens))
+        chain.append(AuthPolicy(tokens))
     if settings.max_concurrent_rpcs or settings.max_concurrent_rpcs_per_principal:
         chain.append(
-            ConcurrencyLimitInterceptor(
+            ConcurrencyLimitPolicy(
                 settings.max_concurrent_rpcs, settings.max_concurrent_rpcs_per_principal
             )
         )
-    chain.append(ErrorMappingInterceptor())
+    chain.append(ErrorMappingPolicy())
     return chain
 
 

@@ -10,16 +10,15 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from lstm_server.transport.handlers import PolicyRegistrar, WrappingInterceptor, around
+from lstm_server.transport.handlers import Policy, PolicyRegistrar, around
 
 ECHO = "/test.Echo/Unary"
 
 
-class Recording(WrappingInterceptor):
+class Recording(Policy):
     """A policy that notes each call it wraps, under its own name."""
 
     def __init__(self, name: str, calls: list[tuple[str, str]], only: str = "") -> None:
-        super().__init__()
         self._name, self._calls, self._only = name, calls, only
 
     def applies_to(self, method: str) -> bool:

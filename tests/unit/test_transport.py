@@ -1,9 +1,10 @@
-"""The transport's pure parts: converters both ways, the error table, and every interceptor,
+"""The transport's pure parts: converters both ways, the error table, and every policy,
 called directly with a recording context (no sockets)."""
 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -16,23 +17,24 @@ from lstm_server.core import errors
 from lstm_server.core.sessions import SessionInfo
 from lstm_server.core.types import ModelInfo, State
 from lstm_server.transport import converters as conv
-from lstm_server.transport.access_log import AccessLogInterceptor, TraceIdFilter, trace_id_of
-from lstm_server.transport.auth import PRINCIPAL, AuthInterceptor
+from lstm_server.transport.access_log import AccessLogPolicy, TraceIdFilter, trace_id_of
+from lstm_server.transport.auth import PRINCIPAL, AuthPolicy
 from lstm_server.transport.errors import (
     INTERNAL_MESSAGE,
     STATUS_CODES,
-    ErrorMappingInterceptor,
+    ErrorMappingPolicy,
     rpc_status,
 )
-from lstm_server.transport.limits import ConcurrencyLimitInterceptor
-from lstm_server.transport.observation import ObservingInterceptor
+from lstm_server.transport.handlers import Policy, PolicyRegistrar, with_policies
+from lstm_server.transport.limits import ConcurrencyLimitPolicy
+from lstm_server.transport.observation import ObservingPolicy
 
 PREDICT = "/lstm.v1.LstmService/Predict"
 HEALTH = "/grpc.health.v1.Health/Check"
 
 
 class Context:
-    """What a servicer context does for the interceptors: metadata in, a status out."""
+    """What a servicer context does for the policies: metadata in, a status out."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.metadata = metadata
@@ -57,14 +59,20 @@ class Details:
         self.method = method
 
 
-async def intercepted(
-    interceptor: grpc.aio.ServerInterceptor, method: str, behavior: Any, **codec: Any
-) -> grpc.RpcMethodHandler:
-    async def continuation(_: Any) -> grpc.RpcMethodHandler:
-        return handler
+class Everything(grpc.GenericRpcHandler):
+    """A generic handler that serves every method with one handler."""
 
+    def __init__(self, handler: grpc.RpcMethodHandler) -> None:
+        self.handler = handler
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler:
+        return self.handler
+
+
+def wrapped(policy: Policy, method: str, behavior: Any, **codec: Any) -> grpc.RpcMethodHandler:
+    """A unary ``behavior`` as the server registers it for ``method`` under ``policy``."""
     handler = grpc.unary_unary_rpc_method_handler(behavior, **codec)
-    return await interceptor.intercept_service(continuation, Details(method))
+    return with_policies(handler, method, [policy])
 
 
 def status_of(context: Context) -> status_pb2.Status:
@@ -178,14 +186,14 @@ def test_anything_else_is_internal_with_a_generic_message() -> None:
     assert (status.code, status.message) == (code_pb2.INTERNAL, INTERNAL_MESSAGE)
 
 
-# Interceptors
+# Policies
 
 
 async def test_error_mapping_turns_domain_errors_into_their_status() -> None:
     async def behavior(request: Any, context: Any) -> Any:
         raise errors.SessionNotFound("session x does not exist")
 
-    handler = await intercepted(ErrorMappingInterceptor(), PREDICT, behavior)
+    handler = wrapped(ErrorMappingPolicy(), PREDICT, behavior)
     context = Context()
     with pytest.raises(grpc.aio.AbortError):
         await handler.unary_unary(object(), context)
@@ -197,7 +205,7 @@ async def test_error_mapping_hides_unexpected_errors_and_logs_them(caplog) -> No
     async def behavior(request: Any, context: Any) -> Any:
         raise RuntimeError("secret detail")
 
-    handler = await intercepted(ErrorMappingInterceptor(), PREDICT, behavior)
+    handler = wrapped(ErrorMappingPolicy(), PREDICT, behavior)
     context = Context()
     with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AbortError):
         await handler.unary_unary(object(), context)
@@ -212,8 +220,8 @@ async def test_bytes_that_do_not_parse_are_invalid_argument() -> None:
     async def behavior(request: Any, context: Any) -> Any:
         raise AssertionError("must not run")
 
-    handler = await intercepted(
-        ErrorMappingInterceptor(),
+    handler = wrapped(
+        ErrorMappingPolicy(),
         PREDICT,
         behavior,
         request_deserializer=pb.PredictRequest.FromString,
@@ -231,17 +239,16 @@ async def test_handlers_are_wrapped_once_per_method() -> None:
     async def behavior(request: Any, context: Any) -> Any:
         return "ok"
 
-    interceptor = ErrorMappingInterceptor()
     handler = grpc.unary_unary_rpc_method_handler(behavior)
-
-    async def continuation(_: Any) -> grpc.RpcMethodHandler:
-        return handler
-
-    first = await interceptor.intercept_service(continuation, Details(PREDICT))
-    second = await interceptor.intercept_service(continuation, Details(PREDICT))
+    registered: list[grpc.GenericRpcHandler] = []
+    server = SimpleNamespace(add_generic_rpc_handlers=registered.extend)
+    PolicyRegistrar(server, [ErrorMappingPolicy()]).add_generic_rpc_handlers([Everything(handler)])
+    [generic] = registered
+    first = generic.service(Details(PREDICT))
+    second = generic.service(Details(PREDICT))
     assert first is second
     assert first is not handler
-    health = await interceptor.intercept_service(continuation, Details(HEALTH))
+    health = generic.service(Details(HEALTH))
     assert health is handler  # errors are mapped for the service only
 
 
@@ -252,8 +259,8 @@ async def test_auth_requires_a_token_but_not_for_health() -> None:
         seen.append(PRINCIPAL.get())
         return "ok"
 
-    auth = AuthInterceptor([(b"s3cret", "alice")])
-    handler = await intercepted(auth, PREDICT, behavior)
+    auth = AuthPolicy([(b"s3cret", "alice")])
+    handler = wrapped(auth, PREDICT, behavior)
     for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),)):
         context = Context(metadata)
         with pytest.raises(grpc.aio.AbortError):
@@ -261,7 +268,7 @@ async def test_auth_requires_a_token_but_not_for_health() -> None:
         assert status_of(context).code == code_pb2.UNAUTHENTICATED
     assert await handler.unary_unary(object(), Context((("authorization", "Bearer s3cret"),)))
     assert seen == ["alice"]
-    health = await intercepted(auth, HEALTH, behavior)
+    health = wrapped(auth, HEALTH, behavior)
     assert await health.unary_unary(object(), Context()) == "ok"
 
 
@@ -274,8 +281,8 @@ async def test_the_concurrency_cap_refuses_at_once_and_frees_its_place() -> None
         await release.wait()
         return "ok"
 
-    cap = ConcurrencyLimitInterceptor(1)
-    handler = await intercepted(cap, PREDICT, behavior)
+    cap = ConcurrencyLimitPolicy(1)
+    handler = wrapped(cap, PREDICT, behavior)
     first = asyncio.ensure_future(handler.unary_unary(object(), Context()))
     await asyncio.sleep(0)
     context = Context()
@@ -316,10 +323,10 @@ async def test_observation_reports_start_messages_and_code() -> None:
         )
 
     recorder = Recorder()
-    observing = ObservingInterceptor(recorder)
-    await (await intercepted(observing, PREDICT, ok)).unary_unary(object(), Context())
+    observing = ObservingPolicy(recorder)
+    await (wrapped(observing, PREDICT, ok)).unary_unary(object(), Context())
     with pytest.raises(grpc.aio.AbortError):
-        await (await intercepted(observing, PREDICT, fails)).unary_unary(object(), Context())
+        await (wrapped(observing, PREDICT, fails)).unary_unary(object(), Context())
     started = ("started", "unary", "lstm.v1.LstmService", "Predict")
     assert recorder.events == [
         started,
@@ -352,7 +359,7 @@ async def test_access_log_writes_one_line_per_call_with_its_trace_id(caplog) -> 
         inside.warning("written while serving")
         return b"ok"
 
-    handler = await intercepted(AccessLogInterceptor(), PREDICT, behavior)
+    handler = wrapped(AccessLogPolicy(), PREDICT, behavior)
     caplog.handler.addFilter(TraceIdFilter())
     with caplog.at_level(logging.INFO):
         await handler.unary_unary(b"x", LoggedContext((("traceparent", TRACEPARENT),)))
@@ -365,7 +372,7 @@ async def test_access_log_writes_one_line_per_call_with_its_trace_id(caplog) -> 
     assert access.duration_ms >= 0
     assert len(other.trace_id) == 32  # no traceparent: a new id
     assert other.trace_id != access.trace_id
-    health = await intercepted(AccessLogInterceptor(), HEALTH, behavior)
+    health = wrapped(AccessLogPolicy(), HEALTH, behavior)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         await health.unary_unary(b"x", LoggedContext())

@@ -10,7 +10,7 @@ from grpc.aio import ServicerContext as Context
 
 from lstm_server.core.errors import Unauthenticated
 from lstm_server.transport.errors import abort
-from lstm_server.transport.handlers import HEALTH_PREFIX, GateInterceptor
+from lstm_server.transport.handlers import HEALTH_PREFIX, GatePolicy
 
 # The principal of the call being served ("" when authentication is off).
 PRINCIPAL: ContextVar[str] = ContextVar("principal", default="")
@@ -52,12 +52,11 @@ def authenticate(header: str | None, tokens: list[tuple[bytes, str]]) -> str | N
     return found
 
 
-class AuthInterceptor(GateInterceptor):
+class AuthPolicy(GatePolicy):
     """Requires ``authorization: Bearer <token>`` on every call but health checks, and makes the
     token's principal the call's ``PRINCIPAL``. Tokens are never logged."""
 
     def __init__(self, tokens: list[tuple[bytes, str]]) -> None:
-        super().__init__()
         self._tokens = tokens
 
     def applies_to(self, method: str) -> bool:

@@ -17,9 +17,9 @@ from grpc_status import rpc_status as grpc_rpc_status
 from lstm_server.core import errors
 from lstm_server.transport.handlers import (
     SERVING_PREFIXES,
+    Policy,
     Streaming,
     Unary,
-    WrappingInterceptor,
     client_streams,
     responses,
     rewrap,
@@ -127,7 +127,7 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _checked(request)
 
 
-class ErrorMappingInterceptor(WrappingInterceptor):
+class ErrorMappingPolicy(Policy):
     """Turns domain errors into their status (with details) and anything else into INTERNAL,
     for every method of the service, so no servicer method maps errors itself. Request bytes that
     do not parse get INVALID_ARGUMENT, never INTERNAL."""

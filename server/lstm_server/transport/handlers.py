@@ -5,7 +5,7 @@ their own modules and only say what to do around a call.
 The server applies them when it registers its services (``PolicyRegistrar``), once per method,
 rather than as gRPC interceptors: gRPC runs an interceptor chain as one coroutine per interceptor
 on every call, before it even looks the method up (about 20 us of the event loop's time per call
-here, measured on the tutorial model's Predict). The classes still work as interceptors."""
+here, measured on the tutorial model's Predict)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ SERVING_PREFIXES = (SERVICE_PREFIX, "/inference.GRPCInferenceService/")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
 
 
 async def responses(
@@ -96,12 +95,10 @@ def around(
     return rewrap(handler, unary, streaming)
 
 
-class WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the handler of each method it applies to, once: the wrapped handler is kept per
-    method, since building closures and handlers on every call costs more than the call's work."""
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+class Policy:
+    """What to do around the calls of each method it ``applies_to``: ``wrap`` returns the
+    method's handler with that behaviour. The registrar calls it once per method: building
+    closures and handlers on every call would cost more than the call's work."""
 
     def applies_to(self, method: str) -> bool:
         return True
@@ -109,21 +106,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         raise NotImplementedError
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not self.applies_to(method):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = self._wrapped[method] = (handler, self.wrap(handler, method))
-        return cached[1]
-
 
 def with_policies(
-    handler: grpc.RpcMethodHandler, method: str, policies: Sequence[WrappingInterceptor]
+    handler: grpc.RpcMethodHandler, method: str, policies: Sequence[Policy]
 ) -> grpc.RpcMethodHandler:
     """``handler`` inside each of ``policies`` (outermost first) that applies to ``method``."""
     for policy in reversed(policies):
@@ -135,9 +120,7 @@ def with_policies(
 class _PolicyHandler(grpc.GenericRpcHandler):
     """A generic handler whose methods are wrapped by ``policies``, each once."""
 
-    def __init__(
-        self, inner: grpc.GenericRpcHandler, policies: Sequence[WrappingInterceptor]
-    ) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, policies: Sequence[Policy]) -> None:
         self._inner = inner
         self._policies = policies
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -161,7 +144,7 @@ class PolicyRegistrar:
     methods. It stands in for the server where generated ``add_*_to_server`` functions take one,
     so that services registered by libraries (health, reflection) get the policies too."""
 
-    def __init__(self, server: grpc.aio.Server, policies: Sequence[WrappingInterceptor]) -> None:
+    def __init__(self, server: grpc.aio.Server, policies: Sequence[Policy]) -> None:
         self._server = server
         self._policies = tuple(policies)
 
@@ -182,7 +165,7 @@ class PolicyRegistrar:
         )
 
 
-class GateInterceptor(WrappingInterceptor):
+class GatePolicy(Policy):
     """Runs ``admit`` before a call of the service (it may abort it) and, after the call,
     ``release`` with what ``admit`` returned."""
 

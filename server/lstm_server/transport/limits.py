@@ -11,19 +11,18 @@ from lstm_server.core.errors import LimitExceeded
 from lstm_server.core.types import Limits
 from lstm_server.transport.auth import PRINCIPAL
 from lstm_server.transport.errors import abort
-from lstm_server.transport.handlers import HEALTH_PREFIX, GateInterceptor
+from lstm_server.transport.handlers import HEALTH_PREFIX, GatePolicy
 
 HEALTH_WATCH = HEALTH_PREFIX + "Watch"
 
 
-class ConcurrencyLimitInterceptor(GateInterceptor):
+class ConcurrencyLimitPolicy(GatePolicy):
     """Refuses calls of the service beyond ``limit`` in flight (0: no cap), or beyond
     ``per_principal`` of one principal, with RESOURCE_EXHAUSTED at once, instead of queueing
     without bound, so that one principal cannot lock the others out. Health checks are not
     counted, so they still answer."""
 
     def __init__(self, limit: int, per_principal: int = 0) -> None:
-        super().__init__()
         self.limit = limit
         self.per_principal = per_principal
         self.in_flight = 0
@@ -57,12 +56,11 @@ class ConcurrencyLimitInterceptor(GateInterceptor):
             del self._by_principal[admitted]
 
 
-class HealthWatchLimitInterceptor(GateInterceptor):
+class HealthWatchLimitPolicy(GatePolicy):
     """Caps open ``grpc.health.v1.Health/Watch`` streams: they need no credentials and each holds
     memory for as long as the caller keeps it open."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__()
         self.limit = limit
         self.open = 0
 

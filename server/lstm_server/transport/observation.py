@@ -16,9 +16,9 @@ from grpc.aio import ServicerContext as Context
 from lstm_server.core.errors import ServingError
 from lstm_server.transport.errors import status_code
 from lstm_server.transport.handlers import (
+    Policy,
     Streaming,
     Unary,
-    WrappingInterceptor,
     client_streams,
     responses,
     rewrap,
@@ -78,12 +78,11 @@ def final_code(context: Context, error: BaseException | None) -> str:
     return grpc.StatusCode.UNKNOWN.name
 
 
-class ObservingInterceptor(WrappingInterceptor):
+class ObservingPolicy(Policy):
     """Reports every RPC (all services) to an ``RpcObserver``: started, handled with its code and
     latency, and each message received and sent, labelled as the gRPC Prometheus interceptors do."""
 
     def __init__(self, observer: RpcObserver) -> None:
-        super().__init__()
         self._observer = observer
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

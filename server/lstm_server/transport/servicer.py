@@ -73,7 +73,7 @@ async def _read(read: Callable[[bytes, Limits], T], data: bytes, limits: Limits)
 
 
 class LstmServicer:
-    """Every RPC of lstm.v1.LstmService. Errors are mapped by ErrorMappingInterceptor."""
+    """Every RPC of lstm.v1.LstmService. Errors are mapped by ErrorMappingPolicy."""
 
     def __init__(
         self, step_observer: StepObserver | None = None, tracing: RpcTracer | None = None

@@ -13,7 +13,7 @@ from grpc.aio import ServicerContext as Context
 
 from lstm_server.transport.handlers import (
     HEALTH_PREFIX,
-    WrappingInterceptor,
+    Policy,
     around,
 )
 from lstm_server.transport.observation import final_code
@@ -29,9 +29,8 @@ class RpcTracer(Protocol):
     def span(self, name: str, **attributes: Any) -> AbstractContextManager[None]: ...
 
 
-class TracingInterceptor(WrappingInterceptor):
+class TracingPolicy(Policy):
     def __init__(self, tracing: RpcTracer) -> None:
-        super().__init__()
         self._tracing = tracing
 
     def applies_to(self, method: str) -> bool:
