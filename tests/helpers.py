@@ -116,6 +116,21 @@ def project_tool(path: str, made_by: str) -> Path:
     pytest.skip(reason)
 
 
+async def registry_of(runtime, **changes):  # type: ignore[no-untyped-def]
+    """A started model registry serving ``runtime`` as version 1 of its model (``changes``:
+    the registry's other arguments)."""
+    from lstm_server.app import GivenRuntime
+    from lstm_server.core.registry import ModelRegistry
+    from lstm_server.core.repository import FixedRepository
+    from lstm_server.core.types import Limits
+
+    registry = ModelRegistry(
+        FixedRepository(runtime.info.name, None), GivenRuntime(runtime), Limits(), **changes
+    )
+    await registry.start(strict=True)
+    return registry
+
+
 class NumpyRuntime:
     """A ``Runtime`` without TensorFlow: the server's exact numpy LSTM on seeded weights, for the
     unit tier. ``inline`` says which path the scheduler is told to take; ``calls`` records them."""

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
-from lstm_client import calls
+from lstm_client import calls, codec
 from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
 from lstm_client.client import retry_policy
 from lstm_client.codec import ArrayLike, Include, StateLike
@@ -30,6 +31,7 @@ from lstm_client.errors import LstmError
 from lstm_client.results import (
     FinalState,
     ModelMetadata,
+    ModelStatus,
     PredictResult,
     SessionInfo,
     StepResult,
@@ -58,8 +60,11 @@ class AsyncLstmClient:
         retry: RetryPolicy | None = None,
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
+        model: str = "",
+        model_version: int = 0,
     ) -> None:
         self.target = target
+        self.model = codec.model_spec(model, model_version)
         self.timeout = timeout
         self.retry = retry_policy(retry, retries)
         self.call_options = CallOptions(
@@ -96,10 +101,28 @@ class AsyncLstmClient:
             raise LstmError.from_rpc_error(error) from None
         return call.read(reply)
 
+    def with_model(self, model: str, model_version: int = 0) -> AsyncLstmClient:
+        """A client for another model (and version; 0: its newest) of the same server, on this
+        client's channel: the channel stays this client's to close."""
+        other = copy.copy(self)
+        other.model = codec.model_spec(model, model_version)
+        other._owns_channel = False
+        return other
+
+    async def list_models(
+        self,
+        *,
+        ready: bool = False,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> list[ModelStatus]:
+        """Every model version the server has (``ready``: only those that take calls)."""
+        return await self._invoke(calls.list_models(ready), timeout, metadata)
+
     async def metadata(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> ModelMetadata:
-        return await self._invoke(calls.metadata(), timeout, metadata)
+        return await self._invoke(calls.metadata(self.model), timeout, metadata)
 
     async def predict(
         self,
@@ -110,7 +133,9 @@ class AsyncLstmClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> PredictResult:
-        return await self._invoke(calls.predict(x, initial_state, include), timeout, metadata)
+        return await self._invoke(
+            calls.predict(x, initial_state, include, self.model), timeout, metadata
+        )
 
     async def predict_many(
         self,
@@ -121,7 +146,7 @@ class AsyncLstmClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> list[PredictResult]:
-        call = calls.predict_many(sequences, initial_states, include)
+        call = calls.predict_many(sequences, initial_states, include, self.model)
         return await self._invoke(call, timeout, metadata)
 
     async def stream(
@@ -134,7 +159,7 @@ class AsyncLstmClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncIterator[StreamChunk | FinalState]:
-        request = calls.stream_request(x, initial_state, timesteps_per_message, include)
+        request = calls.stream_request(x, initial_state, timesteps_per_message, include, self.model)
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
         call = self._stub.PredictStream(request, **kwargs)
         wait = self.timeout if timeout is None else timeout
@@ -153,7 +178,9 @@ class AsyncLstmClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncSession:
-        info = await self._invoke(calls.create_session(initial_state, ttl), timeout, metadata)
+        info = await self._invoke(
+            calls.create_session(initial_state, ttl, self.model), timeout, metadata
+        )
         return AsyncSession(self._invoke, info, self.retry)
 
     async def attach(
@@ -187,6 +214,7 @@ class AsyncLstmClient:
             first_step_number=first_step_number,
             include=include,
             window=window,
+            model=self.model,
         )
         wait = self.timeout if timeout is None else timeout
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)

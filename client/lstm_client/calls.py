@@ -21,6 +21,7 @@ from lstm_client.results import (
     FinalState,
     LayerState,
     ModelMetadata,
+    ModelStatus,
     NextState,
     PredictResult,
     SessionInfo,
@@ -43,14 +44,20 @@ class UnaryCall(Generic[R]):
     read: Callable[[Any], R]
 
 
-def metadata() -> UnaryCall[ModelMetadata]:
-    return UnaryCall("GetModelMetadata", pb.GetModelMetadataRequest(), codec.model_metadata)
+def metadata(model: pb.ModelSpec) -> UnaryCall[ModelMetadata]:
+    request = pb.GetModelMetadataRequest(model=model)
+    return UnaryCall("GetModelMetadata", request, codec.model_metadata)
+
+
+def list_models(ready: bool) -> UnaryCall[list[ModelStatus]]:
+    return UnaryCall("ListModels", pb.ListModelsRequest(ready=ready), codec.model_statuses)
 
 
 def predict(
-    x: ArrayLike, initial_state: StateLike | None, include: Include = None
+    x: ArrayLike, initial_state: StateLike | None, include: Include, model: pb.ModelSpec
 ) -> UnaryCall[PredictResult]:
     request, batched = codec.batch_of(x, initial_state, include)
+    request.model.CopyFrom(model)
 
     def read(response: pb.PredictResponse) -> PredictResult:
         results = codec.predict_results(response)
@@ -62,9 +69,11 @@ def predict(
 def predict_many(
     sequences: Iterable[ArrayLike],
     initial_states: Iterable[StateLike] | None,
-    include: Include = None,
+    include: Include,
+    model: pb.ModelSpec,
 ) -> UnaryCall[list[PredictResult]]:
     request = codec.predict_request(sequences, initial_states, include)
+    request.model.CopyFrom(model)
     return UnaryCall("Predict", request, codec.predict_results)
 
 
@@ -72,10 +81,12 @@ def stream_request(
     x: ArrayLike,
     initial_state: StateLike | None,
     timesteps_per_message: int,
-    include: Include = None,
+    include: Include,
+    model: pb.ModelSpec,
 ) -> pb.PredictRequest:
     request, _ = codec.batch_of(x, initial_state, include)
     request.timesteps_per_message = timesteps_per_message
+    request.model.CopyFrom(model)
     return request
 
 
@@ -83,8 +94,11 @@ def stream_items(message: pb.PredictStreamResponse) -> Iterator[StreamChunk | Fi
     return codec.stream_items(message)
 
 
-def create_session(initial_state: StateLike | None, ttl: int | None) -> UnaryCall[SessionInfo]:
+def create_session(
+    initial_state: StateLike | None, ttl: int | None, model: pb.ModelSpec
+) -> UnaryCall[SessionInfo]:
     request = codec.create_request(initial_state, ttl)
+    request.model.CopyFrom(model)
     return UnaryCall("CreateSession", request, codec.session_info)
 
 
@@ -182,7 +196,10 @@ class SessionStream:
         first_step_number: int | None = None,
         include: Include = None,
         window: int = 1,
+        model: pb.ModelSpec | None = None,
     ) -> None:
+        """``model``: the model and version a new session runs on (a resumed one keeps its
+        own)."""
         self._include = codec.include_values(include)
         if first_step_number is not None and (session_id is None or first_step_number < 1):
             raise ValueError("first_step_number (1 or more) goes with the session_id it resumes")
@@ -193,6 +210,8 @@ class SessionStream:
         opening = pb.OpenSession(close_on_end=self._close_on_end, window=window)
         if session_id is None:
             opening.create.CopyFrom(codec.create_request(initial_state, ttl))
+            if model is not None:
+                opening.create.model.CopyFrom(model)
         else:
             opening.resume_session_id = session_id
         self.opening = pb.SessionStreamRequest(open=opening)

@@ -195,6 +195,18 @@ def cmd_session(client: LstmClient, args: argparse.Namespace) -> None:
         raise CheckFailed("the steps differ from predict over the whole sequence")
 
 
+def cmd_models(client: LstmClient, args: argparse.Namespace) -> None:
+    """Every model version the server has, its state and (for a failed load) why."""
+    statuses = client.list_models()
+    if args.output == "json":
+        for status in statuses:
+            _emit(asdict(status))
+        return
+    for s in statuses:
+        reason = f"  ({s.reason})" if s.reason else ""
+        print(f"{s.name}  version {s.version}  {s.state}  {s.digest}{reason}".rstrip())
+
+
 def cmd_bench(args: argparse.Namespace, tls: TlsOptions | None) -> None:
     """Like Triton's perf_analyzer: requests/s, timesteps/s and latency percentiles."""
     metadata = call_metadata(None, args.token)
@@ -255,9 +267,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", choices=["text", "json"], default="text", help="text, or JSON (one per line)"
     )
+    p.add_argument("--model", default="", help="the model to call (default: the server's)")
+    p.add_argument(
+        "--model-version", type=int, default=0, help="its version (default: the newest loaded)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("metadata", help="show the served model and limits").set_defaults(
         run=cmd_metadata
+    )
+    sub.add_parser("models", help="list the model versions the server has").set_defaults(
+        run=cmd_models
     )
     sub.add_parser("demo", help="replay the return_sequences/return_state tutorial").set_defaults(
         run=cmd_demo
@@ -309,7 +328,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "bench":
             cmd_bench(args, tls)
             return
-        with LstmClient(args.target, timeout=args.timeout, token=args.token, tls=tls) as client:
+        if args.model_version < 0:
+            raise UsageError("--model-version is 1 or more (0: the newest)")
+        with LstmClient(
+            args.target,
+            timeout=args.timeout,
+            token=args.token,
+            tls=tls,
+            model=args.model,
+            model_version=args.model_version,
+        ) as client:
             args.run(client, args)
     except (LstmError, grpc.RpcError) as failure:
         error = failure if isinstance(failure, LstmError) else LstmError.from_rpc_error(failure)

@@ -7,6 +7,7 @@ asyncio twin (``lstm_client.aio``); this module only carries them over a blockin
 from __future__ import annotations
 
 import contextlib
+import copy
 import queue
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from lstm_client import calls
+from lstm_client import calls, codec
 from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
 from lstm_client.codec import ArrayLike, Include, StateLike
 from lstm_client.connection import (
@@ -32,6 +33,7 @@ from lstm_client.errors import LstmError
 from lstm_client.results import (
     FinalState,
     ModelMetadata,
+    ModelStatus,
     PredictResult,
     SessionInfo,
     StepResult,
@@ -79,8 +81,11 @@ class LstmClient:
         retry: RetryPolicy | None = None,
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
+        model: str = "",
+        model_version: int = 0,
     ) -> None:
         self.target = target
+        self.model = codec.model_spec(model, model_version)
         self.timeout = timeout
         self.retry = retry_policy(retry, retries)
         self.call_options = CallOptions(
@@ -117,10 +122,28 @@ class LstmClient:
             raise LstmError.from_rpc_error(error) from None
         return call.read(reply)
 
+    def with_model(self, model: str, model_version: int = 0) -> LstmClient:
+        """A client for another model (and version; 0: its newest) of the same server, on this
+        client's channel: the channel stays this client's to close."""
+        other = copy.copy(self)
+        other.model = codec.model_spec(model, model_version)
+        other._owns_channel = False
+        return other
+
+    def list_models(
+        self,
+        *,
+        ready: bool = False,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> list[ModelStatus]:
+        """Every model version the server has (``ready``: only those that take calls)."""
+        return self._invoke(calls.list_models(ready), timeout, metadata)
+
     def metadata(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> ModelMetadata:
-        return self._invoke(calls.metadata(), timeout, metadata)
+        return self._invoke(calls.metadata(self.model), timeout, metadata)
 
     def predict(
         self,
@@ -132,7 +155,7 @@ class LstmClient:
         metadata: Metadata | None = None,
     ) -> PredictResult:
         """Run (T, F) or (B, T, F) input; the result keeps the batch axis if the input had one."""
-        return self._invoke(calls.predict(x, initial_state, include), timeout, metadata)
+        return self._invoke(calls.predict(x, initial_state, include, self.model), timeout, metadata)
 
     def predict_many(
         self,
@@ -144,7 +167,7 @@ class LstmClient:
         metadata: Metadata | None = None,
     ) -> list[PredictResult]:
         """Run sequences of different lengths in one request; one result per sequence."""
-        call = calls.predict_many(sequences, initial_states, include)
+        call = calls.predict_many(sequences, initial_states, include, self.model)
         return self._invoke(call, timeout, metadata)
 
     def stream(
@@ -162,7 +185,7 @@ class LstmClient:
         ``timeout`` (default: the client's) bounds the wait for each message, not the stream.
         Stopping early (``break``, or closing the iterator) cancels the call, which stops the
         server's computation."""
-        request = calls.stream_request(x, initial_state, timesteps_per_message, include)
+        request = calls.stream_request(x, initial_state, timesteps_per_message, include, self.model)
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
         replies = _Replies(self._stub.PredictStream(request, **kwargs), self._per_message(timeout))
         try:
@@ -183,7 +206,7 @@ class LstmClient:
         metadata: Metadata | None = None,
     ) -> Session:
         """Create a server-held session; use it as a context manager to close it on exit."""
-        info = self._invoke(calls.create_session(initial_state, ttl), timeout, metadata)
+        info = self._invoke(calls.create_session(initial_state, ttl, self.model), timeout, metadata)
         return Session(self._invoke, info, self.retry)
 
     def attach(
@@ -229,6 +252,7 @@ class LstmClient:
             first_step_number=first_step_number,
             include=include,
             window=window,
+            model=self.model,
         )
         wait = self._per_message(timeout)
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)

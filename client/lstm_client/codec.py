@@ -15,6 +15,7 @@ from lstm_client.results import (
     FinalState,
     LayerState,
     ModelMetadata,
+    ModelStatus,
     PredictResult,
     SessionInfo,
     StepResult,
@@ -248,6 +249,8 @@ def session_info(message: pb.Session) -> SessionInfo:
         expires_at=message.expires_at.ToDatetime(tzinfo=UTC),
         ttl_seconds=message.ttl_seconds,
         states=_layer_states(message.layer_states, message.state),
+        model_name=message.model.name,
+        version_number=message.model.version,
     )
 
 
@@ -297,6 +300,7 @@ def model_metadata(message: pb.ModelMetadata) -> ModelMetadata:
         output_size=message.output_size,
         has_output_layers=message.has_output_layers,
         lstm_layers=message.lstm_layers or 1,
+        version_number=message.version_number or 1,
         limits={
             k: int(v)
             for k, v in MessageToDict(
@@ -313,3 +317,24 @@ def advanced(info: SessionInfo, result: StepResult) -> SessionInfo:
     return replace(
         info, h=result.h, c=result.c, states=result.states, step_count=result.step_number
     )
+
+
+def model_spec(name: str = "", version: int = 0) -> pb.ModelSpec:
+    """Which model and version a call is for (empty: the server's default model; 0: its newest
+    version)."""
+    if version < 0:
+        raise ValueError(f"model_version is {version}; versions are 1, 2, ... (0: the newest)")
+    return pb.ModelSpec(name=name, version=version)
+
+
+def model_statuses(message: pb.ListModelsResponse) -> list[ModelStatus]:
+    return [
+        ModelStatus(
+            name=m.name,
+            version=m.version,
+            state=pb.ModelVersionState.Name(m.state).removeprefix("MODEL_VERSION_STATE_"),
+            reason=m.reason,
+            digest=m.digest,
+        )
+        for m in message.models
+    ]

@@ -104,6 +104,8 @@ class SessionInfo:
     expires_at: datetime
     ttl_seconds: int
     states: tuple[LayerState, ...] = ()
+    model_name: str = ""  # the model and version the session runs on
+    version_number: int = 0
 
     @property
     def state(self) -> NextState:
@@ -130,3 +132,16 @@ class ModelMetadata:
     output_size: int = 0
     has_output_layers: bool = False
     lstm_layers: int = 1
+    version_number: int = 1  # the version's number in the model repository (version: digest)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A model version the server has: ``state`` is LOADING, READY, DRAINING, UNLOADING or
+    UNAVAILABLE (``reason`` says why); ``digest`` is ``ModelMetadata.version`` once loaded."""
+
+    name: str
+    version: int
+    state: str
+    reason: str = ""
+    digest: str = ""

@@ -17,7 +17,15 @@ from prometheus_client import CollectorRegistry
 
 from lstm_server.config import ConfigError, Settings, package_version
 from lstm_server.core.inference import InferenceService
-from lstm_server.core.scheduler import BatchScheduler, Runtime
+from lstm_server.core.registry import ControlMode, ModelLoader, ModelRegistry, SchedulerSettings
+from lstm_server.core.repository import (
+    DirectoryRepository,
+    FixedRepository,
+    ModelSource,
+    Repository,
+    RepositoryError,
+)
+from lstm_server.core.scheduler import Runtime
 from lstm_server.core.sessions import SessionService
 from lstm_server.core.store import SessionStore
 from lstm_server.metrics import Metrics
@@ -105,13 +113,56 @@ def policies(settings: Settings, metrics: Metrics, tracing: Tracing | None = Non
     return chain
 
 
-def load_runtime(options: RuntimeOptions) -> Runtime:
-    """Load and warm the TensorFlow runtime (imported here: it takes seconds)."""
+def load_runtime(options: RuntimeOptions, source: ModelSource | None = None) -> Runtime:
+    """Load and warm a model version with the TensorFlow runtime (imported here: it takes
+    seconds)."""
     from lstm_server.runtime.tf_runtime import load_runtime as load
 
-    runtime = load(options)
+    runtime = load(options, source)
     runtime.warm_up()
     return runtime
+
+
+class TensorFlowLoader:
+    """Loads model versions with the TensorFlow runtime, each on a thread that does not hold up
+    an exit."""
+
+    def __init__(self, options: RuntimeOptions) -> None:
+        self.options = options
+
+    async def load(self, source: ModelSource) -> Runtime:
+        return await in_daemon_thread(load_runtime, self.options, source)
+
+
+class GivenRuntime:
+    """A runtime made by the caller, served as version 1 of its model (tests hold or fail model
+    execution on purpose this way)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def load(self, source: ModelSource) -> Runtime:
+        return self.runtime
+
+
+DEFAULT_MODEL_NAME = "default-lstm"
+
+
+def repository_of(settings: Settings, given: Runtime | None = None) -> Repository:
+    """The model repository the settings name: a directory, or one model (``--model``, or the
+    seeded default) as version 1."""
+    if settings.model_repository is not None:
+        return DirectoryRepository(settings.model_repository)
+    if given is not None:
+        name = settings.model_name or given.info.name
+    elif settings.model is not None:
+        name = settings.model_name or settings.model.stem
+    else:
+        name = settings.model_name or DEFAULT_MODEL_NAME
+    try:
+        return FixedRepository(name, settings.model)
+    except RepositoryError as error:
+        raise ConfigError(f"{error}; name the model with --model-name") from None
 
 
 class LstmServer:
@@ -130,7 +181,6 @@ class LstmServer:
     ) -> None:
         """``tracing``: spans go there (default: as the ``OTEL_*`` variables say, else none)."""
         self.settings = settings
-        self.runtime = runtime
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self.tracing = tracing if tracing is not None else Tracing.from_environment()
         opened = (
@@ -148,6 +198,28 @@ class LstmServer:
         if self.tracing is not None:
             observers.append(self.tracing)
         self.store: SessionStore = ObservedStore(opened, *observers)
+        loader: ModelLoader = (
+            TensorFlowLoader(settings.runtime) if runtime is None else GivenRuntime(runtime)
+        )
+        self._strict = settings.model_repository is None  # one model: it must load
+        self.models = ModelRegistry(
+            repository_of(settings, runtime),
+            loader,
+            settings.limits,
+            scheduling=SchedulerSettings(
+                max_batch_rows=settings.max_batch_rows,
+                batching=settings.batching,
+                observer=self.metrics.observe_batch,
+                tracer=self.tracing,
+            ),
+            mode=ControlMode(settings.model_control_mode),
+            default_model=settings.default_model,
+            poll_interval=settings.repository_poll_interval,
+            drain_seconds=settings.version_drain_timeout,
+            max_loaded_versions=settings.max_loaded_versions,
+            live_sessions=self.store.count_pinned,
+            observer=self.metrics,
+        )
         self.readiness = Readiness(
             SERVICE_NAME, oip_messages.SERVICE_NAME, on_change=self.metrics.readiness_changed
         )
@@ -157,7 +229,6 @@ class LstmServer:
         )
         self.http: RestServer | None = None
         self.http_port: int | None = None
-        self.scheduler: BatchScheduler | None = None
         self.sessions: SessionService | None = None
         self.port: int | None = None
         self.metrics_server: OpsHttpServer | None = None
@@ -216,30 +287,23 @@ class LstmServer:
             )
             log.info("metrics and probes on http://%s:%d", s.metrics_host, self.metrics_server.port)
         await self.store.open()
-        if self.runtime is None:
-            log.info("loading the model")
-            self.runtime = await in_daemon_thread(load_runtime, s.runtime)
+        log.info("loading the models")
+        try:
+            await self.models.start(strict=self._strict)
+        except RepositoryError as error:
+            raise ConfigError(str(error)) from None
         log.info("%d start-up objects left out of garbage collection", freeze_startup_objects())
-        self.metrics.set_model(self.runtime.info)
         self.metrics.set_limits(s.limits.exported())
-        self.scheduler = BatchScheduler(
-            self.runtime,
-            max_batch_rows=s.max_batch_rows,
-            batching=s.batching,
-            observer=self.metrics.observe_batch,
-            tracer=self.tracing,
-        )
-        self.scheduler.start()
         self.sessions = SessionService(
             self.store,
-            self.scheduler,
+            self.models,
             s.limits,
             reap_interval=s.reap_interval,
             observer=self.metrics,
         )
         await self.sessions.start()
         inference = InferenceService(
-            self.scheduler, s.limits, stream_chunk_timesteps=s.stream_chunk_timesteps
+            self.models, s.limits, stream_chunk_timesteps=s.stream_chunk_timesteps
         )
         self.servicer.services = Services(inference, self.sessions)
         self.port = self._bind()
@@ -249,7 +313,8 @@ class LstmServer:
         await self.readiness.watch(self._store_answers, s.health_interval)
         if s.port_file is not None:
             self._write_port_file(s.port_file)
-        log.info("model %s ready; listening on %s:%d", self.runtime.info.version, s.host, self.port)
+        loaded = ", ".join(f"{m.name}/{m.version} ({m.info.version})" for m in self.models.loaded())
+        log.info("serving %s; listening on %s:%d", loaded or "no model yet", s.host, self.port)
         return self.port
 
     async def _start_http(self) -> None:
@@ -317,10 +382,7 @@ class LstmServer:
             await self.http.stop()
         if self.sessions is not None:
             await self.sessions.stop()
-        if self.scheduler is not None:
-            await self.scheduler.stop()
-        if self.runtime is not None:
-            self.runtime.close()
+        await self.models.stop()
         await self.store.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()

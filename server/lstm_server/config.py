@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lstm_server.core.repository import RepositoryError, check_model_name
 from lstm_server.core.types import Limits
 from lstm_server.runtime.options import RuntimeOptions
 
@@ -26,6 +27,13 @@ class Settings:
     port: int = 50051
     port_file: Path | None = None
     model: Path | None = None
+    model_name: str = ""
+    model_repository: Path | None = None
+    model_control_mode: str = "none"
+    repository_poll_interval: float = 5.0
+    default_model: str = ""
+    version_drain_timeout: float = 3600.0
+    max_loaded_versions: int = 16
     features: int = 1
     units: int = 1
     seed: int = 0
@@ -106,7 +114,19 @@ HELP: dict[str, str] = {
     "host": "address to bind",
     "port": "gRPC port (0 picks a free one)",
     "port_file": "once listening, write the bound gRPC, metrics and HTTP ports here as JSON",
-    "model": "a .keras model whose core is one LSTM fed by the input (default: a seeded LSTM)",
+    "model": "a .keras or .h5 model with one LSTM or a stack of them, served as version 1 of a "
+    "one-model repository (default: a seeded LSTM)",
+    "model_name": "the name --model (or the default model) is served under (default: the file's "
+    "stem; default-lstm)",
+    "model_repository": "serve the models of this directory: NAME/VERSION/model.keras, "
+    "NAME/model-config.json (see the README)",
+    "model_control_mode": "none: the models found at start; poll: follow the repository as it "
+    "changes; explicit: load and unload when asked (Triton's repository extension)",
+    "repository_poll_interval": "seconds between scans of the repository in poll mode",
+    "default_model": "the model a request with no model name gets (default: the only model)",
+    "version_drain_timeout": "seconds a version out of its policy keeps serving its live "
+    "sessions before it is unloaded anyway",
+    "max_loaded_versions": "most model versions loaded at once (0: no cap)",
     "features": "input features of the default model",
     "units": "units of the default model",
     "seed": "seed of the default model's weights",
@@ -167,6 +187,25 @@ def _parse_bool(text: str) -> bool:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+CONTROL_MODES = ("none", "poll", "explicit")
+
+
+class _Once(argparse.Action):
+    """Stores a flag's value, refusing the flag a second time: a repeated flag is a mistake
+    (``--model a.keras --model b.keras`` would serve only b), never silently resolved."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        seen: set[str] = namespace.__dict__.setdefault("_given", set())
+        if self.dest in seen:
+            parser.error(f"{option_string} is given more than once")
+        seen.add(self.dest)
+        setattr(namespace, self.dest, values)
 
 
 def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -196,7 +235,7 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         if f.type == "bool":
             p.add_argument(flag, default=default, help=text, action=argparse.BooleanOptionalAction)
         else:
-            p.add_argument(flag, default=default, help=text, type=kind)
+            p.add_argument(flag, default=default, help=text, type=kind, action=_Once)
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     return p
 
@@ -213,8 +252,9 @@ def load_settings(
 ) -> Settings:
     """Settings from flags, then ``LSTM_*`` variables, then defaults; out-of-range values exit."""
     p = parser(environ)
-    args = p.parse_args(argv)
-    settings = Settings(**vars(args))
+    args = vars(p.parse_args(argv))
+    args.pop("_given", None)
+    settings = Settings(**args)
     positive = (
         "features",
         "units",
@@ -259,4 +299,36 @@ def load_settings(
         p.error("--max-message-bytes must be at least 1024")
     if settings.session_ttl > settings.max_session_ttl:
         p.error("--session-ttl cannot exceed --max-session-ttl")
+    _check_models(p, settings)
     return settings
+
+
+def _check_models(p: argparse.ArgumentParser, settings: Settings) -> None:
+    if settings.model is not None and settings.model_repository is not None:
+        p.error("--model and --model-repository cannot go together: --model serves one file")
+    if settings.save_model is not None and settings.model_repository is not None:
+        p.error("--save-model saves --model's model (or the default); not a repository's")
+    if settings.model_name and settings.model_repository is not None:
+        p.error("--model-name names --model's model; a repository's models are its folders")
+    if settings.model_control_mode not in CONTROL_MODES:
+        p.error(
+            f"--model-control-mode must be one of {', '.join(CONTROL_MODES)}, "
+            f"not {settings.model_control_mode!r}"
+        )
+    if settings.model_control_mode != "none" and settings.model_repository is None:
+        p.error(f"--model-control-mode {settings.model_control_mode} needs --model-repository")
+    if settings.default_model and settings.model_repository is None:
+        p.error("--default-model is for --model-repository (one model is the default anyway)")
+    if settings.repository_poll_interval <= 0:
+        p.error("--repository-poll-interval must be more than 0")
+    if settings.version_drain_timeout < 0:
+        p.error("--version-drain-timeout must be 0 or more")
+    if settings.max_loaded_versions < 0:
+        p.error("--max-loaded-versions must be 0 (no cap) or more")
+    for name in ("model_name", "default_model"):
+        value = getattr(settings, name)
+        if value:
+            try:
+                check_model_name(value)
+            except RepositoryError as error:
+                p.error(f"--{name.replace('_', '-')}: {error}")

@@ -8,6 +8,7 @@ so existing dashboards work. Nothing depends on this module: it observes the tra
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -81,8 +82,25 @@ class Metrics:
         )
         self.model_info = Gauge(
             "lstm_model_info",
-            "The served model (value 1).",
-            ("version", "units", "features"),
+            "Each loaded model version (value 1): its name, version number, weights digest "
+            "(version), units and features.",
+            ("model", "model_version", "version", "units", "features"),
+            registry=r,
+        )
+        self.model_versions_loaded = Gauge(
+            "lstm_model_versions_loaded", "Model versions loaded (serving or draining).", registry=r
+        )
+        self.model_loads = Counter(
+            "lstm_model_loads",
+            "Loads of a model version, by model and outcome (loaded, failed).",
+            ("model", "outcome"),
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "lstm_model_load_seconds",
+            "Time to load and warm a model version, by model.",
+            ("model",),
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
             registry=r,
         )
         self.sessions_active = Gauge(
@@ -174,9 +192,29 @@ class Metrics:
 
     # The model
 
-    def set_model(self, info: ModelInfo) -> None:
-        self.model_info.clear()
-        self.model_info.labels(info.version, str(info.units), str(info.input_features)).set(1)
+    @staticmethod
+    def _model_labels(info: ModelInfo) -> tuple[str, ...]:
+        return (
+            info.name,
+            str(info.version_number),
+            info.version,
+            str(info.units),
+            str(info.input_features),
+        )
+
+    def model_loaded(self, info: ModelInfo, seconds: float) -> None:
+        self.model_info.labels(*self._model_labels(info)).set(1)
+        self.model_versions_loaded.inc()
+        self.model_loads.labels(info.name, "loaded").inc()
+        self.model_load_seconds.labels(info.name).observe(seconds)
+
+    def model_load_failed(self, name: str) -> None:
+        self.model_loads.labels(name, "failed").inc()
+
+    def model_unloaded(self, info: ModelInfo) -> None:
+        with contextlib.suppress(KeyError):
+            self.model_info.remove(*self._model_labels(info))
+        self.model_versions_loaded.dec()
 
     def observe_batch(self, batch: BatchObservation) -> None:
         self.sequences.inc(batch.sequences)

@@ -68,7 +68,7 @@ def gated() -> Iterator[tuple[ThreadedServer, GatedRuntime]]:
 
 def test_the_model_loaded_at_start_is_left_out_of_garbage_collection(wide_server) -> None:
     """A full collection over TensorFlow's objects stalled every call in flight (175 ms)."""
-    runtime = wide_server.server.runtime
+    runtime = wide_server.server.models.loaded()[0].scheduler.runtime
     assert runtime is not None
     assert gc.is_tracked(runtime)
     assert gc.get_freeze_count() > 0

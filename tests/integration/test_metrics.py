@@ -132,8 +132,12 @@ def test_session_metrics(stub, metrics_url: str) -> None:
 
 def test_model_info_and_process_metrics(metered, metrics_url: str) -> None:
     samples = scrape(metrics_url)
-    version = metered.server.runtime.info.version
-    assert value(samples, "lstm_model_info", version=version, units="3", features="2") == 1
+    [served] = metered.server.models.loaded()
+    info = served.info
+    labels = {"model": info.name, "model_version": "1", "version": info.version}
+    assert value(samples, "lstm_model_info", **labels, units="3", features="2") == 1
+    assert value(samples, "lstm_model_versions_loaded") == 1
+    assert value(samples, "lstm_model_loads_total", model=info.name, outcome="loaded") == 1
     assert value(samples, "process_resident_memory_bytes") > 0
     assert any(name == "python_info" for name, _ in samples)
 

@@ -197,7 +197,7 @@ def test_a_session_state_exports_and_imports_every_layer(served: Served, rng) ->
 
 
 def test_tensorflow_and_numpy_paths_equal_keras(served: Served, rng) -> None:
-    runtime = served.server.server.runtime
+    runtime = served.server.server.models.loaded()[0].scheduler.runtime
     info = runtime.info
     rows = [served.inputs(rng, steps) for steps in (T, 6, 2)]
     lengths = np.array([len(r) for r in rows])

@@ -47,3 +47,25 @@ def test_bad_settings_exit_with_a_message(argv, env, words, capsys) -> None:
         load_settings(argv, environ=env)
     assert caught.value.code == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "a.keras", "--model", "b.keras"], "--model is given more than once"),
+        (["--model", "a.keras", "--model-repository", "/r"], "cannot go together"),
+        (["--model-repository", "/r", "--model-name", "m"], "--model-name names --model"),
+        (["--model-control-mode", "poll"], "needs --model-repository"),
+        (["--model-repository", "/r", "--model-control-mode", "auto"], "must be one of"),
+        (["--model-name", "my model"], "is not a model name"),
+        (["--default-model", "m"], "--default-model is for --model-repository"),
+        (["--model-repository", "/r", "--save-model", "/s.keras"], "--save-model saves"),
+    ],
+)
+def test_model_flags_that_conflict_or_repeat_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_settings(argv, environ={})
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

@@ -16,12 +16,11 @@ from lstm_server.core.errors import (
     StepConflict,
     StoreUnavailable,
 )
-from lstm_server.core.scheduler import BatchScheduler
 from lstm_server.core.sessions import SessionService, check_window
 from lstm_server.core.types import Limits, RaggedSequence
 from lstm_server.sessions import MemorySessionStore
 
-from tests.helpers import NumpyRuntime
+from tests.helpers import NumpyRuntime, registry_of
 from tests.reference import NumpyLstm
 
 TOL = 1e-5
@@ -78,17 +77,17 @@ async def service(clock: Clock, counts: Counts) -> AsyncIterator[SessionService]
     runtime = NumpyRuntime()
     store = MemorySessionStore(clock=clock)
     await store.open()
-    scheduler = BatchScheduler(runtime)
-    scheduler.start()
+    models = await registry_of(runtime)
     limits = Limits(max_session_ttl_seconds=100, default_session_ttl_seconds=10)
-    made = SessionService(store, scheduler, limits, clock=clock, observer=counts)
+    made = SessionService(store, models, limits, clock=clock, observer=counts)
     yield made
     await made.stop()
-    await scheduler.stop()
+    await models.stop()
 
 
 def reference(service: SessionService) -> NumpyLstm:
-    runtime = service.scheduler.runtime
+    [served] = service.models.loaded()
+    runtime = served.scheduler.runtime
     assert isinstance(runtime, NumpyRuntime)
     return NumpyLstm(*runtime.weights)
 
@@ -278,7 +277,7 @@ async def test_a_session_of_other_weights_is_refused(
 ) -> None:
     session = await service.create(None)
     other = SessionService(
-        service.store, BatchScheduler(NumpyRuntime(seed=1)), service.limits, clock=clock
+        service.store, await registry_of(NumpyRuntime(seed=1)), service.limits, clock=clock
     )
     with pytest.raises(ModelMismatch, match="the server now serves sha256:numpy-1") as other_model:
         await other.step(session.session_id, ragged(rng.normal(size=(1, 3))), 1)
@@ -303,8 +302,8 @@ class FlakyStore(MemorySessionStore):
 
 async def service_on(store: MemorySessionStore, clock: Clock, counts: Counts) -> SessionService:
     await store.open()
-    scheduler = BatchScheduler(NumpyRuntime())
-    return SessionService(store, scheduler, Limits(), clock=clock, observer=counts)
+    models = await registry_of(NumpyRuntime())
+    return SessionService(store, models, Limits(), clock=clock, observer=counts)
 
 
 async def test_a_step_whose_write_was_not_confirmed_is_read_back(
@@ -333,7 +332,7 @@ async def test_a_step_after_another_replicas_write_reads_the_store(
 ) -> None:
     """Two services on one store, as two replicas on Redis: each remembers what it wrote, and a
     write by the other is noticed by the compare-and-set, never applied over."""
-    other = SessionService(service.store, service.scheduler, service.limits, clock=clock)
+    other = SessionService(service.store, service.models, service.limits, clock=clock)
     x = rng.normal(size=(4, 3)).astype(np.float32)
     session = await service.create(None)
     sid = session.session_id

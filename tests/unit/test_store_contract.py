@@ -101,6 +101,32 @@ async def test_earlier_steps_round_trip_with_their_states(store: SessionStore) -
     assert (await store.get("a")).earlier_steps == ()
 
 
+async def test_a_record_keeps_the_model_version_it_is_pinned_to(store: SessionStore) -> None:
+    await store.create(replace(record("a"), model_name="enc", version_number=7), max_sessions=0)
+    got = await store.get("a")
+    assert (got.model_name, got.version_number) == ("enc", 7)
+
+
+async def test_sessions_are_counted_per_model_version_while_they_live(
+    store: SessionStore,
+) -> None:
+    for sid, version in (("a", 1), ("b", 1), ("c", 2)):
+        pinned = replace(record(sid), model_name="enc", version_number=version)
+        await store.create(pinned, max_sessions=0)
+    await store.create(
+        replace(record("x", ttl=0.2), model_name="enc", version_number=2), max_sessions=0
+    )
+    assert await store.count_pinned("enc", 1) == 2
+    assert await store.count_pinned("enc", 2) == 2
+    assert await store.count_pinned("dec", 1) == 0
+    stepped = await store.get("a")
+    assert await store.compare_and_set(replace(stepped, revision=1), expected_revision=0)
+    assert await store.delete("b")
+    assert await store.count_pinned("enc", 1) == 1  # a stepped (still counted), b closed
+    await asyncio.sleep(0.3)
+    assert await store.count_pinned("enc", 2) == 1  # x expired
+
+
 async def test_unknown_id_is_not_found(store: SessionStore) -> None:
     with pytest.raises(SessionNotFound, match="does not exist"):
         await store.get("nope")

@@ -95,12 +95,24 @@ def test_state_in_says_which_parts_are_absent() -> None:
 
 
 def test_session_out_shows_no_bookkeeping() -> None:
-    info = SessionInfo("abc", State.zeros(2), 3, "sha256:v", 60, 1_700_000_000.5)
-    model = ModelInfo("m", "sha256:v", 1, 2, "tanh", "sigmoid", True)
-    message = conv.session_out(info, model)
+    model = ModelInfo("m", "sha256:v", 1, 2, "tanh", "sigmoid", True, version_number=3)
+    info = SessionInfo("abc", State.zeros(2), 3, "sha256:v", 60, 1_700_000_000.5, "m", 3, model)
+    message = conv.session_out(info)
     assert (message.session_id, message.step_count, message.ttl_seconds) == ("abc", 3, 60)
     assert (message.expires_at.seconds, message.expires_at.nanos) == (1_700_000_000, 500_000_000)
     assert message.model_version == "sha256:v"
+    assert (message.model.name, message.model.version) == ("m", 3)
+
+
+def test_a_session_of_a_version_never_loaded_here_shows_its_state_whole() -> None:
+    """GetSession works for a session whose version this server never had (how its state is
+    carried over): the state comes back as one layer."""
+    state = State(np.arange(6, dtype=np.float32), np.ones(6, np.float32))
+    info = SessionInfo("abc", state, 1, "sha256:gone", 60, 1_700_000_000.0, "m", 7, None)
+    message = conv.session_out(info)
+    np.testing.assert_array_equal(message.state.h.values, np.arange(6))
+    assert not message.HasField("layer_states")
+    assert (message.model.name, message.model.version) == ("m", 7)
 
 
 # The error table

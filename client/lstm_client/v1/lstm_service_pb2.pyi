@@ -15,10 +15,25 @@ class Output(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTPUT_MODEL: _ClassVar[Output]
     OUTPUT_HIDDEN: _ClassVar[Output]
     OUTPUT_LAYER_HIDDEN: _ClassVar[Output]
+
+class ModelVersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_VERSION_STATE_UNSPECIFIED: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_LOADING: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_READY: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_DRAINING: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_UNLOADING: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_UNAVAILABLE: _ClassVar[ModelVersionState]
 OUTPUT_UNSPECIFIED: Output
 OUTPUT_MODEL: Output
 OUTPUT_HIDDEN: Output
 OUTPUT_LAYER_HIDDEN: Output
+MODEL_VERSION_STATE_UNSPECIFIED: ModelVersionState
+MODEL_VERSION_STATE_LOADING: ModelVersionState
+MODEL_VERSION_STATE_READY: ModelVersionState
+MODEL_VERSION_STATE_DRAINING: ModelVersionState
+MODEL_VERSION_STATE_UNLOADING: ModelVersionState
+MODEL_VERSION_STATE_UNAVAILABLE: ModelVersionState
 
 class Vector(_message.Message):
     __slots__ = ("values",)
@@ -66,9 +81,47 @@ class Layer(_message.Message):
     lstm: bool
     def __init__(self, type: _Optional[str] = ..., name: _Optional[str] = ..., units: _Optional[int] = ..., lstm: bool = ...) -> None: ...
 
+class ModelSpec(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
 class GetModelMetadataRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ...) -> None: ...
+
+class ModelVersionStatus(_message.Message):
+    __slots__ = ("name", "version", "state", "reason", "digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    state: ModelVersionState
+    reason: str
+    digest: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., reason: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("ready",)
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    def __init__(self, ready: bool = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersionStatus]
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_timesteps", "max_batch_size", "max_sessions", "default_session_ttl_seconds", "max_session_ttl_seconds", "max_message_bytes", "max_concurrent_rpcs", "max_response_bytes", "max_sessions_per_principal", "max_concurrent_rpcs_per_principal", "session_memory_budget")
@@ -97,7 +150,7 @@ class ServerLimits(_message.Message):
     def __init__(self, max_timesteps: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_sessions: _Optional[int] = ..., default_session_ttl_seconds: _Optional[int] = ..., max_session_ttl_seconds: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_concurrent_rpcs: _Optional[int] = ..., max_response_bytes: _Optional[int] = ..., max_sessions_per_principal: _Optional[int] = ..., max_concurrent_rpcs_per_principal: _Optional[int] = ..., session_memory_budget: _Optional[int] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("name", "version", "input_features", "units", "dtype", "return_sequences", "return_state", "activation", "recurrent_activation", "use_bias", "limits", "vocabulary_size", "layers", "output_size", "has_output_layers", "lstm_layers")
+    __slots__ = ("name", "version", "input_features", "units", "dtype", "return_sequences", "return_state", "activation", "recurrent_activation", "use_bias", "limits", "vocabulary_size", "layers", "output_size", "has_output_layers", "lstm_layers", "version_number")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +167,7 @@ class ModelMetadata(_message.Message):
     OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     HAS_OUTPUT_LAYERS_FIELD_NUMBER: _ClassVar[int]
     LSTM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_NUMBER_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_features: int
@@ -130,21 +184,24 @@ class ModelMetadata(_message.Message):
     output_size: int
     has_output_layers: bool
     lstm_layers: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_features: _Optional[int] = ..., units: _Optional[int] = ..., dtype: _Optional[str] = ..., return_sequences: bool = ..., return_state: bool = ..., activation: _Optional[str] = ..., recurrent_activation: _Optional[str] = ..., use_bias: bool = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., vocabulary_size: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., output_size: _Optional[int] = ..., has_output_layers: bool = ..., lstm_layers: _Optional[int] = ...) -> None: ...
+    version_number: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_features: _Optional[int] = ..., units: _Optional[int] = ..., dtype: _Optional[str] = ..., return_sequences: bool = ..., return_state: bool = ..., activation: _Optional[str] = ..., recurrent_activation: _Optional[str] = ..., use_bias: bool = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., vocabulary_size: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., output_size: _Optional[int] = ..., has_output_layers: bool = ..., lstm_layers: _Optional[int] = ..., version_number: _Optional[int] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("sequences", "initial_states", "timesteps_per_message", "include", "initial_layer_states")
+    __slots__ = ("sequences", "initial_states", "timesteps_per_message", "include", "initial_layer_states", "model")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     INITIAL_STATES_FIELD_NUMBER: _ClassVar[int]
     TIMESTEPS_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELD_NUMBER: _ClassVar[int]
     INITIAL_LAYER_STATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedCompositeFieldContainer[Sequence]
     initial_states: _containers.RepeatedCompositeFieldContainer[LstmState]
     timesteps_per_message: int
     include: _containers.RepeatedScalarFieldContainer[Output]
     initial_layer_states: _containers.RepeatedCompositeFieldContainer[LayerStates]
-    def __init__(self, sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., initial_states: _Optional[_Iterable[_Union[LstmState, _Mapping]]] = ..., timesteps_per_message: _Optional[int] = ..., include: _Optional[_Iterable[_Union[Output, str]]] = ..., initial_layer_states: _Optional[_Iterable[_Union[LayerStates, _Mapping]]] = ...) -> None: ...
+    model: ModelSpec
+    def __init__(self, sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., initial_states: _Optional[_Iterable[_Union[LstmState, _Mapping]]] = ..., timesteps_per_message: _Optional[int] = ..., include: _Optional[_Iterable[_Union[Output, str]]] = ..., initial_layer_states: _Optional[_Iterable[_Union[LayerStates, _Mapping]]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ...) -> None: ...
 
 class SequenceOutput(_message.Message):
     __slots__ = ("hidden_sequence", "final_state", "outputs", "layer_hidden", "final_layer_states")
@@ -185,7 +242,7 @@ class PredictStreamResponse(_message.Message):
     def __init__(self, sequence_index: _Optional[int] = ..., start_timestep: _Optional[int] = ..., hidden: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., final_state: _Optional[_Union[LstmState, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., layer_hidden: _Optional[_Iterable[_Union[LayerSequence, _Mapping]]] = ..., final_layer_states: _Optional[_Union[LayerStates, _Mapping]] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "state", "step_count", "model_version", "expires_at", "ttl_seconds", "layer_states")
+    __slots__ = ("session_id", "state", "step_count", "model_version", "expires_at", "ttl_seconds", "layer_states", "model")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +250,7 @@ class Session(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LAYER_STATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: LstmState
     step_count: int
@@ -200,17 +258,20 @@ class Session(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     ttl_seconds: int
     layer_states: LayerStates
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[LstmState, _Mapping]] = ..., step_count: _Optional[int] = ..., model_version: _Optional[str] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., layer_states: _Optional[_Union[LayerStates, _Mapping]] = ...) -> None: ...
+    model: ModelSpec
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[LstmState, _Mapping]] = ..., step_count: _Optional[int] = ..., model_version: _Optional[str] = ..., expires_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., layer_states: _Optional[_Union[LayerStates, _Mapping]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("initial_state", "ttl_seconds", "initial_layer_states")
+    __slots__ = ("initial_state", "ttl_seconds", "initial_layer_states", "model")
     INITIAL_STATE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INITIAL_LAYER_STATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     initial_state: LstmState
     ttl_seconds: int
     initial_layer_states: LayerStates
-    def __init__(self, initial_state: _Optional[_Union[LstmState, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., initial_layer_states: _Optional[_Union[LayerStates, _Mapping]] = ...) -> None: ...
+    model: ModelSpec
+    def __init__(self, initial_state: _Optional[_Union[LstmState, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., initial_layer_states: _Optional[_Union[LayerStates, _Mapping]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ...) -> None: ...
 
 class StepRequest(_message.Message):
     __slots__ = ("session_id", "input", "step_number", "include")

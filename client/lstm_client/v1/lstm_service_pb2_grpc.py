@@ -39,6 +39,11 @@ class LstmServiceStub(object):
                 request_serializer=lstm_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.SerializeToString,
                 response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.ModelMetadata.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/lstm.v1.LstmService/ListModels',
+                request_serializer=lstm_dot_v1_dot_lstm__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=lstm_dot_v1_dot_lstm__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
         self.Predict = channel.unary_unary(
                 '/lstm.v1.LstmService/Predict',
                 request_serializer=lstm_dot_v1_dot_lstm__service__pb2.PredictRequest.SerializeToString,
@@ -85,7 +90,14 @@ class LstmServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def GetModelMetadata(self, request, context):
-        """What the served model is and which limits the server enforces.
+        """What a served model is and which limits the server enforces.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The models and versions the server has: loaded, loading, draining or failed to load.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +167,11 @@ def add_LstmServiceServicer_to_server(servicer, server):
                     request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.FromString,
                     response_serializer=lstm_dot_v1_dot_lstm__service__pb2.ModelMetadata.SerializeToString,
             ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=lstm_dot_v1_dot_lstm__service__pb2.ListModelsResponse.SerializeToString,
+            ),
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
                     request_deserializer=lstm_dot_v1_dot_lstm__service__pb2.PredictRequest.FromString,
@@ -223,6 +240,33 @@ class LstmService(object):
             '/lstm.v1.LstmService/GetModelMetadata',
             lstm_dot_v1_dot_lstm__service__pb2.GetModelMetadataRequest.SerializeToString,
             lstm_dot_v1_dot_lstm__service__pb2.ModelMetadata.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lstm.v1.LstmService/ListModels',
+            lstm_dot_v1_dot_lstm__service__pb2.ListModelsRequest.SerializeToString,
+            lstm_dot_v1_dot_lstm__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

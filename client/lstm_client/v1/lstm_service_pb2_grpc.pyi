@@ -41,7 +41,9 @@ class LstmServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LstmServiceAsyncStub: ...
     GetModelMetadata: _grpc.UnaryUnaryMultiCallable[_lstm_service_pb2.GetModelMetadataRequest, _lstm_service_pb2.ModelMetadata]
-    """What the served model is and which limits the server enforces."""
+    """What a served model is and which limits the server enforces."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_lstm_service_pb2.ListModelsRequest, _lstm_service_pb2.ListModelsResponse]
+    """The models and versions the server has: loaded, loading, draining or failed to load."""
     Predict: _grpc.UnaryUnaryMultiCallable[_lstm_service_pb2.PredictRequest, _lstm_service_pb2.PredictResponse]
     """Runs a batch of sequences; returns every timestep's hidden output and the final [h, c]."""
     PredictStream: _grpc.UnaryStreamMultiCallable[_lstm_service_pb2.PredictRequest, _lstm_service_pb2.PredictStreamResponse]
@@ -63,7 +65,9 @@ class LstmServiceStub:
 class LstmServiceAsyncStub(LstmServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetModelMetadata: _aio.UnaryUnaryMultiCallable[_lstm_service_pb2.GetModelMetadataRequest, _lstm_service_pb2.ModelMetadata]  # type: ignore[assignment]
-    """What the served model is and which limits the server enforces."""
+    """What a served model is and which limits the server enforces."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_lstm_service_pb2.ListModelsRequest, _lstm_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """The models and versions the server has: loaded, loading, draining or failed to load."""
     Predict: _aio.UnaryUnaryMultiCallable[_lstm_service_pb2.PredictRequest, _lstm_service_pb2.PredictResponse]  # type: ignore[assignment]
     """Runs a batch of sequences; returns every timestep's hidden output and the final [h, c]."""
     PredictStream: _aio.UnaryStreamMultiCallable[_lstm_service_pb2.PredictRequest, _lstm_service_pb2.PredictStreamResponse]  # type: ignore[assignment]
@@ -88,7 +92,15 @@ class LstmServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lstm_service_pb2.GetModelMetadataRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_lstm_service_pb2.ModelMetadata, _abc.Awaitable[_lstm_service_pb2.ModelMetadata]]:
-        """What the served model is and which limits the server enforces."""
+        """What a served model is and which limits the server enforces."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _lstm_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lstm_service_pb2.ListModelsResponse, _abc.Awaitable[_lstm_service_pb2.ListModelsResponse]]:
+        """The models and versions the server has: loaded, loading, draining or failed to load."""
 
     @_abc_1.abstractmethod
     def Predict(

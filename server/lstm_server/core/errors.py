@@ -66,9 +66,25 @@ class SessionNotFound(ServingError):
 
 
 class ModelNotFound(ServingError):
-    """The request names a model (or a version) that is not served here."""
+    """The request names a model (or a version) that is not served here: MODEL_NOT_FOUND,
+    MODEL_VERSION_NOT_FOUND, MODEL_NOT_NAMED (several models, no default), MODEL_NOT_LOADED (none
+    of its versions could be loaded), MODEL_VERSION_UNLOADED (a session's version that is gone),
+    MODEL_LOAD_FAILED (the version's files cannot be served)."""
 
     reason = "MODEL_NOT_FOUND"
+
+
+class ModelLoadFailed(ServingError):
+    """A model version cannot be loaded (a broken file, a refused layer); the message says why."""
+
+    reason = "MODEL_LOAD_FAILED"
+
+
+class ModelControlRefused(ServingError):
+    """Loading or unloading models on request is off (the server follows its repository, or
+    serves a fixed set)."""
+
+    reason = "MODEL_CONTROL_DISABLED"
 
 
 class StepConflict(ServingError):

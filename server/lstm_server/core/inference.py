@@ -1,12 +1,14 @@
-"""Predict and PredictStream: run a batch of sequences, whole or chunk by chunk."""
+"""Predict and PredictStream: run a batch of sequences, whole or chunk by chunk, on the model
+version a request names."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from lstm_server.core.scheduler import BatchScheduler
-from lstm_server.core.types import Array, GivenState, Limits, ModelInfo, Row, RowResult, State
+from lstm_server.core.registry import ModelRef, ModelRegistry, ServedModel
+from lstm_server.core.types import Array, GivenState, Limits, Row, RowResult, State
 from lstm_server.core.validation import RaggedSequence, predict_rows
 
 
@@ -22,38 +24,43 @@ class StreamChunk:
 
 
 class InferenceService:
-    """Runs validated sequences through the scheduler."""
+    """Runs validated sequences through the scheduler of the model version they are for."""
 
     def __init__(
         self,
-        scheduler: BatchScheduler,
+        models: ModelRegistry,
         limits: Limits,
         *,
         stream_chunk_timesteps: int = 64,
     ) -> None:
-        self.scheduler = scheduler
+        """``limits``: the server's, which bound what a request may be before its model is
+        known; each model's own (``ServedModel.limits``) may be tighter."""
+        self.models = models
         self.limits = limits
         self.stream_chunk_timesteps = stream_chunk_timesteps
 
-    @property
-    def info(self) -> ModelInfo:
-        return self.scheduler.runtime.info
+    def model(
+        self, ref: ModelRef, *, deadline: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[ServedModel]:
+        """The version ``ref`` names, held for the call (see ``ModelRegistry.acquire``)."""
+        return self.models.acquire(ref, deadline=deadline)
 
     async def predict(
         self,
+        model: ServedModel,
         sequences: list[RaggedSequence],
         initial_states: list[GivenState],
         *,
         deadline: float | None = None,
     ) -> list[RowResult]:
         """Each sequence's results and final state, exactly as Keras gives them alone."""
-        rows = [
-            Row(x, s) for x, s in predict_rows(sequences, initial_states, self.info, self.limits)
-        ]
-        return await self.scheduler.run(rows, deadline=deadline)
+        validated = predict_rows(sequences, initial_states, model.info, model.limits)
+        rows = [Row(x, s) for x, s in validated]
+        return await model.scheduler.run(rows, deadline=deadline)
 
     async def predict_stream(
         self,
+        model: ServedModel,
         sequences: list[RaggedSequence],
         initial_states: list[GivenState],
         *,
@@ -61,7 +68,7 @@ class InferenceService:
         deadline: float | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """Run all sequences chunk by chunk, carrying states, and yield outputs as they come."""
-        validated = predict_rows(sequences, initial_states, self.info, self.limits)
+        validated = predict_rows(sequences, initial_states, model.info, model.limits)
         per_message = max(1, timesteps_per_message)
         chunk = max(self.stream_chunk_timesteps, per_message)
         chunk -= chunk % per_message  # every message but each sequence's last is full
@@ -72,7 +79,7 @@ class InferenceService:
             rows = [
                 Row(validated[i][0][start : start + chunk], states[i], start > 0) for i in active
             ]
-            results = await self.scheduler.run(rows, deadline=deadline)
+            results = await model.scheduler.run(rows, deadline=deadline)
             for i, result in zip(active, results, strict=True):
                 states[i] = result.state
                 last = start + result.sequence.shape[0] >= validated[i][0].shape[0]

@@ -18,12 +18,13 @@ from lstm_server.core.errors import (
     ConcurrentChange,
     InvalidInput,
     ModelMismatch,
+    ModelNotFound,
     ServingError,
     SessionNotFound,
     StepConflict,
     StoreUnavailable,
 )
-from lstm_server.core.scheduler import BatchScheduler
+from lstm_server.core.registry import ModelRef, ModelRegistry, ServedModel
 from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore
 from lstm_server.core.types import Array, GivenState, Limits, ModelInfo, RaggedSequence, Row, State
 from lstm_server.core.validation import optional_state, step_input
@@ -92,17 +93,21 @@ def input_digest(x: Array) -> str:
 @dataclass(frozen=True)
 class SessionInfo:
     """A session as callers see it: what the store keeps, less its bookkeeping (owner, revision,
-    the last step kept for retries)."""
+    the last step kept for retries), with the description of the model version it is pinned to
+    (None if this server has never had that version)."""
 
     session_id: str
     state: State
     step_count: int
-    model_version: str
+    model_version: str  # the digest of the weights
     ttl_seconds: int
     expires_at: float  # Unix time
+    model_name: str = ""
+    version_number: int = 0
+    model: ModelInfo | None = None
 
     @classmethod
-    def of(cls, record: SessionRecord) -> SessionInfo:
+    def of(cls, record: SessionRecord, model: ModelInfo | None) -> SessionInfo:
         return cls(
             record.session_id,
             record.state,
@@ -110,6 +115,9 @@ class SessionInfo:
             record.model_version,
             record.ttl_seconds,
             record.expires_at,
+            record.model_name or ("" if model is None else model.name),
+            record.version_number or (0 if model is None else model.version_number),
+            model,
         )
 
 
@@ -123,6 +131,7 @@ class StepOutcome:
     sequence: Array
     state: State
     replayed: bool = False  # a retry of the last applied step, answered from the record
+    model: ModelInfo | None = None  # the version it ran on (the session's)
 
 
 class SessionObserver(Protocol):
@@ -162,8 +171,15 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+# A check the caller makes of the model version a step runs on, once it is known and before the
+# model runs (the transport checks that the reply will not be too large).
+BeforeRun = Callable[[ServedModel], None]
+
+
 class SessionService:
-    """Creates, steps, reads, resets and closes sessions kept in a ``SessionStore``.
+    """Creates, steps, reads, resets and closes sessions kept in a ``SessionStore``. A session is
+    pinned to the model version it was made on: its steps run on that version, whatever has been
+    loaded since.
 
     ``start()`` sweeps expired sessions every ``reap_interval`` seconds until ``stop()``.
     """
@@ -171,7 +187,7 @@ class SessionService:
     def __init__(
         self,
         store: SessionStore,
-        scheduler: BatchScheduler,
+        models: ModelRegistry,
         limits: Limits,
         *,
         reap_interval: float = 5.0,
@@ -179,7 +195,7 @@ class SessionService:
         observer: SessionObserver | None = None,
     ) -> None:
         self.store = store
-        self.scheduler = scheduler
+        self.models = models
         self.limits = limits
         self.reap_interval = reap_interval
         self._clock = clock
@@ -216,10 +232,6 @@ class SessionService:
         if self._observer is not None:
             self._observer.sessions_counted(await self.store.count())
 
-    @property
-    def info(self) -> ModelInfo:
-        return self.scheduler.runtime.info
-
     def _ttl(self, ttl_seconds: int) -> int:
         if ttl_seconds > self.limits.max_session_ttl_seconds:
             raise InvalidInput.single(
@@ -232,19 +244,35 @@ class SessionService:
         self,
         initial_state: GivenState | None,
         *,
+        model: ModelRef | None = None,
         ttl_seconds: int = 0,
         owner: str = "",
         session_id: str | None = None,
     ) -> SessionInfo:
-        """A new session starting from ``initial_state`` (zeros if None), under a new random id
-        unless the caller names it."""
-        state = optional_state(initial_state, "initial_state", "initial_layer_states", self.info)
+        """A new session on ``model`` (default: the default model's newest version), starting
+        from ``initial_state`` (zeros if None), under a new random id unless the caller names
+        it."""
+        async with self.models.acquire(model or ModelRef()) as served:
+            return await self._create(served, initial_state, ttl_seconds, owner, session_id)
+
+    async def _create(
+        self,
+        served: ServedModel,
+        initial_state: GivenState | None,
+        ttl_seconds: int,
+        owner: str,
+        session_id: str | None,
+    ) -> SessionInfo:
+        info = served.info
+        state = optional_state(initial_state, "initial_state", "initial_layer_states", info)
         ttl = self._ttl(ttl_seconds)
         record = SessionRecord(
             session_id=new_session_id() if session_id is None else session_id,
             state=state,
             step_count=0,
-            model_version=self.info.version,
+            model_version=info.version,
+            model_name=served.name,
+            version_number=served.version,
             ttl_seconds=ttl,
             expires_at=self._clock() + ttl,
             owner=owner,
@@ -260,11 +288,27 @@ class SessionService:
         self._remember(record)
         if self._observer is not None:
             self._observer.session_created(record.session_id, record.expires_at)
-        return SessionInfo.of(record)
+        return SessionInfo.of(record, info)
 
     async def get(self, session_id: str, *, owner: str = "") -> SessionInfo:
-        """The live session; another owner's session is reported as not existing."""
-        return SessionInfo.of(await self._record(session_id, owner))
+        """The live session; another owner's session is reported as not existing. It is read
+        whether or not its model version is still served (how a state is carried over)."""
+        record = await self._record(session_id, owner)
+        return SessionInfo.of(record, self.models.described(*self._pin(record)))
+
+    def _pin(self, record: SessionRecord) -> tuple[str, int]:
+        """The model and version a record is pinned to; records made before versions were
+        numbered are the default model's, at the version whose weights they name."""
+        if record.version_number:
+            return record.model_name, record.version_number
+        name = record.model_name or self.models.default_model
+        return name, self.models.version_of(name, record.model_version)
+
+    def _pinned(
+        self, record: SessionRecord, deadline: float | None
+    ) -> contextlib.AbstractAsyncContextManager[ServedModel]:
+        name, version = self._pin(record)
+        return self.models.acquire(ModelRef(name, version), deadline=deadline)
 
     async def _record(self, session_id: str, owner: str) -> SessionRecord:
         check_session_id(session_id)
@@ -282,56 +326,79 @@ class SessionService:
         owner: str = "",
         deadline: float | None = None,
         window: int = 1,
+        before_run: BeforeRun | None = None,
     ) -> StepOutcome:
-        """Apply one step exactly once; a retry of the last applied step repeats its reply, and
-        so does a retry of any of the ``window`` latest steps (a stream that keeps that many in
-        flight).
+        """Apply one step exactly once, on the model version the session is pinned to; a retry
+        of the last applied step repeats its reply, and so does a retry of any of the ``window``
+        latest steps (a stream that keeps that many in flight). ``before_run`` is called with the
+        session's model version before anything runs.
 
         A step that follows one this replica wrote starts from the record it remembers and goes
         straight to the compare-and-set, one store round trip instead of two; if another writer
         changed the session meanwhile, the compare-and-set fails and the step reads the store as
         any other does. Refusals and replays are only ever decided on a record just read.
         """
-        x = step_input(sequence, "input", self.info, self.limits)
-        digest = input_digest(x)
         async with self._locks.hold(session_id):
-            remembered = self._recalled(session_id, owner, step_number)
-            for _ in range(_CAS_ATTEMPTS):
-                record = remembered or await self._record(session_id, owner)
-                remembered = None
-                self._check_model(record)
-                replay = self._replay(record, step_number, digest)
-                if replay is not None:
-                    self._stepped(record, replayed=True)
-                    return replay
-                applied = record.step_count + 1
-                if step_number not in (0, applied):
-                    raise StepConflict(
-                        f"session {session_id} expects step_number {applied} "
-                        f"(or 0 to append), got {step_number}",
-                        session_id=session_id,
-                        expected_step_number=applied,
-                        step_number=step_number,
-                    )
-                [result] = await self.scheduler.run([Row(x, record.state)], deadline=deadline)
-                updated = replace(
-                    record,
-                    state=result.state,
-                    step_count=applied,
-                    revision=record.revision + 1,
-                    expires_at=self._clock() + record.ttl_seconds,
-                    last_step=AppliedStep(applied, digest, result.sequence, new_write_id()),
-                    earlier_steps=kept_after(record, window),
+            record = self._recalled(session_id, owner, step_number)
+            record = record or await self._record(session_id, owner)
+            async with self._pinned(record, deadline) as served:
+                if before_run is not None:
+                    before_run(served)
+                x = step_input(sequence, "input", served.info, served.limits)
+                return await self._apply(record, served, x, step_number, owner, deadline, window)
+
+    async def _apply(
+        self,
+        record: SessionRecord,
+        served: ServedModel,
+        x: Array,
+        step_number: int,
+        owner: str,
+        deadline: float | None,
+        window: int,
+    ) -> StepOutcome:
+        """The step on ``record`` (the first attempt) or on the record read again after a
+        compare-and-set that another writer won."""
+        session_id = record.session_id
+        digest = input_digest(x)
+        for attempt in range(_CAS_ATTEMPTS):
+            if attempt:
+                record = await self._record(session_id, owner)
+            self._check_model(record, served.info)
+            replay = self._replay(record, step_number, digest, served.info)
+            if replay is not None:
+                self._stepped(record, replayed=True)
+                return replay
+            applied = record.step_count + 1
+            if step_number not in (0, applied):
+                raise StepConflict(
+                    f"session {session_id} expects step_number {applied} "
+                    f"(or 0 to append), got {step_number}",
+                    session_id=session_id,
+                    expected_step_number=applied,
+                    step_number=step_number,
                 )
-                if await self._stored(updated, record.revision):
-                    self._remember(updated, with_steps=window > 1)
-                    self._stepped(updated, replayed=False)
-                    return StepOutcome(session_id, applied, result.sequence, result.state)
-                self._recent.pop(session_id, None)
-            raise ConcurrentChange(
-                f"session {session_id} is being changed by other writers; retry",
-                session_id=session_id,
+            [result] = await served.scheduler.run([Row(x, record.state)], deadline=deadline)
+            updated = replace(
+                record,
+                state=result.state,
+                step_count=applied,
+                revision=record.revision + 1,
+                expires_at=self._clock() + record.ttl_seconds,
+                last_step=AppliedStep(applied, digest, result.sequence, new_write_id()),
+                earlier_steps=kept_after(record, window),
             )
+            if await self._stored(updated, record.revision):
+                self._remember(updated, with_steps=window > 1)
+                self._stepped(updated, replayed=False)
+                return StepOutcome(
+                    session_id, applied, result.sequence, result.state, model=served.info
+                )
+            self._recent.pop(session_id, None)
+        raise ConcurrentChange(
+            f"session {session_id} is being changed by other writers; retry",
+            session_id=session_id,
+        )
 
     def _recalled(self, session_id: str, owner: str, step_number: int) -> SessionRecord | None:
         """The record this replica last wrote, if a step numbered ``step_number`` would apply
@@ -341,7 +408,6 @@ class SessionService:
             record is None
             or record.owner != owner
             or record.expires_at <= self._clock()
-            or record.model_version != self.info.version
             or step_number not in (0, record.step_count + 1)
         ):
             return None
@@ -376,25 +442,33 @@ class SessionService:
             log.info("a step's write was made although the store did not confirm it in time")
             return True
 
-    def _check_model(self, record: SessionRecord) -> None:
-        if record.model_version != self.info.version:
+    @staticmethod
+    def _check_model(record: SessionRecord, info: ModelInfo) -> None:
+        """The version a session is pinned to must still have the weights it was made with (a
+        repository whose version folder was overwritten, or replicas given other weights under
+        the same version, must not carry a state over to weights it was not made for)."""
+        if record.model_version != info.version:
             raise ModelMismatch(
                 f"session {record.session_id} was made with model {record.model_version}; "
-                f"the server now serves {self.info.version}",
+                f"the server now serves {info.version} as version {info.version_number} of "
+                f"model '{info.name}'",
                 session_id=record.session_id,
                 session_version=record.model_version,
-                served_version=self.info.version,
+                served_version=info.version,
             )
-        if record.state.h.size != self.info.state_size:
+        if record.state.h.size != info.state_size:
             raise ModelMismatch(
                 f"session {record.session_id} holds a state of {record.state.h.size} values; "
-                f"the model's has {self.info.state_size}",
+                f"the model's has {info.state_size}",
                 session_id=record.session_id,
                 session_version=record.model_version,
-                served_version=self.info.version,
+                served_version=info.version,
             )
 
-    def _replay(self, record: SessionRecord, step_number: int, digest: str) -> StepOutcome | None:
+    @staticmethod
+    def _replay(
+        record: SessionRecord, step_number: int, digest: str, info: ModelInfo
+    ) -> StepOutcome | None:
         if step_number == 0 or step_number > record.step_count:
             return None
         kept = [step for step in record.kept_steps() if step.step_number == step_number]
@@ -412,7 +486,7 @@ class SessionService:
             )
         state = record.state if last.state is None else last.state
         return StepOutcome(
-            record.session_id, step_number, last.hidden_sequence, state, replayed=True
+            record.session_id, step_number, last.hidden_sequence, state, replayed=True, model=info
         )
 
     def _stepped(self, record: SessionRecord, *, replayed: bool) -> None:
@@ -422,45 +496,76 @@ class SessionService:
     async def reset(
         self, session_id: str, state: GivenState | None, *, owner: str = ""
     ) -> SessionInfo:
-        """Back to zeros or to ``state``; the step count restarts at 0."""
-        new_state = optional_state(state, "state", "layer_states", self.info)
+        """Back to zeros or to ``state``; the step count restarts at 0. The session stays on its
+        model version; if that version is no longer served (or has other weights now), it moves
+        to the newest version of its model, since nothing of its past is kept."""
         async with self._locks.hold(session_id):
             for _ in range(_CAS_ATTEMPTS):
                 record = await self._record(session_id, owner)
-                updated = replace(
-                    record,
-                    state=new_state,
-                    step_count=0,
-                    revision=record.revision + 1,
-                    model_version=self.info.version,
-                    expires_at=self._clock() + record.ttl_seconds,
-                    last_step=None,
-                    earlier_steps=(),
-                )
-                if await self.store.compare_and_set(updated, expected_revision=record.revision):
+                async with self.models.acquire(await self._reset_target(record)) as served:
+                    new_state = optional_state(state, "state", "layer_states", served.info)
+                    updated = replace(
+                        record,
+                        state=new_state,
+                        step_count=0,
+                        revision=record.revision + 1,
+                        model_version=served.info.version,
+                        model_name=served.name,
+                        version_number=served.version,
+                        expires_at=self._clock() + record.ttl_seconds,
+                        last_step=None,
+                        earlier_steps=(),
+                    )
+                    stored = await self.store.compare_and_set(
+                        updated, expected_revision=record.revision
+                    )
+                if stored:
                     self._remember(updated)
-                    return SessionInfo.of(updated)
+                    return SessionInfo.of(updated, served.info)
         raise ConcurrentChange(
             f"session {session_id} is being changed by other writers; retry",
             session_id=session_id,
         )
 
+    async def _reset_target(self, record: SessionRecord) -> ModelRef:
+        """The session's own version if it is still served with the weights it was made with;
+        else its model's newest version."""
+        name, version = self._pin(record)
+        pinned = ModelRef(name, version)
+        try:
+            async with self.models.acquire(pinned) as served:
+                if served.info.version == record.model_version:
+                    return pinned
+        except ModelNotFound as error:
+            if error.reason != "MODEL_VERSION_UNLOADED" and version:
+                raise
+        return ModelRef(name)
+
     async def restart(
-        self, session_id: str, initial_state: GivenState | None, *, owner: str = ""
+        self,
+        session_id: str,
+        initial_state: GivenState | None,
+        *,
+        model: ModelRef | None = None,
+        owner: str = "",
     ) -> SessionInfo:
-        """The session the caller names, from ``initial_state`` with no steps: reset if it is
-        live, made if not (callers that name their sessions, as the Open Inference Protocol's
-        sequences do, start them this way)."""
+        """The session the caller names, on ``model``, from ``initial_state`` with no steps:
+        reset if it is live on that model version, made (again) if not (callers that name their
+        sessions, as the Open Inference Protocol's sequences do, start them this way)."""
         check_session_id(session_id)
         try:
             record: SessionRecord | None = await self.store.get(session_id)
         except SessionNotFound:
             record = None
-        if record is None:
-            return await self.create(initial_state, owner=owner, session_id=session_id)
-        if record.owner != owner:  # never another owner's session, whatever its name
-            raise SessionNotFound.ended(session_id, None)
-        return await self.reset(session_id, initial_state, owner=owner)
+        if record is not None and record.owner != owner:
+            raise SessionNotFound.ended(session_id, None)  # never another owner's session
+        async with self.models.acquire(model or ModelRef()) as served:
+            if record is not None and self._pin(record) == (served.name, served.version):
+                return await self.reset(session_id, initial_state, owner=owner)
+            if record is not None:  # on another model or version: made anew
+                self._recent.pop(session_id, None)
+                await self.store.delete(session_id)
+            return await self._create(served, initial_state, 0, owner, session_id)
 
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""

@@ -34,7 +34,7 @@ class SessionRecord:
     session_id: str
     state: State
     step_count: int
-    model_version: str
+    model_version: str  # the digest of the weights the session runs on
     ttl_seconds: int
     expires_at: float  # Unix time
     owner: str = ""
@@ -43,6 +43,10 @@ class SessionRecord:
     # Steps applied before ``last_step`` whose replies a stream with a window of steps in flight
     # may still ask for again (oldest first, each with the state after it).
     earlier_steps: tuple[AppliedStep, ...] = ()
+    # The model and version (its number in the repository) the session is pinned to; "" and 0
+    # in records made before models were named: the default model, by digest.
+    model_name: str = ""
+    version_number: int = 0
 
     def kept_steps(self) -> tuple[AppliedStep, ...]:
         """Every step whose reply a retry repeats, oldest first."""
@@ -91,6 +95,11 @@ class SessionStore(Protocol):
 
     async def count(self) -> int:
         """How many live sessions there are."""
+        ...
+
+    async def count_pinned(self, model_name: str, version_number: int) -> int:
+        """How many live sessions are pinned to that model version (so that it stays loaded
+        while they live)."""
         ...
 
     async def ping(self) -> bool:

@@ -71,6 +71,7 @@ class ModelInfo:
     lstm_units: tuple[int, ...] = ()  # bottom to top; () means one layer of ``units``
     output_size: int = 0  # values per timestep of the output layers; 0: none
     layers: tuple[LayerInfo, ...] = ()
+    version_number: int = 1  # the version's number in the model repository (``version``: digest)
 
     @property
     def layer_units(self) -> tuple[int, ...]:

@@ -93,6 +93,14 @@ class Chain:
 
 def load_chain(path: Path) -> Chain:
     """Load a saved ``.keras`` model and check that it is one servable chain."""
+    if path.is_dir():
+        if any((path / marker).exists() for marker in ("saved_model.pb", "saved_model.pbtxt")):
+            raise ModelLoadError(
+                f"{path} is a TensorFlow SavedModel (model.export()), which keeps the traced "
+                "graph but not the Keras layers lstm-serving rebuilds its LSTM from; save the "
+                "model with model.save('model.keras') and serve that file"
+            )
+        raise ModelLoadError(f"{path} is a directory, not a .keras or .h5 model file")
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     _refuse_code_layers(path)

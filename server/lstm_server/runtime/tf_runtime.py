@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lstm_server.core.repository import ModelSource
 from lstm_server.core.types import Array, ModelInfo
 from lstm_server.runtime.chain import Chain, load_chain
 from lstm_server.runtime.compiler import Compiled, Compiler, Priority, Shape
@@ -349,27 +351,36 @@ def use_compile_cache(directory: Path) -> None:
     """Have XLA keep what it compiles in ``directory`` and load it from there on the next start
     (its persistent cache, keyed by the compiled program: a changed model never hits an old
     entry). TensorFlow reads ``TF_XLA_FLAGS`` when it first compiles."""
-    directory.mkdir(parents=True, exist_ok=True)
+    flag = f"--tf_xla_persistent_cache_directory={directory}"
     flags = os.environ.get("TF_XLA_FLAGS", "")
-    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
+    if flag in flags.split():
+        return  # set by an earlier load (every model version of the server shares it)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["TF_XLA_FLAGS"] = f"{flags} {flag}".strip()
     log.info("XLA compile cache in %s", directory)
 
 
-def load_runtime(options: RuntimeOptions) -> TfLstmRuntime:
-    """Load the user's model (or build the seeded default), optionally save it, and compile it."""
+def load_runtime(options: RuntimeOptions, source: ModelSource | None = None) -> TfLstmRuntime:
+    """Load a version of a model (``source``; by default the one ``options`` names: the user's
+    model file, or the seeded default), optionally save it, and compile it."""
     if options.compile_cache is not None:
         use_compile_cache(options.compile_cache)
-    if options.model is not None:
-        chain = load_chain(options.model)
+    path = options.model if source is None else source.path
+    if path is not None:
+        chain = load_chain(path)
     else:
         chain = default_chain(options.features, options.units, options.seed)
     if options.save_model is not None:
         save_chain(chain, options.save_model)
         log.info("saved the served model to %s", options.save_model)
-    info = chain_info(chain, chain.name)
+    name = chain.name if source is None else source.name
+    info = chain_info(chain, name)
+    if source is not None:
+        info = replace(info, version_number=source.version)
     log.info(
-        "serving %s %s: %s, LSTM units %s, %d values per timestep out",
+        "serving %s version %d (%s): %s, LSTM units %s, %d values per timestep out",
         info.name,
+        info.version_number,
         info.version,
         f"{info.vocabulary_size} token ids"
         if info.vocabulary_size
@@ -380,11 +391,14 @@ def load_runtime(options: RuntimeOptions) -> TfLstmRuntime:
     fast = numpy_chain(chain) if options.fast_path else None
     if options.fast_path and fast is None:
         log.info("a layer has no numpy form here: every call runs on TensorFlow")
+    max_rows = options.max_rows
+    if source is not None:
+        max_rows = int(source.config.settings.get("max_batch_rows", max_rows))
     return TfLstmRuntime(
         chain,
         info,
         chunk_timesteps=options.chunk_timesteps,
-        max_rows=options.max_rows,
+        max_rows=max_rows,
         xla=options.xla,
         fast=fast,
     )

@@ -42,6 +42,7 @@ class MemorySessionStore:
         self._records: dict[str, SessionRecord] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
         self._owners: Counter[str] = Counter()
+        self._pinned: Counter[tuple[str, int]] = Counter()
         self._bytes = 0
         self.max_bytes = max_bytes
         self._snapshot = snapshot
@@ -75,6 +76,7 @@ class MemorySessionStore:
         old = self._records.get(record.session_id)
         if old is None:
             self._owners[record.owner] += 1
+            self._pinned[_pin(record)] += 1
         else:
             self._bytes -= record_bytes(old)
         self._bytes += record_bytes(record)
@@ -87,6 +89,9 @@ class MemorySessionStore:
             self._owners[record.owner] -= 1
             if not self._owners[record.owner]:
                 del self._owners[record.owner]
+            self._pinned[_pin(record)] -= 1
+            if not self._pinned[_pin(record)]:
+                del self._pinned[_pin(record)]
         self._ended[session_id] = reason
         if self._on_end is not None:
             self._on_end(reason)
@@ -162,6 +167,11 @@ class MemorySessionStore:
     async def count(self) -> int:
         return len(self._records)
 
+    async def count_pinned(self, model_name: str, version_number: int) -> int:
+        if self._pinned[(model_name, version_number)]:
+            await self.reap_expired()  # expired ones no longer hold a version
+        return self._pinned[(model_name, version_number)]
+
     def records(self) -> list[SessionRecord]:
         """The live records, to persist them across a restart."""
         now = self._clock()
@@ -177,6 +187,10 @@ class MemorySessionStore:
 
     async def ping(self) -> bool:
         return True
+
+
+def _pin(record: SessionRecord) -> tuple[str, int]:
+    return (record.model_name, record.version_number)
 
 
 def record_bytes(record: SessionRecord) -> int:

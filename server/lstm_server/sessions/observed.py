@@ -75,5 +75,10 @@ class ObservedStore:
     async def count(self) -> int:
         return await self._timed("count", self.store.count)
 
+    async def count_pinned(self, model_name: str, version_number: int) -> int:
+        return await self._timed(
+            "count_pinned", lambda: self.store.count_pinned(model_name, version_number)
+        )
+
     async def ping(self) -> bool:
         return await self._timed("ping", self.store.ping)

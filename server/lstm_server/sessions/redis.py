@@ -5,6 +5,9 @@ Layout (``prefix`` defaults to ``lstm:``):
   model version, owner and the last applied step (and, for a stream with a window of steps in
   flight, the steps before it, packed in one field); it carries a Redis TTL of the session's TTL;
 - ``{prefix}sessions``: a sorted set of live ids scored by expiry time, for the cap and reaping;
+- ``{prefix}owner:{owner}`` and ``{prefix}pinned:{model}/{version}``: the same, per principal (for
+  its cap) and per model version (so that a draining version stays loaded while its sessions
+  live); expired entries are dropped when they are next counted;
 - ``{prefix}ended:{id}``: why a session ended ("closed" or "expired"), kept for a day.
 
 Every write is one Lua script, so it is atomic: creation checks the cap, compare-and-set checks the
@@ -47,8 +50,8 @@ local function reap(index, prefix, now)
 end
 """
 
-# KEYS: session hash, index, owner's index. ARGV: now, tombstone seconds, prefix, id,
-# max_sessions, ttl ms, expires_at, max_owner_sessions, then field/value pairs.
+# KEYS: session hash, index, owner's index, model version's index. ARGV: now, tombstone seconds,
+# prefix, id, max_sessions, ttl ms, expires_at, max_owner_sessions, then field/value pairs.
 # Returns 1 (created), 0 (the store's cap is reached) or -1 (the owner's cap is reached).
 _CREATE = (
     _REAP
@@ -64,12 +67,13 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[7], ARGV[4])
 return 1
 """
 )
 
-# KEYS: session hash, index, owner's index. ARGV: expected revision, id, ttl ms, expires_at,
-# field/value pairs.
+# KEYS: session hash, index, owner's index, model version's index. ARGV: expected revision, id,
+# ttl ms, expires_at, field/value pairs.
 _COMPARE_AND_SET = """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'last_step', 'last_digest', 'last_hidden', 'last_shape', 'last_write',
@@ -78,15 +82,20 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
 redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[2])
+redis.call('ZADD', KEYS[4], 'XX', ARGV[4], ARGV[2])
 return 1
 """
 
 # KEYS: session hash, index, tombstone. ARGV: id, tombstone seconds, prefix.
 _DELETE = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
+local pinned = redis.call('HMGET', KEYS[1], 'model_name', 'version_number')
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if owner then redis.call('ZREM', ARGV[3] .. 'owner:' .. owner, ARGV[1]) end
+if pinned[1] then
+  redis.call('ZREM', ARGV[3] .. 'pinned:' .. pinned[1] .. '/' .. pinned[2], ARGV[1])
+end
 redis.call('SET', KEYS[3], 'closed', 'EX', ARGV[2])
 return 1
 """
@@ -101,6 +110,8 @@ def _encode(record: SessionRecord) -> list[Any]:
         "c": record.state.c.astype(np.float32).tobytes(),
         "step_count": record.step_count,
         "model_version": record.model_version,
+        "model_name": record.model_name,
+        "version_number": record.version_number,
         "ttl_seconds": record.ttl_seconds,
         "expires_at": repr(record.expires_at),
         "owner": record.owner,
@@ -167,6 +178,8 @@ def _decode(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
         state=state,
         step_count=int(f["step_count"]),
         model_version=f["model_version"].decode(),
+        model_name=f.get("model_name", b"").decode(),
+        version_number=int(f.get("version_number", b"0")),
         ttl_seconds=int(f["ttl_seconds"]),
         expires_at=float(f["expires_at"]),
         owner=f["owner"].decode(),
@@ -220,6 +233,17 @@ class RedisSessionStore:
     def _owner_key(self, owner: str) -> str:
         return f"{self._prefix}owner:{owner}"
 
+    def _pinned_key(self, model_name: str, version_number: int) -> str:
+        return f"{self._prefix}pinned:{model_name}/{version_number}"
+
+    def _keys(self, record: SessionRecord) -> list[str]:
+        return [
+            self._key(record.session_id),
+            self._index,
+            self._owner_key(record.owner),
+            self._pinned_key(record.model_name, record.version_number),
+        ]
+
     async def _do(self, operation: Awaitable[T]) -> T:
         try:
             return await operation
@@ -239,7 +263,7 @@ class RedisSessionStore:
         ttl_ms = max(1, int((record.expires_at - self._clock()) * 1000))
         created = await self._do(
             self._create(
-                keys=[self._key(record.session_id), self._index, self._owner_key(record.owner)],
+                keys=self._keys(record),
                 args=[
                     self._clock(),
                     TOMBSTONE_SECONDS,
@@ -277,7 +301,7 @@ class RedisSessionStore:
         ttl_ms = max(1, int((record.expires_at - self._clock()) * 1000))
         stored = await self._do(
             self._cas(
-                keys=[self._key(record.session_id), self._index, self._owner_key(record.owner)],
+                keys=self._keys(record),
                 args=[
                     expected_revision,
                     record.session_id,
@@ -310,6 +334,14 @@ class RedisSessionStore:
 
     async def count(self) -> int:
         return int(await self._do(self._redis.zcount(self._index, f"({self._clock()}", "+inf")))
+
+    async def count_pinned(self, model_name: str, version_number: int) -> int:
+        key = self._pinned_key(model_name, version_number)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, "-inf", self._clock())
+            pipe.zcard(key)
+            _, live = await self._do(pipe.execute())
+        return int(live)
 
     async def ping(self) -> bool:
         try:

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from lstm_client.v1 import lstm_service_pb2 as pb
 
 from lstm_server.core.errors import InvalidInput
+from lstm_server.core.registry import ModelRef, VersionState, VersionStatus
 from lstm_server.core.sessions import SessionInfo
 from lstm_server.core.types import (
     GivenState,
@@ -19,6 +20,11 @@ from lstm_server.core.types import (
 )
 
 # proto -> domain
+
+
+def model_ref_in(spec: pb.ModelSpec) -> ModelRef:
+    """The model and version a request names (empty name: the default model; 0: the newest)."""
+    return ModelRef(spec.name, spec.version)
 
 
 def state_in(message: pb.LstmState) -> StateInput:
@@ -83,6 +89,7 @@ def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
         output_size=info.output_size or info.units,
         has_output_layers=info.has_output_layers,
         lstm_layers=info.lstm_layers,
+        version_number=info.version_number,
         limits=pb.ServerLimits(
             max_timesteps=limits.max_timesteps,
             max_batch_size=limits.max_batch_size,
@@ -99,15 +106,46 @@ def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
     )
 
 
-def session_out(session: SessionInfo, info: ModelInfo) -> pb.Session:
+def session_out(session: SessionInfo) -> pb.Session:
+    """A session; its state split into layers as its model version has them (as one layer if
+    this server has never had that version)."""
     expires_at = Timestamp()
     expires_at.FromNanoseconds(int(session.expires_at * 1e9))
+    info = session.model
     return pb.Session(
         session_id=session.session_id,
-        state=layer_state_out(session.state, info.hidden_columns()),
+        state=layer_state_out(
+            session.state, slice(None) if info is None else info.hidden_columns()
+        ),
         step_count=session.step_count,
         model_version=session.model_version,
         expires_at=expires_at,
         ttl_seconds=session.ttl_seconds,
-        layer_states=layer_states_out(session.state, info),
+        layer_states=None if info is None else layer_states_out(session.state, info),
+        model=pb.ModelSpec(name=session.model_name, version=session.version_number),
+    )
+
+
+_STATES = {
+    VersionState.LOADING: pb.MODEL_VERSION_STATE_LOADING,
+    VersionState.READY: pb.MODEL_VERSION_STATE_READY,
+    VersionState.DRAINING: pb.MODEL_VERSION_STATE_DRAINING,
+    VersionState.UNLOADING: pb.MODEL_VERSION_STATE_UNLOADING,
+    VersionState.UNAVAILABLE: pb.MODEL_VERSION_STATE_UNAVAILABLE,
+}
+
+
+def models_out(statuses: list[VersionStatus], default_model: str) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(
+        models=[
+            pb.ModelVersionStatus(
+                name=s.name,
+                version=s.version,
+                state=_STATES[s.state],
+                reason=s.reason,
+                digest=s.digest,
+            )
+            for s in statuses
+        ],
+        default_model=default_model,
     )

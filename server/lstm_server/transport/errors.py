@@ -34,6 +34,8 @@ STATUS_CODES: dict[type[errors.ServingError], grpc.StatusCode] = {
     errors.StepConflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ConcurrentChange: grpc.StatusCode.ABORTED,
     errors.ModelMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ModelLoadFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ModelControlRefused: grpc.StatusCode.FAILED_PRECONDITION,
     errors.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.ModelNotReady: grpc.StatusCode.UNAVAILABLE,

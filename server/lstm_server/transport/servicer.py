@@ -23,8 +23,15 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 
 from lstm_server.core.errors import InvalidInput, ModelNotReady, ServingError, SessionNotFound
 from lstm_server.core.inference import InferenceService
-from lstm_server.core.sessions import SessionInfo, SessionService, check_window
-from lstm_server.core.types import Limits
+from lstm_server.core.registry import TAKES_CALLS, ModelRegistry, ServedModel
+from lstm_server.core.sessions import (
+    BeforeRun,
+    SessionInfo,
+    SessionService,
+    StepOutcome,
+    check_window,
+)
+from lstm_server.core.types import Limits, RaggedSequence
 from lstm_server.transport import converters as conv
 from lstm_server.transport import wire
 from lstm_server.transport.auth import principal
@@ -48,6 +55,10 @@ class Services:
 
     inference: InferenceService
     sessions: SessionService
+
+    @property
+    def models(self) -> ModelRegistry:
+        return self.inference.models
 
 
 def ready(services: Services | None) -> Services:
@@ -94,36 +105,49 @@ class LstmServicer:
     async def GetModelMetadata(
         self, request: pb.GetModelMetadataRequest, context: Context
     ) -> pb.ModelMetadata:
-        inference = self._core.inference
-        return conv.metadata_out(inference.info, inference.limits)
+        ref = conv.model_ref_in(request.model)
+        async with self._core.inference.model(ref, deadline=deadline_of(context)) as model:
+            return conv.metadata_out(model.info, model.limits)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        models = self._core.models
+        statuses = [s for s in models.index() if not request.ready or s.state in TAKES_CALLS]
+        return conv.models_out(statuses, models.default_model)
 
     async def Predict(self, request: bytes, context: Context) -> bytes:
         inference = self._core.inference
         batch = await _read(wire.predict_request, request, inference.limits)
         selection = wire.selection(batch.include)
-        size = wire.predict_reply_bytes(batch.sequences, inference.info, selection)
-        check_reply_bytes(size, inference.limits, "use PredictStream, which sends them in parts")
-        results = await inference.predict(
-            batch.sequences, batch.initial_states, deadline=deadline_of(context)
-        )
-        replies = wire.Replies(inference.info, selection)
+        deadline = deadline_of(context)
+        async with inference.model(batch.model, deadline=deadline) as model:
+            size = wire.predict_reply_bytes(batch.sequences, model.info, selection)
+            check_reply_bytes(size, model.limits, "use PredictStream, which sends them in parts")
+            results = await inference.predict(
+                model, batch.sequences, batch.initial_states, deadline=deadline
+            )
+        replies = wire.Replies(model.info, selection)
         return await _converted(size > OFF_LOOP_BYTES, replies.predict_response, results)
 
     async def PredictStream(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         inference = self._core.inference
         batch = await _read(wire.predict_request, request, inference.limits)
         selection = wire.selection(batch.include)
-        size = wire.stream_message_bytes(batch.timesteps_per_message, inference.info, selection)
-        check_reply_bytes(size, inference.limits, "ask for fewer timesteps_per_message")
-        chunks = inference.predict_stream(
-            batch.sequences,
-            batch.initial_states,
-            timesteps_per_message=batch.timesteps_per_message,
-            deadline=deadline_of(context),
-        )
-        replies = wire.Replies(inference.info, selection)
-        async for chunk in chunks:
-            yield replies.stream_response(chunk)
+        deadline = deadline_of(context)
+        async with inference.model(batch.model, deadline=deadline) as model:
+            size = wire.stream_message_bytes(batch.timesteps_per_message, model.info, selection)
+            check_reply_bytes(size, model.limits, "ask for fewer timesteps_per_message")
+            chunks = inference.predict_stream(
+                model,
+                batch.sequences,
+                batch.initial_states,
+                timesteps_per_message=batch.timesteps_per_message,
+                deadline=deadline,
+            )
+            replies = wire.Replies(model.info, selection)
+            async for chunk in chunks:
+                yield replies.stream_response(chunk)
 
     async def CreateSession(self, request: pb.CreateSessionRequest, context: Context) -> pb.Session:
         return self._session_out(await self._create(request))
@@ -136,17 +160,15 @@ class LstmServicer:
         sessions = self._core.sessions
         step = await _read(wire.step_request, request, sessions.limits)
         selection = wire.selection(step.include)
-        size = wire.step_reply_bytes(step.input, sessions.info, selection)
-        check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
         outcome = await sessions.step(
             step.session_id,
             step.input,
             step.step_number,
             owner=principal(),
             deadline=deadline_of(context),
+            before_run=_reply_fits(step.input, selection),
         )
-        replies = wire.Replies(sessions.info, selection)
-        return await _converted(size > OFF_LOOP_BYTES, replies.step_response, outcome)
+        return await _reply(outcome, step.input, selection, wire.Replies.step_response)
 
     async def StreamSession(
         self, request_iterator: AsyncIterator[bytes], context: Context
@@ -200,13 +222,15 @@ class LstmServicer:
         if step is None:
             raise InvalidInput.single("step", "after the opening message, every message is a step")
         selection = wire.selection(step.include)
-        size = wire.step_reply_bytes(step.input, sessions.info, selection)
-        check_reply_bytes(size, sessions.limits, "send the input in smaller steps")
         outcome = await sessions.step(
-            session_id, step.input, step.step_number, owner=principal(), window=window
+            session_id,
+            step.input,
+            step.step_number,
+            owner=principal(),
+            window=window,
+            before_run=_reply_fits(step.input, selection),
         )
-        replies = wire.Replies(sessions.info, selection)
-        return await _converted(size > OFF_LOOP_BYTES, replies.stream_step_response, outcome)
+        return await _reply(outcome, step.input, selection, wire.Replies.stream_step_response)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.Session:
         session = await self._core.sessions.get(request.session_id, owner=principal())
@@ -226,15 +250,40 @@ class LstmServicer:
         await self._core.sessions.close(request.session_id, owner=principal())
         return pb.CloseSessionResponse()
 
-    def _session_out(self, session: SessionInfo) -> pb.Session:
-        return conv.session_out(session, self._core.sessions.info)
+    @staticmethod
+    def _session_out(session: SessionInfo) -> pb.Session:
+        return conv.session_out(session)
 
     async def _create(self, request: pb.CreateSessionRequest) -> SessionInfo:
         return await self._core.sessions.create(
             conv.optional_state_in(request, "initial_state", "initial_layer_states"),
+            model=conv.model_ref_in(request.model),
             ttl_seconds=request.ttl_seconds,
             owner=principal(),
         )
+
+
+def _reply_fits(sequence: RaggedSequence, selection: wire.Selection) -> BeforeRun:
+    """A step's check, once its session's model is known, that its reply will not be too large."""
+
+    def check(model: ServedModel) -> None:
+        size = wire.step_reply_bytes(sequence, model.info, selection)
+        check_reply_bytes(size, model.limits, "send the input in smaller steps")
+
+    return check
+
+
+async def _reply(
+    outcome: StepOutcome,
+    sequence: RaggedSequence,
+    selection: wire.Selection,
+    write: Callable[[wire.Replies, StepOutcome], bytes],
+) -> bytes:
+    """A step's reply, written for the model version it ran on."""
+    assert outcome.model is not None
+    replies = wire.Replies(outcome.model, selection)
+    size = wire.step_reply_bytes(sequence, outcome.model, selection)
+    return await _converted(size > OFF_LOOP_BYTES, write, replies, outcome)
 
 
 def method_handlers(servicer: LstmServicer) -> grpc.GenericRpcHandler:

@@ -26,7 +26,7 @@ messages takes one Python call per timestep and about 25 bytes of Python objects
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,9 +35,10 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 
 from lstm_server.core.errors import InvalidInput
 from lstm_server.core.inference import StreamChunk
+from lstm_server.core.registry import ModelRef
 from lstm_server.core.sessions import StepOutcome
 from lstm_server.core.types import GivenState, Limits, ModelInfo, RaggedSequence, RowResult, State
-from lstm_server.transport.converters import layer_states_in, state_in
+from lstm_server.transport.converters import layer_states_in, model_ref_in, state_in
 
 VARINT, I64, LEN, START_GROUP, END_GROUP, I32 = 0, 1, 2, 3, 4, 5
 Span = tuple[int, int]
@@ -311,6 +312,7 @@ class PredictInput:
     initial_states: list[GivenState]
     timesteps_per_message: int = 0
     include: tuple[int, ...] = ()
+    model: ModelRef = field(default_factory=ModelRef)
 
 
 @dataclass(frozen=True)
@@ -358,6 +360,7 @@ def predict_request(data: bytes, limits: Limits) -> PredictInput:
     states: list[Span] = []
     layer_states: list[Span] = []
     include: list[int] = []
+    model: list[Span] = []
     per_message = 0
     budget = 3 * limits.max_batch_size + _SPARE_ENTRIES
     fields = {1: ("sequences", sequences), 2: ("initial_states", states)}
@@ -378,6 +381,8 @@ def predict_request(data: bytes, limits: Limits) -> PredictInput:
             spans.append(value)
         elif number == 3 and wire == VARINT:
             per_message = int(value) & 0xFFFF_FFFF
+        elif number == 6 and wire == LEN:
+            model.append(value)
     if states and layer_states:
         raise InvalidInput.single(
             "initial_layer_states", "is set with initial_states; send one or the other"
@@ -389,6 +394,7 @@ def predict_request(data: bytes, limits: Limits) -> PredictInput:
         given,
         per_message,
         tuple(include),
+        model_ref_in(_parse(pb.ModelSpec, data, model)),
     )
 
 

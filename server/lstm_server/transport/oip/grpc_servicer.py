@@ -12,6 +12,7 @@ import numpy as np
 from grpc.aio import ServicerContext as Context
 
 from lstm_server.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
+from lstm_server.core.registry import VersionState
 from lstm_server.core.types import Array
 from lstm_server.transport.auth import principal
 from lstm_server.transport.oip import messages as oip
@@ -179,6 +180,25 @@ class InferenceServicer:
             outputs=[spec(name=t.name, datatype=t.datatype, shape=t.shape) for t in found.outputs],
         )
 
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
+        response = oip.message("RepositoryIndexResponse")()
+        for status in self.model.repository_index(ready=request.ready):
+            response.models.add(
+                name=status.name,
+                version=str(status.version) if status.version else "",
+                state=triton_state(status.state),
+                reason=status.reason,
+            )
+        return response
+
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        await self.model.models.load_model(request.model_name)
+        return oip.message("RepositoryModelLoadResponse")()
+
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        await self.model.models.unload_model(request.model_name)
+        return oip.message("RepositoryModelUnloadResponse")()
+
     async def ModelInfer(self, request: Any, context: Context) -> Any:
         response = await self.model.infer(
             request_in(request), owner=principal(), deadline=deadline_of(context)
@@ -201,6 +221,11 @@ class InferenceServicer:
             yield oip.ModelStreamInferResponse(
                 infer_response=response_out(response, raw=bool(request.raw_input_contents))
             )
+
+
+def triton_state(state: VersionState) -> str:
+    """A version's state in Triton's words: a draining version still serves (READY)."""
+    return "READY" if state is VersionState.DRAINING else state.value
 
 
 def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:

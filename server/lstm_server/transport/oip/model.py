@@ -22,6 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from lstm_server.core.errors import InvalidInput, ModelNotFound, SessionNotFound, StepConflict
+from lstm_server.core.registry import (
+    TAKES_CALLS,
+    ModelRef,
+    ModelRegistry,
+    ServedModel,
+    VersionStatus,
+)
 from lstm_server.core.sessions import StepOutcome
 from lstm_server.core.types import (
     Array,
@@ -38,7 +45,7 @@ from lstm_server.transport.servicer import Services
 
 PLATFORM = "keras_lstm"
 # Extensions in the sense of the protocol's server metadata (Triton's names).
-EXTENSIONS = ("sequence", "binary_tensor_data")
+EXTENSIONS = ("sequence", "binary_tensor_data", "model_repository")
 STEP_NUMBER = "lstm_step_number"
 _SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", STEP_NUMBER)
 
@@ -156,30 +163,51 @@ class OpenInference:
         self._step_observer = step_observer
         self._layouts: dict[str, Layout] = {}
 
-    def layout(self) -> Layout:
-        info = self._core().inference.info
+    @property
+    def models(self) -> ModelRegistry:
+        return self._core().models
+
+    def repository_index(self, *, ready: bool = False) -> list[VersionStatus]:
+        """The repository extension's index: every version, with its state and why."""
+        statuses = self.models.index()
+        return [s for s in statuses if not ready or s.state in TAKES_CALLS]
+
+    def layout(self, info: ModelInfo) -> Layout:
         made = self._layouts.get(info.version)
         if made is None:
             made = self._layouts[info.version] = Layout(info)
         return made
 
-    def find(self, name: str, version: str = "") -> ModelInfo:
-        """The served model if it is the one named; NOT_FOUND, in Triton's words, if not."""
-        info = self._core().inference.info
-        if name != info.name:
+    def ref(self, name: str, version: str = "") -> ModelRef:
+        """The model and version a request names: its version's number, or, as servers before
+        model repositories answered with, the digest of its weights ("" : the newest)."""
+        models = self._core().models
+        if not models.serves(name):
             raise ModelNotFound(f"Request for unknown model: '{name}' is not found", model=name)
-        if version not in ("", info.version):
-            raise ModelNotFound(
-                f"Request for unknown model: '{name}' version {version} is not found",
-                model=name,
-                version=version,
-            )
-        return info
+        if version == "":
+            return ModelRef(name)
+        if version.isdigit() and int(version) > 0:
+            return ModelRef(name, int(version))
+        number = models.version_of(name, version)
+        if number:
+            return ModelRef(name, number)
+        raise ModelNotFound(
+            f"Request for unknown model: '{name}' version {version} is not found",
+            model=name,
+            version=version,
+        )
+
+    def find(self, name: str, version: str = "") -> ServedModel:
+        """The model version named if it takes calls; NOT_FOUND, in Triton's words, if not."""
+        return self._core().models.resolve(self.ref(name, version))
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
-        info = self.find(name, version)
-        layout = self.layout()
-        return ModelMetadata(info.name, (info.version,), PLATFORM, layout.inputs, layout.outputs)
+        served = self.find(name, version)
+        layout = self.layout(served.info)
+        versions = tuple(
+            str(m.version) for m in self._core().models.loaded() if m.name == served.name
+        )
+        return ModelMetadata(served.name, versions, PLATFORM, layout.inputs, layout.outputs)
 
     async def infer(
         self,
@@ -190,16 +218,16 @@ class OpenInference:
         method: str = "ModelInfer",
     ) -> InferResponse:
         """Run the request: a Predict, or a step of its sequence."""
-        info = self.find(request.model_name, request.model_version)
-        layout = self.layout()
+        ref = self.ref(request.model_name, request.model_version)
         deadline = _earlier(deadline, request.parameters)
-        inputs = self._inputs(request, layout)
-        wanted = self._wanted(request.outputs, layout)
         sequence = sequence_id(request.parameters)
         parameters: dict[str, Parameter]
         if sequence is not None:
             with timed_step(self._step_observer, method):
-                outcome, rows = await self._step(request, sequence, inputs, layout, owner, deadline)
+                outcome, rows, wanted = await self._step(request, ref, sequence, owner, deadline)
+            assert outcome.model is not None
+            info = outcome.model
+            layout = self.layout(info)
             outputs = _outputs([RowResult(outcome.sequence, outcome.state)], rows, layout, wanted)
             parameters = {"sequence_id": sequence, STEP_NUMBER: outcome.step_number}
         else:
@@ -209,66 +237,100 @@ class OpenInference:
                     "is missing: sequence_start, sequence_end and lstm_step_number belong to "
                     "requests of a sequence",
                 )
-            rows = _rows(inputs, layout, self._core().inference.limits)
-            results = await self._core().inference.predict(
-                rows.sequences, rows.states, deadline=deadline
-            )
+            inference = self._core().inference
+            async with inference.model(ref, deadline=deadline) as served:
+                info = served.info
+                layout = self.layout(info)
+                inputs = self._inputs(request, layout)
+                wanted = self._wanted(request.outputs, layout)
+                rows = _rows(inputs, layout, served.limits)
+                results = await inference.predict(
+                    served, rows.sequences, rows.states, deadline=deadline
+                )
             outputs = _outputs(results, rows, layout, wanted)
             parameters = {}
-        return InferResponse(info.name, info.version, request.id, outputs, parameters)
+        return InferResponse(info.name, str(info.version_number), request.id, outputs, parameters)
 
     async def _step(
         self,
         request: InferRequest,
+        ref: ModelRef,
         sequence: int | str,
-        inputs: dict[str, Tensor],
-        layout: Layout,
         owner: str,
         deadline: float | None,
-    ) -> tuple[StepOutcome, _Rows]:
-        """One request of a sequence: its start (re)makes the session from the state inputs,
-        every request steps it, its end closes it."""
+    ) -> tuple[StepOutcome, _Rows, tuple[str, ...]]:
+        """One request of a sequence: its start (re)makes the session, on the model version the
+        request names, from the state inputs; every request steps it, on the version its session
+        is pinned to; its end closes it. Inputs are checked against that version before it
+        runs."""
         sessions = self._core().sessions
         parameters = request.parameters
         start = _parameter_bool(parameters, "sequence_start")
         end = _parameter_bool(parameters, "sequence_end")
         step_number = _parameter_int(parameters, STEP_NUMBER)
-        rows = _rows(inputs, layout, sessions.limits, single=True)
-        if not start and rows.states:
+        session = session_of(sequence, owner)
+        checked: list[tuple[_Rows, tuple[str, ...]]] = []
+
+        if not start and any(_is_state(tensor.name) for tensor in request.inputs):
             raise InvalidInput.single(
                 "inputs",
                 "initial states are taken only by the request that starts a sequence "
                 "(sequence_start)",
             )
-        session = session_of(sequence, owner)
-        [given] = rows.sequences
+
+        def check(served: ServedModel) -> None:
+            layout = self.layout(served.info)
+            rows = _rows(self._inputs(request, layout), layout, served.limits, single=True)
+            checked[:] = [(rows, self._wanted(request.outputs, layout))]
+
+        given = _given(request)
         try:
             if start:
-                outcome = await self._start(session, rows, step_number, owner, deadline)
+                outcome = await self._start(
+                    session, ref, given, step_number, owner, deadline, check, checked
+                )
             else:
                 outcome = await sessions.step(
-                    session, given, step_number, owner=owner, deadline=deadline
+                    session, given, step_number, owner=owner, deadline=deadline, before_run=check
                 )
         except SessionNotFound as error:
             raise _unknown_sequence(sequence, request.model_name, error) from None
         if end:
             with contextlib.suppress(SessionNotFound):
                 await sessions.close(session, owner=owner)
-        return outcome, rows
+        [(rows, wanted)] = checked
+        return outcome, rows, wanted
 
     async def _start(
-        self, session: str, rows: _Rows, step_number: int, owner: str, deadline: float | None
+        self,
+        session: str,
+        ref: ModelRef,
+        given: RaggedSequence,
+        step_number: int,
+        owner: str,
+        deadline: float | None,
+        check: Callable[[ServedModel], None],
+        checked: list[tuple[_Rows, tuple[str, ...]]],
     ) -> StepOutcome:
-        sessions = self._core().sessions
-        [given] = rows.sequences
+        core = self._core()
+        sessions = core.sessions
+        async with core.inference.model(ref, deadline=deadline) as served:
+            check(served)
         if step_number == 1:
             # A start that repeats the session's only step (a retry whose reply was lost) is
             # answered from it; any other start begins the sequence anew.
             with contextlib.suppress(SessionNotFound, StepConflict):
-                return await sessions.step(session, given, 1, owner=owner, deadline=deadline)
-        state = rows.states[0] if rows.states else None
-        await sessions.restart(session, state, owner=owner)
-        return await sessions.step(session, given, step_number, owner=owner, deadline=deadline)
+                return await sessions.step(
+                    session, given, 1, owner=owner, deadline=deadline, before_run=check
+                )
+        states = checked[0][0].states
+        state = states[0] if states else None
+        await sessions.restart(
+            session, state, model=ModelRef(served.name, served.version), owner=owner
+        )
+        return await sessions.step(
+            session, given, step_number, owner=owner, deadline=deadline, before_run=check
+        )
 
     def _inputs(self, request: InferRequest, layout: Layout) -> dict[str, Tensor]:
         """The request's inputs by name, each known, given once and of the model's datatype."""
@@ -310,6 +372,29 @@ class OpenInference:
                     f"is not an output of the model (it gives {', '.join(layout.output_names)})",
                 )
         return tuple(dict.fromkeys(requested))
+
+
+def _is_state(name: str) -> bool:
+    """Whether an input's name is an initial state's (``h0``, ``c0``, ``h0_<k>``, ``c0_<k>``)."""
+    return name in ("h0", "c0") or name[:3] in ("h0_", "c0_")
+
+
+def _given(request: InferRequest) -> RaggedSequence:
+    """The one row of a sequence request's ``x``, before its model version is known: token ids
+    (integers) or floats per timestep. Its shape is checked against that version before the
+    step runs (``_rows``); anything unusable here is left for that check to refuse."""
+    x = next((tensor for tensor in request.inputs if tensor.name == "x"), None)
+    if x is None or len(x.shape) not in (2, 3) or x.shape[0] != 1:
+        return RaggedSequence(_EMPTY, _EMPTY_WIDTHS)
+    values = x.array
+    if len(x.shape) == 2:
+        return RaggedSequence(_EMPTY, _EMPTY_WIDTHS, values.reshape(-1).astype(np.int64))
+    steps, width = int(x.shape[1]), int(x.shape[2])
+    lengths = next((tensor for tensor in request.inputs if tensor.name == "lengths"), None)
+    if lengths is not None and lengths.array.size == 1 and 1 <= int(lengths.array[0]) <= steps:
+        steps = int(lengths.array[0])  # a shorter row: the rest is padding
+    rows = np.ascontiguousarray(values, np.float32).reshape(-1, width)[:steps]
+    return RaggedSequence(rows.reshape(-1), np.full(steps, width, np.int64))
 
 
 def _earlier(deadline: float | None, parameters: dict[str, Parameter]) -> float | None:

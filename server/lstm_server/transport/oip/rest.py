@@ -31,6 +31,7 @@ from lstm_server.core.errors import (
 )
 from lstm_server.transport.auth import authenticate
 from lstm_server.transport.errors import INTERNAL_MESSAGE, status_code
+from lstm_server.transport.oip.grpc_servicer import triton_state
 from lstm_server.transport.oip.model import EXTENSIONS, ModelMetadata, OpenInference
 from lstm_server.transport.oip.tensors import (
     InferRequest,
@@ -245,6 +246,9 @@ class RestServer:
             ("GET", versioned + "/ready", self.model_ready, "model_ready"),
             ("POST", named + "/infer", self.infer, "infer"),
             ("POST", versioned + "/infer", self.infer, "infer"),
+            ("POST", "/v2/repository/index", self.repository_index, "repository_index"),
+            ("POST", "/v2/repository/models/{model}/load", self.load, "repository_load"),
+            ("POST", "/v2/repository/models/{model}/unload", self.unload, "repository_unload"),
         ]
         # Metrics label requests by route, never by path (paths name models: unbounded).
         self._labels: dict[str, str] = {}
@@ -357,6 +361,39 @@ class RestServer:
         return web.json_response(
             {"name": info["model"], "ready": ready}, status=200 if ready else 503
         )
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        """Triton's repository index: ``{"ready": true}`` in the body lists only the versions
+        that take calls."""
+        body = await request.read()
+        ready = False
+        if body.strip():
+            try:
+                document = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise InvalidInput.single("body", f"is not JSON: {error}") from None
+            ready = _object(document, "body").get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidInput.single("ready", "must be true or false")
+        return web.json_response(
+            [
+                {
+                    "name": s.name,
+                    "version": str(s.version) if s.version else "",
+                    "state": triton_state(s.state),
+                    "reason": s.reason,
+                }
+                for s in self.model.repository_index(ready=ready)
+            ]
+        )
+
+    async def load(self, request: web.Request) -> web.Response:
+        await self.model.models.load_model(request.match_info["model"])
+        return web.json_response({})
+
+    async def unload(self, request: web.Request) -> web.Response:
+        await self.model.models.unload_model(request.match_info["model"])
+        return web.json_response({})
 
     async def infer(self, request: web.Request) -> web.Response:
         info = request.match_info
