@@ -12,11 +12,15 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from lstm_client.v1 import lstm_service_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from lstm_server.core.types import RaggedSequence
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 SERVICE = "lstm.v1.LstmService"
@@ -47,6 +51,15 @@ def seq_msg(x: np.ndarray) -> pb.Sequence:
     return pb.Sequence(timesteps=[pb.Vector(values=r) for r in x.tolist()])
 
 
+def ragged(x: np.ndarray) -> RaggedSequence:
+    """A [timesteps, features] array as the core's RaggedSequence (imported here: the client's
+    tests at its dependency floors have no server)."""
+    from lstm_server.core.types import RaggedSequence
+
+    x = np.asarray(x, np.float32)
+    return RaggedSequence(x.ravel(), np.full(x.shape[0], x.shape[1]))
+
+
 def state_msg(h: np.ndarray, c: np.ndarray) -> pb.LstmState:
     return pb.LstmState(h=pb.Vector(values=h.tolist()), c=pb.Vector(values=c.tolist()))
 
@@ -64,6 +77,12 @@ def scrape(url: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def summed(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name`` over every label set that has ``labels`` (say, over model versions)."""
+    wanted = set(labels.items())
+    return sum(v for (n, got), v in samples.items() if n == name and wanted <= set(got))
 
 
 def handled(samples: Samples, method: str) -> float:

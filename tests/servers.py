@@ -145,22 +145,19 @@ class ServerProcess:
         self._port_file = log_dir / f"{name}.ports.json"
         self._ports: dict[str, int] | None = None
         self._log = self.log_path.open("wb")
+        defaults = {
+            "--host": "127.0.0.1",
+            "--port": str(port),
+            "--metrics-host": "127.0.0.1",
+            "--metrics-port": str(free_port()),
+            "--http-port": "0",
+            "--port-file": str(self._port_file),
+        }
+        given = [flag for flag in defaults if flag in args]  # a flag may be given once only
+        chosen = [part for flag, value in defaults.items() if flag not in given
+                  for part in (flag, value)]  # fmt: skip
         self.process = subprocess.Popen(
-            server_command(
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                str(free_port()),
-                "--http-port",
-                "0",
-                "--port-file",
-                str(self._port_file),
-                *args,
-            ),
+            server_command(*chosen, *args),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -130,14 +130,16 @@ def step(info: SessionInfo, x: ArrayLike, include: Include = None) -> UnaryCall[
 
 class StepRetries:
     """When a session step whose reply was lost is sent again (with the same number, so it is
-    applied once): after UNAVAILABLE or DEADLINE_EXCEEDED, waiting as ``policy`` says."""
+    applied once): after UNAVAILABLE or DEADLINE_EXCEEDED, and after CANCELLED, which a server
+    shutting down answers calls it had not yet begun with (grpc/grpc#41785); waiting as
+    ``policy`` says. A step is never cancelled by its caller: the SDK's calls are not exposed."""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._delays = policy.delays()
 
     def delay_after(self, error: LstmError) -> float:
         """Seconds to wait before the retry; re-raises ``error`` when it is not retried."""
-        if error.code not in RETRYABLE_CODES:
+        if error.code not in RETRYABLE_CODES and error.code != grpc.StatusCode.CANCELLED:
             raise error
         delay = next(self._delays, None)
         if delay is None:

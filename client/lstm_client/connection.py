@@ -32,8 +32,9 @@ class RetryPolicy:
     clients do not retry in step. The defaults wait about 12 s in all, longer than a replica
     takes to restart.
 
-    Session steps are retried by the SDK (after UNAVAILABLE or DEADLINE_EXCEEDED, with the same
-    step number, so a step is applied once) and session streams resumed (after UNAVAILABLE);
+    Session steps are retried by the SDK (after UNAVAILABLE, DEADLINE_EXCEEDED or a server
+    shutdown's CANCELLED, with the same step number, so a step is applied once) and session
+    streams resumed (after UNAVAILABLE);
     GetModelMetadata, Predict and GetSession are retried by gRPC itself, through the channel's
     service config (after UNAVAILABLE; gRPC allows at most 5 attempts there).
     """

@@ -4,14 +4,14 @@ Keras' character-level seq2seq example, small enough to train in seconds: an enc
 the digits; its final state [h, c] is the initial state of a decoder LSTM with a softmax head that
 writes the words one character at a time, fed its own previous character (greedy decoding).
 
-Both halves are served by lstm-serving, one server each: the encoder's final (h, c) come back from
-Predict and open a session on the decoder server, which is stepped one character at a time. The
-server holds the decoder's state between steps. ``keras_decode`` does the same in-process with
-the same saved models; ``served_decode`` must give the same text.
+Both halves are saved into one model repository (``models/encoder/1/model.keras`` and
+``models/decoder/1/model.keras``) and served by one server, called by name: the encoder's final
+(h, c) come back from Predict on ``encoder`` and open a session on ``decoder``, which is stepped
+one character at a time. The server holds the decoder's state between steps. ``keras_decode``
+does the same in-process with the same saved models; ``served_decode`` must give the same text.
 
     python examples/seq2seq/seq2seq.py train --out /tmp/seq2seq
-    lstm-server --model /tmp/seq2seq/encoder.keras --port 50061 &
-    lstm-server --model /tmp/seq2seq/decoder.keras --port 50062 --metrics-port 0 &
+    lstm-server --model-repository /tmp/seq2seq/models &
     python examples/seq2seq/seq2seq.py decode --out /tmp/seq2seq 42 93 15 60
 """
 
@@ -102,14 +102,21 @@ def train(out: Path, *, epochs: int = 400, latent: int = 64, seed: int = 0) -> V
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
     model.fit([enc_x, dec_x], dec_y, batch_size=20, epochs=epochs, verbose=0)
 
-    out.mkdir(parents=True, exist_ok=True)
-    keras.Model(encoder_inputs, [h, c]).save(out / "encoder.keras")
+    for name in ("encoder", "decoder"):
+        model_path(out, name).parent.mkdir(parents=True, exist_ok=True)
+    keras.Model(encoder_inputs, [h, c]).save(model_path(out, "encoder"))
     h_in = keras.Input((latent,), name="h_in")
     c_in = keras.Input((latent,), name="c_in")
     seq, h_out, c_out = decoder_lstm(decoder_inputs, initial_state=[h_in, c_in])
-    keras.Model([decoder_inputs, h_in, c_in], [head(seq), h_out, c_out]).save(out / "decoder.keras")
+    decoder = keras.Model([decoder_inputs, h_in, c_in], [head(seq), h_out, c_out])
+    decoder.save(model_path(out, "decoder"))
     vocab.save(out / "vocabulary.json")
     return vocab
+
+
+def model_path(out: Path, name: str) -> Path:
+    """Where a half is saved: version 1 of its model in the repository ``out/models``."""
+    return out / "models" / name / "1" / "model.keras"
 
 
 def _greedy(vocab: Vocabulary, step: Any, limit: int) -> str:
@@ -129,8 +136,8 @@ def keras_decode(out: Path, sources: Sequence[str], limit: int = 30) -> list[str
     import keras
 
     vocab = Vocabulary.load(out / "vocabulary.json")
-    encoder = keras.saving.load_model(out / "encoder.keras", compile=False)
-    decoder = keras.saving.load_model(out / "decoder.keras", compile=False)
+    encoder = keras.saving.load_model(model_path(out, "encoder"), compile=False)
+    decoder = keras.saving.load_model(model_path(out, "decoder"), compile=False)
     decoded = []
     for source in sources:
         state = [np.asarray(s) for s in encoder(vocab.encode(source)[None], training=False)]
@@ -151,16 +158,16 @@ class _KerasStep:
         return np.asarray(probabilities)[0]
 
 
-def served_decode(
-    out: Path, sources: Sequence[str], encoder_target: str, decoder_target: str, limit: int = 30
-) -> list[str]:
-    """Decode through two lstm-serving servers: Predict on the encoder, a session on the
-    decoder opened from the encoder's final (h, c) and stepped one character at a time."""
+def served_decode(out: Path, sources: Sequence[str], target: str, limit: int = 30) -> list[str]:
+    """Decode through one lstm-serving server that serves both models: Predict on the encoder,
+    a session on the decoder opened from the encoder's final (h, c) and stepped one character
+    at a time."""
     from lstm_client import LstmClient
 
     vocab = Vocabulary.load(out / "vocabulary.json")
     decoded = []
-    with LstmClient(encoder_target) as encoder, LstmClient(decoder_target) as decoder:
+    with LstmClient(target) as client:
+        encoder, decoder = client.with_model("encoder"), client.with_model("decoder")
         for source in sources:
             encoded = encoder.predict(vocab.encode(source))
             with decoder.session(initial_state=encoded.state) as session:
@@ -174,14 +181,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("sources", nargs="*", default=["42", "93", "15", "60"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/seq2seq"))
     parser.add_argument("--epochs", type=int, default=400)
-    parser.add_argument("--encoder", default="localhost:50061", help="encoder server")
-    parser.add_argument("--decoder", default="localhost:50062", help="decoder server")
+    parser.add_argument("--server", default="localhost:50051", help="the server of both models")
     args = parser.parse_args(argv)
     if args.command == "train":
         train(args.out, epochs=args.epochs)
-        print(f"saved {args.out}/encoder.keras and {args.out}/decoder.keras")
+        print(f"saved the model repository {args.out}/models (encoder, decoder)")
         return
-    served = served_decode(args.out, args.sources, args.encoder, args.decoder)
+    served = served_decode(args.out, args.sources, args.server)
     local = keras_decode(args.out, args.sources)
     for source, mine, theirs in zip(args.sources, served, local, strict=True):
         print(f"{source!r:>6} -> served {mine!r:24} keras {theirs!r:24} same: {mine == theirs}")

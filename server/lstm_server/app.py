@@ -19,6 +19,7 @@ from lstm_server.config import ConfigError, Settings, package_version
 from lstm_server.core.inference import InferenceService
 from lstm_server.core.registry import ControlMode, ModelLoader, ModelRegistry, SchedulerSettings
 from lstm_server.core.repository import (
+    DEFAULT_MODEL_NAME,
     DirectoryRepository,
     FixedRepository,
     ModelSource,
@@ -125,13 +126,15 @@ def load_runtime(options: RuntimeOptions, source: ModelSource | None = None) -> 
 
 class TensorFlowLoader:
     """Loads model versions with the TensorFlow runtime, each on a thread that does not hold up
-    an exit."""
+    an exit. A load while the server serves runs at the lowest CPU priority, so that the calls
+    being served keep the cores they need (the README's "Model repository" has the figures)."""
 
     def __init__(self, options: RuntimeOptions) -> None:
         self.options = options
 
-    async def load(self, source: ModelSource) -> Runtime:
-        return await in_daemon_thread(load_runtime, self.options, source)
+    async def load(self, source: ModelSource, *, background: bool = False) -> Runtime:
+        niceness = 19 if background else 0
+        return await in_daemon_thread(load_runtime, self.options, source, niceness=niceness)
 
 
 class GivenRuntime:
@@ -141,11 +144,8 @@ class GivenRuntime:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def load(self, source: ModelSource) -> Runtime:
+    async def load(self, source: ModelSource, *, background: bool = False) -> Runtime:
         return self.runtime
-
-
-DEFAULT_MODEL_NAME = "default-lstm"
 
 
 def repository_of(settings: Settings, given: Runtime | None = None) -> Repository:
@@ -219,7 +219,9 @@ class LstmServer:
             max_loaded_versions=settings.max_loaded_versions,
             live_sessions=self.store.count_pinned,
             observer=self.metrics,
+            tracer=self.tracing,
         )
+        self.metrics.watch_models(self.models.loaded)
         self.readiness = Readiness(
             SERVICE_NAME, oip_messages.SERVICE_NAME, on_change=self.metrics.readiness_changed
         )

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
+from lstm_server.core.registry import ServedModel
 from lstm_server.core.scheduler import BatchObservation
 from lstm_server.core.types import ModelInfo
 
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+# Per model version; a version's series go when it unloads, so they are bounded by what is loaded.
+MODEL_LABELS = ("model", "model_version")
 # Latency buckets from 0.1 ms: loopback calls here take well under a millisecond.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -65,20 +71,34 @@ class Metrics:
             "grpc_server_msg_sent", "Stream messages sent by the server.", GRPC_LABELS, registry=r
         )
         self.sequences = Counter(
-            "lstm_sequences", "Sequences (and session steps) run by the model.", registry=r
+            "lstm_sequences",
+            "Sequences (and session steps) run, by model version.",
+            MODEL_LABELS,
+            registry=r,
         )
-        self.timesteps = Counter("lstm_timesteps", "Timesteps run by the model.", registry=r)
+        self.timesteps = Counter(
+            "lstm_timesteps", "Timesteps run, by model version.", MODEL_LABELS, registry=r
+        )
         self.inference_seconds = Histogram(
-            "lstm_inference_seconds", "Time of one model call.", buckets=LATENCY_BUCKETS, registry=r
+            "lstm_inference_seconds",
+            "Time of one model call, by model version.",
+            MODEL_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_seconds = Histogram(
             "lstm_queue_seconds",
-            "Time work waited for the model.",
+            "Time work waited for the model, by model version.",
+            MODEL_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
-            "lstm_batch_size", "Rows in one model call.", buckets=BATCH_BUCKETS, registry=r
+            "lstm_batch_size",
+            "Rows in one model call, by model version.",
+            MODEL_LABELS,
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.model_info = Gauge(
             "lstm_model_info",
@@ -168,18 +188,37 @@ class Metrics:
             registry=r,
         )
         self._touched: dict[str, float] = {}
-        self.sessions_created = Counter("lstm_sessions_created", "Sessions created.", registry=r)
+        self.sessions_created = Counter(
+            "lstm_sessions_created", "Sessions created, by model version.", MODEL_LABELS, registry=r
+        )
         self.sessions_ended = Counter(
             "lstm_sessions_ended",
             "Sessions ended, by reason (closed, expired).",
             ("reason",),
             registry=r,
         )
-        self.session_steps = Counter("lstm_session_steps", "Session steps applied.", registry=r)
+        self.session_steps = Counter(
+            "lstm_session_steps",
+            "Session steps applied, by model version.",
+            MODEL_LABELS,
+            registry=r,
+        )
         self.session_step_retries = Counter(
             "lstm_session_step_retries",
-            "Retries of an applied session step, answered without applying it again.",
+            "Retries of an applied session step, answered without applying it again, by model "
+            "version.",
+            MODEL_LABELS,
             registry=r,
+        )
+        self._per_version = (
+            self.sequences,
+            self.timesteps,
+            self.inference_seconds,
+            self.queue_seconds,
+            self.batch_size,
+            self.sessions_created,
+            self.session_steps,
+            self.session_step_retries,
         )
         for reason in ("closed", "expired"):
             self.sessions_ended.labels(reason)
@@ -204,6 +243,8 @@ class Metrics:
 
     def model_loaded(self, info: ModelInfo, seconds: float) -> None:
         self.model_info.labels(*self._model_labels(info)).set(1)
+        for metric in self._per_version:  # its series start at 0, not missing
+            self._child(metric, _version(info))
         self.model_versions_loaded.inc()
         self.model_loads.labels(info.name, "loaded").inc()
         self.model_load_seconds.labels(info.name).observe(seconds)
@@ -214,27 +255,42 @@ class Metrics:
     def model_unloaded(self, info: ModelInfo) -> None:
         with contextlib.suppress(KeyError):
             self.model_info.remove(*self._model_labels(info))
+        labels = _version(info)
+        for metric in self._per_version:
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
+            self._children.pop((id(metric), labels), None)
         self.model_versions_loaded.dec()
 
-    def observe_batch(self, batch: BatchObservation) -> None:
-        self.sequences.inc(batch.sequences)
-        self.timesteps.inc(batch.timesteps)
-        self.batch_size.observe(batch.rows)
-        self.inference_seconds.observe(batch.inference_seconds)
+    def observe_batch(self, info: ModelInfo, batch: BatchObservation) -> None:
+        labels = _version(info)
+        self._child(self.sequences, labels).inc(batch.sequences)
+        self._child(self.timesteps, labels).inc(batch.timesteps)
+        self._child(self.batch_size, labels).observe(batch.rows)
+        self._child(self.inference_seconds, labels).observe(batch.inference_seconds)
+        queue = self._child(self.queue_seconds, labels)
         for waited in batch.queue_seconds:
-            self.queue_seconds.observe(waited)
+            queue.observe(waited)
+
+    def watch_models(self, loaded: Callable[[], Iterable[ServedModel]]) -> None:
+        """Export each loaded version's statistics (requests, failures, time queued and in the
+        model), read from the registry at each scrape."""
+        self.registry.register(_ModelStatisticsCollector(loaded))
 
     # Sessions (SessionObserver, and the store's on_end)
 
-    def session_created(self, session_id: str, expires_at: float) -> None:
-        self.sessions_created.inc()
+    def session_created(self, session_id: str, expires_at: float, model: ModelInfo) -> None:
+        self._child(self.sessions_created, _version(model)).inc()
         self._touch(session_id, expires_at)
 
     def session_ended(self, reason: str) -> None:
         self.sessions_ended.labels(reason).inc()
 
-    def session_stepped(self, session_id: str, expires_at: float, *, replayed: bool) -> None:
-        (self.session_step_retries if replayed else self.session_steps).inc()
+    def session_stepped(
+        self, session_id: str, expires_at: float, model: ModelInfo, *, replayed: bool
+    ) -> None:
+        counter = self.session_step_retries if replayed else self.session_steps
+        self._child(counter, _version(model)).inc()
         self._touch(session_id, expires_at)
 
     def session_closed(self, session_id: str) -> None:
@@ -303,3 +359,53 @@ class Metrics:
 
     def message_sent(self, labels: tuple[str, str, str]) -> None:
         self._child(self.msg_sent, labels).inc()
+
+
+def _version(info: ModelInfo) -> tuple[str, str]:
+    return info.name, str(info.version_number)
+
+
+class _ModelStatisticsCollector(Collector):
+    """Each loaded version's ``ModelStatistics`` as counters, as Triton exports its own
+    (``nv_inference_request_success`` and the like): success and failure counts and times."""
+
+    def __init__(self, loaded: Callable[[], Iterable[ServedModel]]) -> None:
+        self._loaded = loaded
+
+    def collect(self) -> Iterator[Metric]:
+        labels = list(MODEL_LABELS)
+        requests = CounterMetricFamily(
+            "lstm_model_requests",
+            "Inference requests (predictions and session steps) by model version and outcome "
+            "(success, failure).",
+            labels=[*labels, "outcome"],
+        )
+        request_seconds = CounterMetricFamily(
+            "lstm_model_request_seconds",
+            "Cumulative time of inference requests, by model version and outcome.",
+            labels=[*labels, "outcome"],
+        )
+        queue = CounterMetricFamily(
+            "lstm_model_queue_seconds",
+            "Cumulative time requests waited for the model, by model version.",
+            labels=labels,
+        )
+        compute = CounterMetricFamily(
+            "lstm_model_compute_seconds",
+            "Cumulative time requests spent in the model, by model version.",
+            labels=labels,
+        )
+        executions = CounterMetricFamily(
+            "lstm_model_executions", "Model calls, by model version.", labels=labels
+        )
+        for served in self._loaded():
+            version = list(_version(served.info))
+            stats = served.statistics
+            requests.add_metric([*version, "success"], stats.success_count)
+            requests.add_metric([*version, "failure"], stats.failure_count)
+            request_seconds.add_metric([*version, "success"], stats.success_seconds)
+            request_seconds.add_metric([*version, "failure"], stats.failure_seconds)
+            queue.add_metric(version, stats.queue_seconds)
+            compute.add_metric(version, stats.compute_seconds)
+            executions.add_metric(version, stats.execution_count)
+        yield from (requests, request_seconds, queue, compute, executions)

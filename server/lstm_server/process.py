@@ -13,6 +13,7 @@ the system as soon as they are freed (the same server then stayed between 785 an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -73,13 +74,17 @@ def ensure_free(host: str, port: int) -> None:
             raise OSError(f"cannot bind {host}:{port}: {exc.strerror}") from exc
 
 
-async def in_daemon_thread(function: Callable[..., T], *args: Any) -> T:
+async def in_daemon_thread(function: Callable[..., T], *args: Any, niceness: int = 0) -> T:
     """``function(*args)`` on a daemon thread: unlike the default executor's, it does not hold
-    the process up if a signal ends start-up meanwhile (loading a model cannot be interrupted)."""
+    the process up if a signal ends start-up meanwhile (loading a model cannot be interrupted).
+    ``niceness`` > 0 lowers the thread's CPU priority (Linux; threads it starts inherit it)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
     def run() -> None:
+        if niceness:
+            with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
         try:
             result = function(*args)
         except BaseException as exc:

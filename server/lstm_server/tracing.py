@@ -103,6 +103,13 @@ class Tracing:
         with self._tracer.start_as_current_span(name, attributes=attributes):
             yield
 
+    @staticmethod
+    def model_used(name: str, version: int) -> None:
+        """Tag the current span with the model version serving it (the registry's ModelTracer)."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({"lstm.model.name": name, "lstm.model.version": version})
+
     # The scheduler's BatchTracer
 
     def capture(self) -> Any:

@@ -30,7 +30,13 @@ def served() -> Iterator[ThreadedServer]:
 
 
 def _timesteps_run(server: ThreadedServer) -> float:
-    return server.server.metrics.registry.get_sample_value("lstm_timesteps_total") or 0.0
+    registry = server.server.metrics.registry
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "lstm_timesteps_total"
+    )
 
 
 def _raw_predict(channel: grpc.Channel, data: bytes) -> grpc.RpcError:

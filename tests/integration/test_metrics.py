@@ -13,7 +13,7 @@ import pytest
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
-from tests.helpers import grpc_labels, scrape, scrape_settled, seq_msg, value
+from tests.helpers import grpc_labels, scrape, scrape_settled, seq_msg, summed, value
 from tests.servers import ThreadedServer, free_port, settings
 
 
@@ -31,12 +31,19 @@ def metrics_url(metered: ThreadedServer) -> str:
 
 
 @pytest.fixture
+def version(metered: ThreadedServer) -> dict[str, str]:
+    """The labels of the one model version it serves."""
+    [served] = metered.server.models.loaded()
+    return {"model": served.name, "model_version": str(served.version)}
+
+
+@pytest.fixture
 def stub(metered: ThreadedServer) -> Iterator[pb_grpc.LstmServiceStub]:
     with grpc.insecure_channel(metered.target) as channel:
         yield pb_grpc.LstmServiceStub(channel)
 
 
-def test_handled_counts_are_exact(stub, metrics_url: str) -> None:
+def test_handled_counts_are_exact(stub, metrics_url: str, version: dict[str, str]) -> None:
     before = scrape(metrics_url)
     good = pb.PredictRequest(sequences=[seq_msg(np.ones((4, 2))), seq_msg(np.ones((2, 2)))])
     bad = pb.PredictRequest(sequences=[seq_msg(np.ones((4, 5)))])
@@ -57,14 +64,19 @@ def test_handled_counts_are_exact(stub, metrics_url: str) -> None:
     assert delta("grpc_server_handling_seconds_count") == 8
     assert delta("grpc_server_msg_received_total") == 8
     assert delta("grpc_server_msg_sent_total") == 5
-    assert value(after, "lstm_sequences_total") - value(before, "lstm_sequences_total") == 10
-    assert value(after, "lstm_timesteps_total") - value(before, "lstm_timesteps_total") == 30
-    assert value(after, "lstm_batch_size_count") - value(before, "lstm_batch_size_count") == 5
-    assert (
-        value(after, "lstm_inference_seconds_count") - value(before, "lstm_inference_seconds_count")
-        == 5
-    )
-    assert value(after, "lstm_queue_seconds_count") - value(before, "lstm_queue_seconds_count") == 5
+
+    def ran(name: str, **extra: str) -> float:  # by model version
+        return value(after, name, **version, **extra) - value(before, name, **version, **extra)
+
+    assert ran("lstm_sequences_total") == 10
+    assert ran("lstm_timesteps_total") == 30
+    assert ran("lstm_batch_size_count") == 5
+    assert ran("lstm_inference_seconds_count") == 5
+    assert ran("lstm_queue_seconds_count") == 5
+    assert ran("lstm_model_executions_total") == 5
+    assert ran("lstm_model_requests_total", outcome="success") == 5
+    assert ran("lstm_model_requests_total", outcome="failure") == 3  # refused inputs
+    assert ran("lstm_model_compute_seconds_total") > 0
 
 
 def test_streaming_rpcs_count_each_message(stub, metrics_url: str) -> None:
@@ -95,11 +107,11 @@ def test_streaming_rpcs_count_each_message(stub, metrics_url: str) -> None:
     assert delta("grpc_server_msg_sent_total", bidi) == 4
     assert delta("grpc_server_handled_total", bidi, grpc_code="OK") == 1
     # a 100-timestep sequence streamed in chunks is still one sequence
-    assert value(after, "lstm_timesteps_total") - value(before, "lstm_timesteps_total") == 103
-    assert value(after, "lstm_sequences_total") - value(before, "lstm_sequences_total") == 4
+    assert summed(after, "lstm_timesteps_total") - summed(before, "lstm_timesteps_total") == 103
+    assert summed(after, "lstm_sequences_total") - summed(before, "lstm_sequences_total") == 4
 
 
-def test_session_metrics(stub, metrics_url: str) -> None:
+def test_session_metrics(stub, metrics_url: str, version: dict[str, str]) -> None:
     before = scrape(metrics_url)
     x = seq_msg(np.ones((1, 2)))
     ids = [stub.CreateSession(pb.CreateSessionRequest()).session_id for _ in range(3)]
@@ -118,12 +130,14 @@ def test_session_metrics(stub, metrics_url: str) -> None:
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("lstm_sessions_created_total") == 4
+    assert delta("lstm_sessions_created_total", **version) == 4
     assert delta("lstm_sessions_ended_total", reason="closed") == 1
     assert delta("lstm_sessions_ended_total", reason="expired") == 1
     assert delta("lstm_sessions_active") == 2
-    assert delta("lstm_session_steps_total") == 3
-    assert delta("lstm_session_step_retries_total") == 1
+    assert delta("lstm_session_steps_total", **version) == 3
+    assert delta("lstm_session_step_retries_total", **version) == 1
+    requests = "lstm_model_requests_total"  # the model's statistics: steps and retries alike
+    assert delta(requests, **version, outcome="success") == 4
     assert (
         delta("grpc_server_handled_total", **grpc_labels("GetSession"), grpc_code="NOT_FOUND") == 1
     )

@@ -5,6 +5,8 @@ over gRPC (tritonclient) and HTTP, and what a bad repository entry gets."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
 from lstm_client import LstmClient, LstmError
 from lstm_server.core.errors import ModelLoadError
 from lstm_server.runtime.chain import load_chain
@@ -175,3 +178,65 @@ def test_a_saved_model_folder_is_refused_with_what_to_do(tmp_path: Path) -> None
     (tmp_path / "saved_model.pb").write_bytes(b"graph")
     with pytest.raises(ModelLoadError, match=r"TensorFlow SavedModel .* model\.save"):
         load_chain(tmp_path)
+
+
+def test_model_config_and_statistics_answer_tritonclient_over_both_doors(
+    server: ThreadedServer, client: LstmClient, rng
+) -> None:
+    triton = triton_grpc.InferenceServerClient(server.target)
+    over_http = triton_http.InferenceServerClient(f"127.0.0.1:{server.server.http_port}")
+    config = triton.get_model_config("decoder", "1", as_json=True)["config"]
+    on_http = over_http.get_model_config("decoder", "1")
+    assert on_http["input"][0] == {"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 3]}
+    assert on_http["parameters"] == config["parameters"]
+    assert config["name"] == "decoder"
+    assert config["max_batch_size"] == 4  # its config file's
+    assert config["version_policy"] == {"latest": {"num_versions": 1}}
+    assert config["input"][0] == {"name": "x", "data_type": "TYPE_FP32", "dims": ["-1", "3"]}
+    assert [o["name"] for o in config["output"]] == ["sequence", "state_h", "state_c"]
+
+    def counts(stats: dict) -> tuple[int, ...]:
+        [version] = stats["model_stats"]
+        inference = version["inference_stats"]
+        durations = (inference["success"], inference["fail"], inference["compute_infer"])
+        totals = (version.get("inference_count", 0), version.get("execution_count", 0))
+        return (*(int(v.get("count", 0)) for v in durations), *(int(t) for t in totals))
+
+    before = counts(triton.get_inference_statistics("decoder", "1", as_json=True))
+    decoder = client.with_model("decoder", 1)
+    for _ in range(3):
+        decoder.predict(rng.normal(size=(4, 3)).astype(np.float32))
+    with pytest.raises(LstmError):
+        decoder.predict(np.zeros((4, 9), np.float32))  # 9 features: refused
+    grpc_after = counts(triton.get_inference_statistics("decoder", "1", as_json=True))
+    http_after = counts(over_http.get_inference_statistics("decoder", "1"))
+    assert grpc_after == http_after
+    delta = tuple(a - b for a, b in zip(grpc_after, before, strict=True))
+    assert delta == (3, 1, 3, 3, 3)  # success, fail, computed, sequences, model calls
+    every = over_http.get_inference_statistics()["model_stats"]  # every loaded version
+    assert ("decoder", "1") in {(s["name"], s["version"]) for s in every}
+    assert {s["name"] for s in every} == {"decoder", "encoder"}
+    with pytest.raises(InferenceServerException, match="nope"):
+        triton.get_inference_statistics("nope")
+
+
+def test_the_cli_lists_models_and_calls_one_by_name(server: ThreadedServer) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "lstm_client.cli", "--target", server.target, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    listed = cli("--output", "json", "models")
+    assert listed.returncode == 0, listed.stderr
+    states = {
+        (m["name"], m["version"]): m["state"] for m in map(json.loads, listed.stdout.splitlines())
+    }
+    assert states[("decoder", 1)] == "READY"
+    shown = cli("--model", "decoder", "--model-version", "1", "--output", "json", "metadata")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["name"] == "decoder"
+    predicted = cli("--model", "decoder", "predict", "1", "2", "3", "--features", "3")
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.startswith("hidden sequence")
+    unnamed = cli("predict", "1", "2", "3", "--features", "3")
+    assert unnamed.returncode == 1
+    assert "MODEL_NOT_NAMED" in unnamed.stderr

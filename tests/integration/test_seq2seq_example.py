@@ -1,6 +1,7 @@
-"""examples/seq2seq: an encoder and a decoder trained on the shipped text, each served by its own
-server; the decoder stepped one character at a time in a session opened from the encoder's final
-(h, c) writes the same text as in-process Keras decoding with the same models."""
+"""examples/seq2seq: an encoder and a decoder trained on the shipped text, served by one server
+from one model repository and called by name; the decoder stepped one character at a time in a
+session opened from the encoder's final (h, c) writes the same text as in-process Keras decoding
+with the same models."""
 
 from __future__ import annotations
 
@@ -25,14 +26,12 @@ def _example():  # type: ignore[no-untyped-def]
 def test_served_greedy_decoding_writes_what_keras_writes(tmp_path: Path) -> None:
     example = _example()
     example.train(tmp_path, epochs=40, latent=32)
-    encoder = ThreadedServer(settings(model=tmp_path / "encoder.keras"))
-    decoder = ThreadedServer(settings(model=tmp_path / "decoder.keras"))
+    server = ThreadedServer(settings(model_repository=tmp_path / "models"))
     sources = ["42", "7", "93", "15", "60"]
     try:
-        served = example.served_decode(tmp_path, sources, encoder.target, decoder.target)
+        served = example.served_decode(tmp_path, sources, server.target)
     finally:
-        encoder.stop()
-        decoder.stop()
+        server.stop()
     local = example.keras_decode(tmp_path, sources)
     assert served == local
     assert all(text for text in served), "each source decodes to some text"

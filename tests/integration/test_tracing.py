@@ -76,6 +76,9 @@ def test_predict_has_a_server_span_with_queue_and_model_spans(traced) -> None:
     children = {s.name: s for s in _children(spans, rpc)}
     assert set(children) == {"lstm.queue", "lstm.model"}
     assert children["lstm.model"].attributes["lstm.batch.rows"] == 1
+    [served] = server.server.models.loaded()  # the span names the version that served it
+    assert rpc.attributes["lstm.model.name"] == served.name
+    assert rpc.attributes["lstm.model.version"] == served.version
 
 
 def test_a_session_step_has_store_and_model_spans(traced) -> None:
@@ -112,6 +115,7 @@ def test_stream_steps_and_predict_stream_chunks_have_their_spans(traced) -> None
     assert len(steps) == 3
     for step in steps:
         assert "lstm.model" in {s.name for s in _children(spans, step)}
+        assert step.attributes["lstm.model.version"] == 1
     [predict_stream] = [s for s in spans if s.name == "lstm.v1.LstmService/PredictStream"]
     assert "lstm.model" in {s.name for s in _children(spans, predict_stream)}
 

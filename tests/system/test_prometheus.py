@@ -91,12 +91,14 @@ def _dashboard_queries_run(web: int) -> None:
     """Each dashboard query, its variables set to "all", is valid PromQL for this Prometheus;
     the panels of what has happened here (Predict calls, sessions, readiness) find their series."""
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/lstm-serving.json").read_text())
-    assert {v["name"] for v in dashboard["templating"]["list"]} == {"job", "instance"}
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"job", "instance", "model"}
     time.sleep(3)  # a few more scrapes, so that rates over them have two samples
     with_data = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            expr = target["expr"].replace("$job", ".*").replace("$instance", ".*")
+            expr = target["expr"]
+            for variable in ("$job", "$instance", "$model"):
+                expr = expr.replace(variable, ".*")
             query = urllib.parse.urlencode({"query": expr})
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{web}/api/v1/query?{query}", timeout=5
@@ -110,4 +112,6 @@ def _dashboard_queries_run(web: int) -> None:
         "Sessions: store-wide and per replica",
         "Ready and store reachable, by replica",
         "In-flight RPCs by replica",
+        "Inference requests per second by model version",
+        "Loaded model versions, by replica",
     } <= with_data

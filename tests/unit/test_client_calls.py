@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from lstm_client import LstmError, RetryPolicy
-from lstm_client.calls import SessionStream
+from lstm_client.calls import SessionStream, StepRetries
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_server.core import errors
 from lstm_server.transport.errors import rpc_status
@@ -142,3 +142,28 @@ def test_retry_waits_grow_with_jitter_and_stop() -> None:
     config = json.loads(policy.service_config())["methodConfig"][0]
     assert {n["method"] for n in config["name"]} == {"GetModelMetadata", "Predict", "GetSession"}
     assert config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+@pytest.mark.parametrize(
+    ("code", "retried"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, True),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True),
+        (grpc.StatusCode.CANCELLED, True),  # a server shutting down cancels calls not begun
+        (grpc.StatusCode.INVALID_ARGUMENT, False),
+        (grpc.StatusCode.FAILED_PRECONDITION, False),
+    ],
+)
+def test_a_step_is_retried_only_when_its_reply_may_have_been_lost(
+    code: grpc.StatusCode, retried: bool
+) -> None:
+    retries = StepRetries(RetryPolicy(attempts=3, initial_backoff=0.5, jitter=0.0))
+    error = LstmError(code, "x")
+    if retried:
+        assert [retries.delay_after(error), retries.delay_after(error)] == [0.5, 1.0]
+        with pytest.raises(LstmError):  # attempts spent
+            retries.delay_after(error)
+    else:
+        with pytest.raises(LstmError) as raised:
+            retries.delay_after(error)
+        assert raised.value is error

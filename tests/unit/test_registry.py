@@ -26,10 +26,10 @@ from lstm_server.core.registry import (
 )
 from lstm_server.core.repository import DirectoryRepository, ModelSource
 from lstm_server.core.sessions import SessionService
-from lstm_server.core.types import Limits, RaggedSequence
+from lstm_server.core.types import Limits
 from lstm_server.sessions import MemorySessionStore
 
-from tests.helpers import NumpyRuntime
+from tests.helpers import NumpyRuntime, ragged
 from tests.reference import NumpyLstm
 
 TOL = 1e-5
@@ -44,10 +44,12 @@ class Loader:
         self.broken: set[tuple[str, int]] = set()
         self.gate: asyncio.Event | None = None
         self.runtimes: dict[tuple[str, int], NumpyRuntime] = {}
+        self.background: dict[tuple[str, int], bool] = {}
 
-    async def load(self, source: ModelSource) -> NumpyRuntime:
+    async def load(self, source: ModelSource, *, background: bool = False) -> NumpyRuntime:
         key = (source.name, source.version)
         self.loads[key] += 1
+        self.background[key] = background
         if self.gate is not None:
             await self.gate.wait()
         if key in self.broken:
@@ -60,11 +62,6 @@ def add_version(root: Path, name: str, number: int) -> None:
     folder = root / name / str(number)
     folder.mkdir(parents=True)
     (folder / "model.keras").write_bytes(f"{name} {number}".encode())
-
-
-def ragged(x: np.ndarray) -> RaggedSequence:
-    x = np.asarray(x, np.float32)
-    return RaggedSequence(x.ravel(), np.full(x.shape[0], x.shape[1]))
 
 
 @pytest.fixture
@@ -129,6 +126,8 @@ async def test_sessions_stay_on_their_version_through_a_rollout(
     await models.sync()
     assert state_of(models, "lstm", 2) is VersionState.READY
     assert state_of(models, "lstm", 1) is VersionState.DRAINING  # its session lives
+    # Loaded while serving: at the lowest CPU priority; the start's load was not.
+    assert loader.background == {("lstm", 1): False, ("lstm", 2): True}
     new = await sessions.create(None)
     assert new.version_number == 2
 
@@ -280,3 +279,22 @@ async def test_model_control_is_refused_outside_explicit_mode(
             await registry.unload_model("m")
     finally:
         await registry.stop()
+
+
+async def test_counted_calls_and_model_calls_go_into_the_versions_statistics(
+    models: ModelRegistry,
+) -> None:
+    async with models.acquire(ModelRef("lstm"), counted=True) as served:
+        await served.scheduler.run([_row()])
+    with pytest.raises(RuntimeError):
+        async with models.acquire(ModelRef("lstm"), counted=True):
+            raise RuntimeError("the request failed")
+    async with models.acquire(ModelRef("lstm")):
+        pass  # not an inference request: not counted
+    stats = served.statistics
+    assert (stats.success_count, stats.failure_count) == (1, 1)
+    assert stats.success_seconds > 0
+    assert (stats.execution_count, stats.inference_count, stats.queued_count) == (1, 1, 1)
+    assert list(stats.batches) == [1]
+    assert stats.compute_seconds > 0
+    assert stats.last_inference_ms > 0

@@ -4,7 +4,7 @@ to retries, ownership, resets, closing and reaping, checked against the independ
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import numpy as np
 import pytest
@@ -16,11 +16,12 @@ from lstm_server.core.errors import (
     StepConflict,
     StoreUnavailable,
 )
-from lstm_server.core.sessions import SessionService, check_window
-from lstm_server.core.types import Limits, RaggedSequence
+from lstm_server.core.registry import ModelRef, ServedModel
+from lstm_server.core.sessions import SessionService, StepOutcome, check_window
+from lstm_server.core.types import Limits, ModelInfo, RaggedSequence
 from lstm_server.sessions import MemorySessionStore
 
-from tests.helpers import NumpyRuntime, registry_of
+from tests.helpers import NumpyRuntime, ragged, registry_of
 from tests.reference import NumpyLstm
 
 TOL = 1e-5
@@ -40,14 +41,19 @@ class Counts:
     def __init__(self) -> None:
         self.created = self.stepped = self.replayed = self.closed = 0
         self.live: list[int] = []
+        self.models: set[tuple[str, int]] = set()  # the versions events were told of
 
-    def session_created(self, session_id: str, expires_at: float) -> None:
+    def session_created(self, session_id: str, expires_at: float, model: ModelInfo) -> None:
         self.created += 1
+        self.models.add((model.name, model.version_number))
 
     def session_closed(self, session_id: str) -> None:
         self.closed += 1
 
-    def session_stepped(self, session_id: str, expires_at: float, *, replayed: bool) -> None:
+    def session_stepped(
+        self, session_id: str, expires_at: float, model: ModelInfo, *, replayed: bool
+    ) -> None:
+        self.models.add((model.name, model.version_number))
         if replayed:
             self.replayed += 1
         else:
@@ -55,11 +61,6 @@ class Counts:
 
     def sessions_counted(self, live: int) -> None:
         self.live.append(live)
-
-
-def ragged(x: np.ndarray) -> RaggedSequence:
-    x = np.asarray(x, np.float32)
-    return RaggedSequence(x.ravel(), np.full(x.shape[0], x.shape[1]))
 
 
 @pytest.fixture
@@ -122,6 +123,7 @@ async def test_a_retry_gets_the_same_reply_and_applies_nothing(
     np.testing.assert_array_equal(again.state.h, first.state.h)
     assert (await service.get(session.session_id)).step_count == 1
     assert (counts.stepped, counts.replayed) == (1, 1)
+    assert counts.models == {(session.model_name, session.version_number)}
     with pytest.raises(StepConflict, match="already applied with another input") as changed:
         await service.step(session.session_id, ragged(rng.normal(size=(2, 3))), 1)
     assert changed.value.reason == "STEP_INPUT_MISMATCH"
@@ -240,6 +242,39 @@ async def test_restart_makes_or_restarts_a_named_session_of_its_owner_only(
     assert (await service.get("seq-1", owner="alice")).step_count == 0
     with pytest.raises(InvalidInput, match="not a session id"):
         await service.restart("no spaces", None)
+
+
+async def test_a_sequence_starts_steps_and_ends_and_a_retried_start_is_answered_once(
+    service: SessionService, rng
+) -> None:
+    x = rng.normal(size=(3, 3)).astype(np.float32)
+    h0, c0 = (rng.normal(size=4).astype(np.float32) for _ in range(2))
+    seen: list[int] = []
+
+    def prepare(served: ServedModel) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(served.version)
+        return h0, c0
+
+    def request(t: int, **flags: bool) -> Awaitable[StepOutcome]:
+        return service.sequence_step(
+            "seq-9", ModelRef(), ragged(x[t : t + 1]), t + 1, prepare=prepare, **flags
+        )
+
+    first = await request(0, start=True, end=False)
+    again = await request(0, start=True, end=False)  # its reply was lost: the same start again
+    assert again.replayed
+    np.testing.assert_array_equal(again.sequence, first.sequence)
+    await request(1, start=False, end=False)
+    last = await request(2, start=False, end=True)
+    seq, h, c = reference(service).run(x, h0, c0)
+    np.testing.assert_allclose(last.state.h, h, atol=TOL)
+    np.testing.assert_allclose(last.state.c, c, atol=TOL)
+    np.testing.assert_allclose(first.sequence, seq[:1], atol=TOL)
+    assert set(seen) == {1}  # the inputs were checked against the version that ran them
+    with pytest.raises(SessionNotFound):  # its end closed it
+        await service.get("seq-9")
+    with pytest.raises(SessionNotFound):  # without a start, an ended sequence is unknown
+        await request(0, start=False, end=False)
 
 
 async def test_ttl_limits_and_expiry(service: SessionService, clock: Clock) -> None:

@@ -42,8 +42,9 @@ class InferenceService:
     def model(
         self, ref: ModelRef, *, deadline: float | None = None
     ) -> contextlib.AbstractAsyncContextManager[ServedModel]:
-        """The version ``ref`` names, held for the call (see ``ModelRegistry.acquire``)."""
-        return self.models.acquire(ref, deadline=deadline)
+        """The version ``ref`` names, held for the call, which its statistics count (see
+        ``ModelRegistry.acquire``)."""
+        return self.models.acquire(ref, deadline=deadline, counted=True)
 
     async def predict(
         self,

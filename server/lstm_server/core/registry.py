@@ -40,6 +40,7 @@ from lstm_server.core.repository import (
     check_model_name,
 )
 from lstm_server.core.scheduler import BatchObservation, BatchScheduler, BatchTracer, Runtime
+from lstm_server.core.statistics import ModelStatistics
 from lstm_server.core.types import Limits, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,10 @@ class VersionStatus:
 
 
 class ModelLoader(Protocol):
-    """Loads and warms one version; raises ``ModelLoadError`` saying why it cannot be served."""
+    """Loads and warms one version; raises ``ModelLoadError`` saying why it cannot be served.
+    ``background``: the server is already serving, and the load should leave it the CPU."""
 
-    async def load(self, source: ModelSource) -> Runtime: ...
+    async def load(self, source: ModelSource, *, background: bool = False) -> Runtime: ...
 
 
 class RegistryObserver(Protocol):
@@ -102,27 +104,40 @@ class RegistryObserver(Protocol):
     def model_unloaded(self, info: ModelInfo) -> None: ...
 
 
+class ModelTracer(Protocol):
+    """Told which version serves the current request (tracing tags its span)."""
+
+    def model_used(self, name: str, version: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class SchedulerSettings:
-    """How each version's scheduler batches (a model's config may change the first two)."""
+    """How each version's scheduler batches (a model's config may change the first two), and
+    who observes its model calls (told which version made each)."""
 
     max_batch_rows: int = 64
     batching: bool = True
-    observer: Callable[[BatchObservation], None] | None = None
+    observer: Callable[[ModelInfo, BatchObservation], None] | None = None
     tracer: BatchTracer | None = None
 
 
 class ServedModel:
     """A loaded version: its description (``info``: name, version number, digest, shapes), the
-    limits its requests are held to, and the scheduler that runs it."""
+    limits its requests are held to, the scheduler that runs it and what it has done."""
 
     def __init__(
-        self, source: ModelSource, info: ModelInfo, limits: Limits, scheduler: BatchScheduler
+        self,
+        source: ModelSource,
+        info: ModelInfo,
+        limits: Limits,
+        scheduler: BatchScheduler,
+        statistics: ModelStatistics,
     ) -> None:
         self.source = source
         self.info = info
         self.limits = limits
         self.scheduler = scheduler
+        self.statistics = statistics
         self.name = source.name
         self.version = source.version
         self.users = 0
@@ -175,6 +190,7 @@ class ModelRegistry:
         max_loaded_versions: int = 0,
         live_sessions: Callable[[str, int], Awaitable[int]] | None = None,
         observer: RegistryObserver | None = None,
+        tracer: ModelTracer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``live_sessions(name, version)`` counts the live sessions pinned to a version (in the
@@ -190,6 +206,7 @@ class ModelRegistry:
         self._default = default_model
         self._live_sessions = live_sessions
         self._observer = observer
+        self._tracer = tracer
         self._clock = clock
         self._models: dict[str, RepositoryModel] = {}
         self._entries: dict[tuple[str, int], _Entry] = {}
@@ -198,6 +215,7 @@ class ModelRegistry:
         self._described: dict[tuple[str, int], ModelInfo] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
+        self._started = False
         self._closed = False
 
     # Life
@@ -212,6 +230,7 @@ class ModelRegistry:
                 f"--default-model {self._default!r} is not in the model repository "
                 f"(it has {', '.join(sorted(self._models)) or 'no model'})"
             )
+        self._started = True
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="models")
 
     async def stop(self) -> None:
@@ -334,11 +353,12 @@ class ModelRegistry:
 
     @contextlib.asynccontextmanager
     async def acquire(
-        self, ref: ModelRef, *, deadline: float | None = None
+        self, ref: ModelRef, *, deadline: float | None = None, counted: bool = False
     ) -> AsyncIterator[ServedModel]:
         """The version ``ref`` names, kept loaded until the block ends. A version that the
         repository holds but this server has not loaded is loaded first, within ``deadline``
-        (a ``time.monotonic()`` instant)."""
+        (a ``time.monotonic()`` instant). ``counted``: the block is an inference request, and
+        its outcome and time go into the version's statistics."""
         try:
             served = self.resolve(ref)
         except ModelNotFound:
@@ -347,11 +367,18 @@ class ModelRegistry:
             served = await self._load_on_demand(self._name(ref.name), ref.version, deadline)
         except ModelNotReady:
             served = await self._wait_loading(self._name(ref.name), ref.version, deadline)
+        if self._tracer is not None:
+            self._tracer.model_used(served.name, served.version)
         served.users += 1
         served.idle.clear()
+        began = time.perf_counter()
+        ok = False
         try:
             yield served
+            ok = True
         finally:
+            if counted:
+                served.statistics.request_done(time.perf_counter() - began, ok=ok)
             served.users -= 1
             if served.users == 0:
                 served.idle.set()
@@ -632,7 +659,7 @@ class ModelRegistry:
         source = entry.source
         began = time.perf_counter()
         try:
-            runtime = await self._loader.load(source)
+            runtime = await self._loader.load(source, background=self._started)
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc)
             entry.state, entry.reason = VersionState.UNAVAILABLE, message
@@ -655,15 +682,22 @@ class ModelRegistry:
             max_batch_size=int(settings.get("max_batch_size", self.limits.max_batch_size)),
         )
         s = self._scheduling
+        statistics = ModelStatistics()
+
+        def observe(batch: BatchObservation) -> None:
+            statistics.batch_done(batch)
+            if s.observer is not None:
+                s.observer(info, batch)
+
         scheduler = BatchScheduler(
             runtime,
             max_batch_rows=int(settings.get("max_batch_rows", s.max_batch_rows)),
             batching=bool(settings.get("batching", s.batching)),
-            observer=s.observer,
+            observer=observe,
             tracer=s.tracer,
         )
         scheduler.start()
-        served = ServedModel(source, info, limits, scheduler)
+        served = ServedModel(source, info, limits, scheduler, statistics)
         self._described[(source.name, source.version)] = info
         entry.served, entry.loading, entry.failed_stamp = served, None, None
         entry.state, entry.reason = VersionState.READY, ""

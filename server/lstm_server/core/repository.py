@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MODEL_FILES = ("model.keras", "model.h5")
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 CONFIG_FILE = "model-config.json"
+DEFAULT_MODEL_NAME = "default-lstm"  # the seeded model's name, when --model-name gives none
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_CONFIG_BYTES = 64 * 1024
 

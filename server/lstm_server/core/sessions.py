@@ -139,9 +139,11 @@ class SessionObserver(Protocol):
     are named with the time their TTL runs out, so that an observer can tell the sessions this
     replica holds or touched from those other replicas of a shared store touch."""
 
-    def session_created(self, session_id: str, expires_at: float) -> None: ...
+    def session_created(self, session_id: str, expires_at: float, model: ModelInfo) -> None: ...
 
-    def session_stepped(self, session_id: str, expires_at: float, *, replayed: bool) -> None: ...
+    def session_stepped(
+        self, session_id: str, expires_at: float, model: ModelInfo, *, replayed: bool
+    ) -> None: ...
 
     def session_closed(self, session_id: str) -> None: ...
 
@@ -173,7 +175,7 @@ class _KeyedLocks:
 
 # A check the caller makes of the model version a step runs on, once it is known and before the
 # model runs (the transport checks that the reply will not be too large).
-BeforeRun = Callable[[ServedModel], None]
+BeforeRun = Callable[[ServedModel], object]
 
 
 class SessionService:
@@ -287,7 +289,7 @@ class SessionService:
         )
         self._remember(record)
         if self._observer is not None:
-            self._observer.session_created(record.session_id, record.expires_at)
+            self._observer.session_created(record.session_id, record.expires_at, info)
         return SessionInfo.of(record, info)
 
     async def get(self, session_id: str, *, owner: str = "") -> SessionInfo:
@@ -308,7 +310,7 @@ class SessionService:
         self, record: SessionRecord, deadline: float | None
     ) -> contextlib.AbstractAsyncContextManager[ServedModel]:
         name, version = self._pin(record)
-        return self.models.acquire(ModelRef(name, version), deadline=deadline)
+        return self.models.acquire(ModelRef(name, version), deadline=deadline, counted=True)
 
     async def _record(self, session_id: str, owner: str) -> SessionRecord:
         check_session_id(session_id)
@@ -367,7 +369,7 @@ class SessionService:
             self._check_model(record, served.info)
             replay = self._replay(record, step_number, digest, served.info)
             if replay is not None:
-                self._stepped(record, replayed=True)
+                self._stepped(record, served.info, replayed=True)
                 return replay
             applied = record.step_count + 1
             if step_number not in (0, applied):
@@ -390,7 +392,7 @@ class SessionService:
             )
             if await self._stored(updated, record.revision):
                 self._remember(updated, with_steps=window > 1)
-                self._stepped(updated, replayed=False)
+                self._stepped(updated, served.info, replayed=False)
                 return StepOutcome(
                     session_id, applied, result.sequence, result.state, model=served.info
                 )
@@ -489,9 +491,11 @@ class SessionService:
             record.session_id, step_number, last.hidden_sequence, state, replayed=True, model=info
         )
 
-    def _stepped(self, record: SessionRecord, *, replayed: bool) -> None:
+    def _stepped(self, record: SessionRecord, model: ModelInfo, *, replayed: bool) -> None:
         if self._observer is not None:
-            self._observer.session_stepped(record.session_id, record.expires_at, replayed=replayed)
+            self._observer.session_stepped(
+                record.session_id, record.expires_at, model, replayed=replayed
+            )
 
     async def reset(
         self, session_id: str, state: GivenState | None, *, owner: str = ""
@@ -566,6 +570,52 @@ class SessionService:
                 self._recent.pop(session_id, None)
                 await self.store.delete(session_id)
             return await self._create(served, initial_state, 0, owner, session_id)
+
+    async def sequence_step(
+        self,
+        session_id: str,
+        model: ModelRef,
+        sequence: RaggedSequence,
+        step_number: int,
+        *,
+        start: bool,
+        end: bool,
+        prepare: Callable[[ServedModel], GivenState | None],
+        owner: str = "",
+        deadline: float | None = None,
+    ) -> StepOutcome:
+        """One request of a sequence the caller names (Triton's sequence extension). Its start
+        (re)makes the session on ``model`` from the initial state ``prepare`` reads; every
+        request steps the session on the version it is pinned to; its end closes the session
+        after its step. ``prepare`` is called with each version the request runs on, before the
+        model runs, to check the request's inputs against it. A start that repeats a session's
+        only step (a retry whose reply was lost) is answered from the session, never applied
+        again."""
+        outcome: StepOutcome | None = None
+        if start:
+            async with self.models.acquire(model, deadline=deadline) as served:
+                state = prepare(served)
+                pinned = ModelRef(served.name, served.version)
+            if step_number == 1:
+                with contextlib.suppress(SessionNotFound, StepConflict):
+                    outcome = await self.step(
+                        session_id, sequence, 1, owner=owner, deadline=deadline, before_run=prepare
+                    )
+            if outcome is None:
+                await self.restart(session_id, state, model=pinned, owner=owner)
+        if outcome is None:
+            outcome = await self.step(
+                session_id,
+                sequence,
+                step_number,
+                owner=owner,
+                deadline=deadline,
+                before_run=prepare,
+            )
+        if end:
+            with contextlib.suppress(SessionNotFound):
+                await self.close(session_id, owner=owner)
+        return outcome
 
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""

@@ -11,12 +11,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from lstm_server.core.repository import DEFAULT_MODEL_NAME
 from lstm_server.core.types import LayerInfo, ModelInfo
 from lstm_server.runtime import numpy_chain as nc
 from lstm_server.runtime.chain import Chain
 from lstm_server.runtime.numpy_lstm import NumpyLstm
-
-DEFAULT_MODEL_NAME = "default-lstm"
 
 
 def rebuild_for_serving(layer: keras.layers.LSTM) -> keras.layers.LSTM:

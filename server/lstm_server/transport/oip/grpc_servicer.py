@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from grpc.aio import ServicerContext as Context
 
 from lstm_server.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
@@ -16,6 +17,7 @@ from lstm_server.core.registry import VersionState
 from lstm_server.core.types import Array
 from lstm_server.transport.auth import principal
 from lstm_server.transport.oip import messages as oip
+from lstm_server.transport.oip.extensions import model_config, model_statistics
 from lstm_server.transport.oip.model import EXTENSIONS, OpenInference
 from lstm_server.transport.oip.tensors import (
     DATATYPES,
@@ -198,6 +200,18 @@ class InferenceServicer:
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         await self.model.models.unload_model(request.model_name)
         return oip.message("RepositoryModelUnloadResponse")()
+
+    async def ModelConfig(self, request: Any, context: Context) -> Any:
+        served = self.model.find(request.name, request.version)
+        document = model_config(served, self.model.layout(served.info))
+        return oip.message("ModelConfigResponse")(
+            config=json_format.ParseDict(document, oip.message("ModelConfig")())
+        )
+
+    async def ModelStatistics(self, request: Any, context: Context) -> Any:
+        found = self.model.statistics(request.name, request.version)
+        document = {"model_stats": [model_statistics(served) for served in found]}
+        return json_format.ParseDict(document, oip.message("ModelStatisticsResponse")())
 
     async def ModelInfer(self, request: Any, context: Context) -> Any:
         response = await self.model.infer(

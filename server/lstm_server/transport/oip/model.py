@@ -13,7 +13,6 @@ that have them) and ``state_h``/``state_c`` (``state_h_<k>``/``state_c_<k>`` for
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lstm_server.core.errors import InvalidInput, ModelNotFound, SessionNotFound, StepConflict
+from lstm_server.core.errors import InvalidInput, ModelNotFound, SessionNotFound
 from lstm_server.core.registry import (
     TAKES_CALLS,
     ModelRef,
@@ -45,7 +44,13 @@ from lstm_server.transport.servicer import Services
 
 PLATFORM = "keras_lstm"
 # Extensions in the sense of the protocol's server metadata (Triton's names).
-EXTENSIONS = ("sequence", "binary_tensor_data", "model_repository")
+EXTENSIONS = (
+    "sequence",
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+)
 STEP_NUMBER = "lstm_step_number"
 _SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", STEP_NUMBER)
 
@@ -209,6 +214,17 @@ class OpenInference:
         )
         return ModelMetadata(served.name, versions, PLATFORM, layout.inputs, layout.outputs)
 
+    def statistics(self, name: str = "", version: str = "") -> list[ServedModel]:
+        """The loaded versions whose statistics are asked for: all (no name), a model's, or one
+        version."""
+        models = self._core().models
+        if not name:
+            return models.loaded()
+        if version:
+            return [self.find(name, version)]
+        self.ref(name)  # NOT_FOUND for a model the server does not have
+        return [m for m in models.loaded() if m.name == name]
+
     async def infer(
         self,
         request: InferRequest,
@@ -259,78 +275,40 @@ class OpenInference:
         owner: str,
         deadline: float | None,
     ) -> tuple[StepOutcome, _Rows, tuple[str, ...]]:
-        """One request of a sequence: its start (re)makes the session, on the model version the
-        request names, from the state inputs; every request steps it, on the version its session
-        is pinned to; its end closes it. Inputs are checked against that version before it
-        runs."""
-        sessions = self._core().sessions
+        """One request of a sequence, as the core's sessions run it; its inputs are checked
+        against each version it runs on before the model runs."""
         parameters = request.parameters
         start = _parameter_bool(parameters, "sequence_start")
-        end = _parameter_bool(parameters, "sequence_end")
-        step_number = _parameter_int(parameters, STEP_NUMBER)
-        session = session_of(sequence, owner)
-        checked: list[tuple[_Rows, tuple[str, ...]]] = []
-
         if not start and any(_is_state(tensor.name) for tensor in request.inputs):
             raise InvalidInput.single(
                 "inputs",
                 "initial states are taken only by the request that starts a sequence "
                 "(sequence_start)",
             )
+        checked: list[tuple[_Rows, tuple[str, ...]]] = []
 
-        def check(served: ServedModel) -> None:
+        def prepare(served: ServedModel) -> GivenState | None:
             layout = self.layout(served.info)
             rows = _rows(self._inputs(request, layout), layout, served.limits, single=True)
             checked[:] = [(rows, self._wanted(request.outputs, layout))]
+            return rows.states[0] if rows.states else None
 
-        given = _given(request)
         try:
-            if start:
-                outcome = await self._start(
-                    session, ref, given, step_number, owner, deadline, check, checked
-                )
-            else:
-                outcome = await sessions.step(
-                    session, given, step_number, owner=owner, deadline=deadline, before_run=check
-                )
+            outcome = await self._core().sessions.sequence_step(
+                session_of(sequence, owner),
+                ref,
+                _given(request),
+                _parameter_int(parameters, STEP_NUMBER),
+                start=start,
+                end=_parameter_bool(parameters, "sequence_end"),
+                prepare=prepare,
+                owner=owner,
+                deadline=deadline,
+            )
         except SessionNotFound as error:
             raise _unknown_sequence(sequence, request.model_name, error) from None
-        if end:
-            with contextlib.suppress(SessionNotFound):
-                await sessions.close(session, owner=owner)
         [(rows, wanted)] = checked
         return outcome, rows, wanted
-
-    async def _start(
-        self,
-        session: str,
-        ref: ModelRef,
-        given: RaggedSequence,
-        step_number: int,
-        owner: str,
-        deadline: float | None,
-        check: Callable[[ServedModel], None],
-        checked: list[tuple[_Rows, tuple[str, ...]]],
-    ) -> StepOutcome:
-        core = self._core()
-        sessions = core.sessions
-        async with core.inference.model(ref, deadline=deadline) as served:
-            check(served)
-        if step_number == 1:
-            # A start that repeats the session's only step (a retry whose reply was lost) is
-            # answered from it; any other start begins the sequence anew.
-            with contextlib.suppress(SessionNotFound, StepConflict):
-                return await sessions.step(
-                    session, given, 1, owner=owner, deadline=deadline, before_run=check
-                )
-        states = checked[0][0].states
-        state = states[0] if states else None
-        await sessions.restart(
-            session, state, model=ModelRef(served.name, served.version), owner=owner
-        )
-        return await sessions.step(
-            session, given, step_number, owner=owner, deadline=deadline, before_run=check
-        )
 
     def _inputs(self, request: InferRequest, layout: Layout) -> dict[str, Tensor]:
         """The request's inputs by name, each known, given once and of the model's datatype."""

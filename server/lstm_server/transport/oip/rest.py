@@ -31,6 +31,7 @@ from lstm_server.core.errors import (
 )
 from lstm_server.transport.auth import authenticate
 from lstm_server.transport.errors import INTERNAL_MESSAGE, status_code
+from lstm_server.transport.oip.extensions import model_config, model_statistics
 from lstm_server.transport.oip.grpc_servicer import triton_state
 from lstm_server.transport.oip.model import EXTENSIONS, ModelMetadata, OpenInference
 from lstm_server.transport.oip.tensors import (
@@ -240,12 +241,18 @@ class RestServer:
             ("GET", "/v2/health/live", self.live, "health_live"),
             ("GET", "/v2/health/ready", self.ready, "health_ready"),
             ("GET", "/v2", self.server_metadata, "server_metadata"),
+            # Before the model routes: Triton's path for every model's statistics.
+            ("GET", "/v2/models/stats", self.model_statistics, "model_statistics"),
             ("GET", named, self.model_metadata, "model_metadata"),
             ("GET", versioned, self.model_metadata, "model_metadata"),
             ("GET", named + "/ready", self.model_ready, "model_ready"),
             ("GET", versioned + "/ready", self.model_ready, "model_ready"),
             ("POST", named + "/infer", self.infer, "infer"),
             ("POST", versioned + "/infer", self.infer, "infer"),
+            ("GET", named + "/config", self.model_config, "model_config"),
+            ("GET", versioned + "/config", self.model_config, "model_config"),
+            ("GET", named + "/stats", self.model_statistics, "model_statistics"),
+            ("GET", versioned + "/stats", self.model_statistics, "model_statistics"),
             ("POST", "/v2/repository/index", self.repository_index, "repository_index"),
             ("POST", "/v2/repository/models/{model}/load", self.load, "repository_load"),
             ("POST", "/v2/repository/models/{model}/unload", self.unload, "repository_unload"),
@@ -361,6 +368,16 @@ class RestServer:
         return web.json_response(
             {"name": info["model"], "ready": ready}, status=200 if ready else 503
         )
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        served = self.model.find(info["model"], info.get("version", ""))
+        return web.json_response(model_config(served, self.model.layout(served.info)))
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        found = self.model.statistics(info.get("model", ""), info.get("version", ""))
+        return web.json_response({"model_stats": [model_statistics(s) for s in found]})
 
     async def repository_index(self, request: web.Request) -> web.Response:
         """Triton's repository index: ``{"ready": true}`` in the body lists only the versions
