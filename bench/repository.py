@@ -230,7 +230,8 @@ def summarize(data: dict) -> str:
         + "\n\n"
         + (
             f"{data['rounds']} rounds, {data['seconds']} s each; step p99 during a load measured "
-            f"over the {DURING_SECONDS:.0f} s after the version is dropped in.\n"
+            f"over the {DURING_SECONDS:.0f} s after the version is dropped in (the loads took "
+            f"{median([r['load s'] for r in rollout]):.1f} s, median).\n"
         )
     )
 

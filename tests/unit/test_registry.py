@@ -298,3 +298,27 @@ async def test_counted_calls_and_model_calls_go_into_the_versions_statistics(
     assert list(stats.batches) == [1]
     assert stats.compute_seconds > 0
     assert stats.last_inference_ms > 0
+
+
+async def test_a_session_whose_version_left_the_repository_is_told_it_is_gone(
+    tmp_path: Path, loader: Loader, store: MemorySessionStore, rng
+) -> None:
+    """A replica started after version 1 was removed: a session pinned to it gets the way on."""
+    add_version(tmp_path, "lstm", 1)
+    first = ModelRegistry(DirectoryRepository(tmp_path), loader, Limits())
+    await first.start()
+    old = await SessionService(store, first, Limits()).create(None)
+    await first.stop()
+    add_version(tmp_path, "lstm", 2)
+    shutil.rmtree(tmp_path / "lstm" / "1")
+    restarted = ModelRegistry(DirectoryRepository(tmp_path), loader, Limits())
+    await restarted.start()
+    sessions = SessionService(store, restarted, Limits())
+    try:
+        with pytest.raises(ModelNotFound, match="start a session on version 2") as gone:
+            await sessions.step(old.session_id, ragged(rng.normal(size=(1, 3))), 1)
+        assert gone.value.reason == "MODEL_VERSION_UNLOADED"
+        moved = await sessions.reset(old.session_id, None)  # or reset: onto the newest
+        assert moved.version_number == 2
+    finally:
+        await restarted.stop()

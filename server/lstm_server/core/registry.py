@@ -353,18 +353,37 @@ class ModelRegistry:
 
     @contextlib.asynccontextmanager
     async def acquire(
-        self, ref: ModelRef, *, deadline: float | None = None, counted: bool = False
+        self,
+        ref: ModelRef,
+        *,
+        deadline: float | None = None,
+        counted: bool = False,
+        pinned: bool = False,
     ) -> AsyncIterator[ServedModel]:
         """The version ``ref`` names, kept loaded until the block ends. A version that the
         repository holds but this server has not loaded is loaded first, within ``deadline``
         (a ``time.monotonic()`` instant). ``counted``: the block is an inference request, and
-        its outcome and time go into the version's statistics."""
+        its outcome and time go into the version's statistics. ``pinned``: ``ref`` is a
+        session's version, which existed: one the repository no longer holds is gone
+        (MODEL_VERSION_UNLOADED, with the way on), not unknown."""
         try:
             served = self.resolve(ref)
         except ModelNotFound:
             if ref.version == 0:
                 raise
-            served = await self._load_on_demand(self._name(ref.name), ref.version, deadline)
+            name = self._name(ref.name)
+            try:
+                served = await self._load_on_demand(name, ref.version, deadline)
+            except ModelNotFound as missing:
+                if not pinned or missing.reason not in (
+                    "MODEL_NOT_FOUND",
+                    "MODEL_VERSION_NOT_FOUND",
+                ):
+                    raise
+                newest = self._newest(name)
+                raise _unloaded(
+                    name, ref.version, None if newest is None else newest.version
+                ) from None
         except ModelNotReady:
             served = await self._wait_loading(self._name(ref.name), ref.version, deadline)
         if self._tracer is not None:

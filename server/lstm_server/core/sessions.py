@@ -310,7 +310,9 @@ class SessionService:
         self, record: SessionRecord, deadline: float | None
     ) -> contextlib.AbstractAsyncContextManager[ServedModel]:
         name, version = self._pin(record)
-        return self.models.acquire(ModelRef(name, version), deadline=deadline, counted=True)
+        return self.models.acquire(
+            ModelRef(name, version), deadline=deadline, counted=True, pinned=True
+        )
 
     async def _record(self, session_id: str, owner: str) -> SessionRecord:
         check_session_id(session_id)
@@ -537,7 +539,7 @@ class SessionService:
         name, version = self._pin(record)
         pinned = ModelRef(name, version)
         try:
-            async with self.models.acquire(pinned) as served:
+            async with self.models.acquire(pinned, pinned=True) as served:
                 if served.info.version == record.model_version:
                     return pinned
         except ModelNotFound as error:

@@ -34,15 +34,21 @@ class Compiled:
     """The shapes one function is compiled for, compiling the others on a ``Compiler``'s thread.
 
     ``compile(shape)`` runs the function once on that shape; at most ``limit`` shapes are ever
-    compiled or queued (None: no limit)."""
+    compiled or queued (None: no limit). ``ready``: the set of shapes compiled so far, when
+    the function's compiled programs are shared with others that may have compiled some."""
 
     def __init__(
-        self, compiler: Compiler, compile: Callable[[Shape], None], limit: int | None = None
+        self,
+        compiler: Compiler,
+        compile: Callable[[Shape], None],
+        limit: int | None = None,
+        *,
+        ready: set[Shape] | None = None,
     ) -> None:
         self._compiler = compiler
         self._compile = compile
         self._limit = limit
-        self._ready: set[Shape] = set()
+        self._ready: set[Shape] = set() if ready is None else ready
         self._queued: dict[Shape, Priority] = {}
 
     def ready(self, shape: Shape, *, priority: Priority = Priority.NOW) -> bool:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -36,7 +41,9 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def chain_function(chain: Chain, info: ModelInfo) -> Callable[..., list[tf.Tensor]]:
+def chain_function(
+    chain: Chain, info: ModelInfo, lstms: list[keras.layers.LSTM] | None = None
+) -> Callable[..., list[tf.Tensor]]:
     """``(x, mask, h0, c0) -> (results, h, c)``: the chain at inference, stateless.
 
     States are every LSTM's, one after the other; results are every LSTM's hidden output, then
@@ -45,7 +52,7 @@ def chain_function(chain: Chain, info: ModelInfo) -> Callable[..., list[tf.Tenso
     out keeps each LSTM's state and outputs its current h, as Keras does within one call, so
     that a sequence run in pieces gives what one call gives.
     """
-    lstms = served_lstms(chain)
+    lstms = served_lstms(chain) if lstms is None else lstms
     parts = info.layer_slices()
     masks_content = chain.masks_content
 
@@ -82,6 +89,129 @@ def chain_function(chain: Chain, info: ModelInfo) -> Callable[..., list[tf.Tenso
 
 
 ConcreteFunction = Callable[..., list[tf.Tensor]]
+
+
+def _variables(chain: Chain, lstms: list[keras.layers.LSTM]) -> list[Any]:
+    """Every Keras variable the chain's function reads, in an order that is the same for every
+    chain of the same architecture."""
+    seen: set[int] = set()
+    found = []
+    for layer in [*lstms, *chain.layers]:
+        for variable in layer.weights:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                found.append(variable)
+    return found
+
+
+def _without_names(value: Any) -> Any:
+    """A layer's configuration without what does not change what it computes (its name, how
+    its weights were initialized, regularized or constrained)."""
+    if isinstance(value, dict):
+        return {
+            k: _without_names(v)
+            for k, v in value.items()
+            if k != "name" and not k.endswith(("_initializer", "_regularizer", "_constraint"))
+        }
+    if isinstance(value, list | tuple):
+        return [_without_names(v) for v in value]
+    return value
+
+
+def _architecture(chain: Chain, info: ModelInfo, xla: bool) -> str:
+    """What the chain's function depends on but its weights: chains with the same architecture
+    run the same compiled programs, their weights passed in."""
+    layers = [
+        [
+            type(layer).__name__,
+            _without_names(layer.get_config()),
+            [(tuple(w.shape), str(w.dtype)) for w in layer.weights],
+        ]
+        for layer in chain.layers
+    ]
+    described = _without_names(dataclasses.asdict(info) | {"version": "", "version_number": 0})
+    text = json.dumps(
+        [layers, described, xla, chain.masks_content, chain.vocabulary_size],
+        sort_keys=True,
+        default=repr,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Programs:
+    """The functions of one architecture, their weights as the first argument: ``graph`` (any
+    shape, not compiled), ``xla`` (masked buckets) and ``exact`` (unmasked shapes), and the
+    shapes each compiled one has been compiled for, by any version."""
+
+    graph: ConcreteFunction
+    xla: ConcreteFunction | None
+    exact: ConcreteFunction | None
+    buckets: set[Shape] = field(default_factory=set)
+    exact_shapes: set[Shape] = field(default_factory=set)
+
+
+# The programs of each architecture served since start, shared by its versions. TensorFlow
+# keeps every program XLA compiles for as long as the process lives, whether or not its function
+# is still referenced: versions that share their functions share their compiled programs, so
+# that loading a new version of a served architecture compiles nothing and unloading one leaves
+# nothing behind (the first version of each architecture stays as the template).
+_PROGRAMS: dict[str, _Programs] = {}
+_PROGRAMS_LOCK = threading.Lock()
+
+
+def _make_programs(
+    chain: Chain, info: ModelInfo, lstms: list[keras.layers.LSTM], xla: bool
+) -> _Programs:
+    function = chain_function(chain, info, lstms)
+    variables = _variables(chain, lstms)
+    weights = [tf.TensorSpec(v.shape, v.dtype) for v in variables]
+
+    def stateless(run: Callable[..., list[tf.Tensor]]) -> Callable[..., list[tf.Tensor]]:
+        def with_weights(values: list[tf.Tensor], *args: tf.Tensor) -> list[tf.Tensor]:
+            with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+                return run(*args)
+
+        return with_weights
+
+    x = tf.TensorSpec([None, None, info.input_width], tf.float32)
+    mask = tf.TensorSpec([None, None], tf.bool)
+    state = tf.TensorSpec([None, info.state_size], tf.float32)
+    signature = [weights, x, mask, state, state]
+    # Calling a tf.function with numpy arrays binds and converts its arguments on every call,
+    # which took longer than the XLA kernel itself (1.1 ms against 0.5 ms for one row of 100
+    # timesteps of 128 units, in-process): they are called as concrete functions on tensors.
+    graph = tf.function(stateless(function), input_signature=signature).get_concrete_function()
+    compiled = exact = None
+    if xla:
+        compiled = tf.function(
+            stateless(function), input_signature=signature, jit_compile=True
+        ).get_concrete_function()
+    if xla and not chain.masks_content:  # unmasked, exact shapes
+        exact = tf.function(
+            stateless(lambda x, h0, c0: function(x, None, h0, c0)),
+            input_signature=[weights, x, state, state],
+            jit_compile=True,
+        ).get_concrete_function()
+    return _Programs(graph, compiled, exact)
+
+
+def _programs(
+    chain: Chain, info: ModelInfo, lstms: list[keras.layers.LSTM], xla: bool
+) -> _Programs:
+    """The programs of the chain's architecture: made once, from the first chain of it."""
+    key = _architecture(chain, info, xla)
+    with _PROGRAMS_LOCK:
+        found = _PROGRAMS.get(key)
+        if found is None:
+            found = _make_programs(chain, info, lstms, xla)
+            functions = [f for f in (found.graph, found.xla, found.exact) if f is not None]
+            if any(getattr(f, "captured_inputs", ()) for f in functions):
+                # A layer read a variable outside the weights passed in: this chain's own.
+                log.info("the model's function keeps its weights: not shared across versions")
+                return found
+            _PROGRAMS[key] = found
+        return found
 
 
 def _called(function: ConcreteFunction, *arrays: Array) -> list[Array]:
@@ -123,38 +253,27 @@ class TfLstmRuntime:
         self._tensorflow_call = 0.0
         self.chunk_timesteps = _next_power_of_two(chunk_timesteps)
         self.max_rows = _next_power_of_two(max_rows)
-        features, units = info.input_width, info.state_size
-        signature = [
-            tf.TensorSpec([None, None, features], tf.float32),
-            tf.TensorSpec([None, None], tf.bool),
-            tf.TensorSpec([None, units], tf.float32),
-            tf.TensorSpec([None, units], tf.float32),
-        ]
-        function = chain_function(chain, info)
+        lstms = served_lstms(chain)
+        programs = _programs(chain, info, lstms, xla)
+        weights = [tf.constant(np.asarray(v)) for v in _variables(chain, lstms)]
 
-        # Calling a tf.function with numpy arrays binds and converts its arguments on every
-        # call, which took longer than the XLA kernel itself (1.1 ms against 0.5 ms for one row
-        # of 100 timesteps of 128 units, in-process): they are called as concrete functions on
-        # tensors. Shapes not compiled yet run on the plain graph function, which takes any
-        # shape, while the compiler's thread compiles them (runtime/compiler.py).
-        self._graph = tf.function(function, input_signature=signature).get_concrete_function()
+        # Shapes not compiled yet run on the plain graph function, which takes any shape, while
+        # the compiler's thread compiles them (runtime/compiler.py).
+        self._graph: ConcreteFunction = partial(programs.graph, weights)
         self._compiler = Compiler()
         self._xla: ConcreteFunction | None = None
         self._buckets: Compiled | None = None
-        if xla:
-            compiled = tf.function(function, input_signature=signature, jit_compile=True)
-            self._xla = compiled.get_concrete_function()
-            self._buckets = Compiled(self._compiler, self._compile)
+        if programs.xla is not None:
+            self._xla = partial(programs.xla, weights)
+            self._buckets = Compiled(self._compiler, self._compile, ready=programs.buckets)
         # Unmasked, exact shapes (XLA only; not for models that mask their own content).
         self._exact: ConcreteFunction | None = None
         self._exact_shapes: Compiled | None = None
-        if xla and not chain.masks_content:
-            self._exact = tf.function(
-                lambda x, h0, c0: function(x, None, h0, c0),
-                input_signature=[signature[0], signature[2], signature[3]],
-                jit_compile=True,
-            ).get_concrete_function()
-            self._exact_shapes = Compiled(self._compiler, self._compile_exact, max_exact_shapes)
+        if programs.exact is not None:
+            self._exact = partial(programs.exact, weights)
+            self._exact_shapes = Compiled(
+                self._compiler, self._compile_exact, max_exact_shapes, ready=programs.exact_shapes
+            )
 
     def runs_inline(self, rows: int, timesteps: int) -> bool:
         """Whether this work takes the numpy path: cheaper than one TensorFlow call, and no
