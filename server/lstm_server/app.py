@@ -30,7 +30,12 @@ from lstm_server.core.scheduler import Runtime
 from lstm_server.core.sessions import SessionService
 from lstm_server.core.store import SessionStore
 from lstm_server.metrics import Metrics
-from lstm_server.process import ensure_free, freeze_startup_objects, in_daemon_thread
+from lstm_server.process import (
+    ensure_free,
+    freeze_startup_objects,
+    give_back_freed_memory,
+    in_daemon_thread,
+)
 from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.sessions import open_store
 from lstm_server.sessions.observed import ObservedStore, StoreObserver
@@ -136,6 +141,9 @@ class TensorFlowLoader:
         niceness = 19 if background else 0
         return await in_daemon_thread(load_runtime, self.options, source, niceness=niceness)
 
+    def released(self) -> None:
+        give_back_freed_memory()
+
 
 class GivenRuntime:
     """A runtime made by the caller, served as version 1 of its model (tests hold or fail model
@@ -146,6 +154,9 @@ class GivenRuntime:
 
     async def load(self, source: ModelSource, *, background: bool = False) -> Runtime:
         return self.runtime
+
+    def released(self) -> None:
+        """The caller's runtime is the caller's to free."""
 
 
 def repository_of(settings: Settings, given: Runtime | None = None) -> Repository:

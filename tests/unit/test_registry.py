@@ -45,6 +45,7 @@ class Loader:
         self.gate: asyncio.Event | None = None
         self.runtimes: dict[tuple[str, int], NumpyRuntime] = {}
         self.background: dict[tuple[str, int], bool] = {}
+        self.releases = 0
 
     async def load(self, source: ModelSource, *, background: bool = False) -> NumpyRuntime:
         key = (source.name, source.version)
@@ -56,6 +57,9 @@ class Loader:
             raise ModelLoadError(f"model {source.path} cannot be served: a corrupt file")
         runtime = self.runtimes[key] = NumpyRuntime(seed=source.version)
         return runtime
+
+    def released(self) -> None:
+        self.releases += 1
 
 
 def add_version(root: Path, name: str, number: int) -> None:
@@ -224,6 +228,8 @@ async def test_an_unload_waits_for_calls_in_flight(models: ModelRegistry, loader
         assert result.sequence.shape == (1, 4)
     await unloading
     assert loader.runtimes[("lstm", 1)].closed
+    await asyncio.sleep(0)
+    assert loader.releases == 1  # told, to give back what the version held
     with pytest.raises(ModelNotFound, match="has no version loaded") as unloaded:
         models.resolve(ModelRef("lstm"))
     assert unloaded.value.reason == "MODEL_NOT_LOADED"

@@ -93,6 +93,9 @@ class ModelLoader(Protocol):
 
     async def load(self, source: ModelSource, *, background: bool = False) -> Runtime: ...
 
+    def released(self) -> None:
+        """A version it loaded has been unloaded and let go: give back what it held."""
+
 
 class RegistryObserver(Protocol):
     """Told of loads and unloads (metrics implement it)."""
@@ -636,6 +639,8 @@ class ModelRegistry:
         await self._release(entry)
         entry.state, entry.reason = VersionState.UNAVAILABLE, f"unloaded: {why}"
         log.info("unloaded model %s version %d: %s", served.name, served.version, why)
+        # Once this call's frames (which still hold the version) are gone.
+        asyncio.get_running_loop().call_soon(self._loader.released)
 
     async def _release(self, entry: _Entry) -> None:
         served = entry.served
