@@ -51,10 +51,12 @@ test: $(STAMP) $(PROTO_STAMP) $(FLOORS_STAMP) $(NODE_STAMP) system-deps
 test-fast: $(STAMP)
 	$(BIN)/pytest tests/unit -m unit $(PYTEST_ARGS)
 
-## bench: the benchmark, then the model repository's; writes bench/results/ and the README's tables
+## bench: the benchmark, then the model repository's and the front door's; writes bench/results/
+## and the README's tables
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
 	$(BIN)/python bench/repository.py $(REPOSITORY_ARGS)
+	$(BIN)/python bench/front_door.py $(FRONT_DOOR_ARGS)
 
 ## stress: health-check latency idle, under legal load and under floods; memory before and after
 stress: $(STAMP)

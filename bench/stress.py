@@ -126,7 +126,7 @@ def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     server = subprocess.Popen(
         [
             sys.executable, "-m", "lstm_server", *MODEL, "--host", "127.0.0.1", "--port", "0",
-            "--http-port", "0",
+            "--http-port", "off",
             "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
             "--port-file", str(ports),
         ],

@@ -20,7 +20,7 @@ from lstm_client.v1 import lstm_service_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
-    from lstm_server.core.types import RaggedSequence
+    from lstm_server.core.types import Array, RaggedSequence
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 SERVICE = "lstm.v1.LstmService"
@@ -231,3 +231,30 @@ class HealthProber:
 
     def p99_ms(self) -> float:
         return float(np.percentile(self.latencies, 99)) * 1e3 if self.latencies else float("nan")
+
+
+class GatedRuntime:
+    """The real TensorFlow runtime, made to wait at a gate the test opens, and logging the
+    lengths of every row it ran: a way to hold work in the queue for as long as a test needs."""
+
+    def __init__(self, **changes: object) -> None:
+        from lstm_server.app import load_runtime  # TensorFlow: not for the unit tier
+
+        from tests.servers import settings
+
+        self._runtime = load_runtime(settings(**changes).runtime)
+        self.info = self._runtime.info
+        self.gate = threading.Event()
+        self.gate.set()
+        self.ran: list[int] = []
+
+    def runs_inline(self, rows: int, timesteps: int) -> bool:
+        return False  # always through the worker thread, where the gate can hold it
+
+    def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
+        self.gate.wait(timeout=30)
+        self.ran.extend(int(n) for n in lengths)
+        return self._runtime.run(x, lengths, h0, c0)
+
+    def close(self) -> None:
+        self._runtime.close()

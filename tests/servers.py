@@ -27,8 +27,8 @@ TEST_SETTINGS = Settings(
     host="127.0.0.1",
     port=0,
     metrics_host="127.0.0.1",
-    metrics_port=0,
-    http_port=0,
+    metrics_port=None,
+    http_port=None,
     reap_interval=0.2,
     grace=1.0,
 )
@@ -124,8 +124,8 @@ class ServerProcess:
     """``lstm-server`` as a subprocess; output goes to a log file.
 
     It binds gRPC port 0 and reports the port it bound through ``--port-file``, so no two servers
-    race for a gRPC port a test picked. The metrics endpoint takes a free port picked here: for
-    ``--metrics-port``, 0 means "off".
+    race for a gRPC port a test picked; the metrics endpoint takes a free port the same way. The
+    HTTP binding is off unless a test asks for it.
     """
 
     def __init__(
@@ -149,8 +149,8 @@ class ServerProcess:
             "--host": "127.0.0.1",
             "--port": str(port),
             "--metrics-host": "127.0.0.1",
-            "--metrics-port": str(free_port()),
-            "--http-port": "0",
+            "--metrics-port": "0",
+            "--http-port": "off",
             "--port-file": str(self._port_file),
         }
         given = [flag for flag in defaults if flag in args]  # a flag may be given once only
@@ -182,6 +182,11 @@ class ServerProcess:
     @property
     def port(self) -> int:
         return self._bound()["port"]
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port it bound (``port``, ``metrics_port``, ``http_port``; 0: off)."""
+        return self._bound()
 
     @property
     def target(self) -> str:

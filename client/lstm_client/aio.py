@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 
 from lstm_client import calls, codec
-from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
+from lstm_client.calls import RequestLimit, SessionHandle, SessionStream, StepRetries, UnaryCall
 from lstm_client.client import retry_policy
 from lstm_client.codec import ArrayLike, Include, StateLike
 from lstm_client.connection import (
@@ -74,6 +74,7 @@ class AsyncLstmClient:
         self._owns_channel = channel is None
         self._channel = channel or open_channel(target, settings, aio=True)
         self._stub = pb_grpc.LstmServiceStub(self._channel)
+        self._limit = RequestLimit()
 
     async def __aenter__(self) -> AsyncLstmClient:
         return self
@@ -94,12 +95,32 @@ class AsyncLstmClient:
     async def _invoke(
         self, call: UnaryCall[R], timeout: float | None = None, metadata: Metadata | None = None
     ) -> R:
+        await self._fits(call.request)
         method: Callable[..., Awaitable[Any]] = getattr(self._stub, call.method)
         try:
             reply = await method(call.request, **self.call_options.kwargs(timeout, metadata))
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
         return call.read(reply)
+
+    async def _retried(
+        self, call: UnaryCall[R], timeout: float | None = None, metadata: Metadata | None = None
+    ) -> R:
+        """``call``, sent again after a lost reply as a session step is (``StepRetries``)."""
+        retries = StepRetries(self.retry)
+        while True:
+            try:
+                return await self._invoke(call, timeout, metadata)
+            except LstmError as error:
+                await asyncio.sleep(retries.delay_after(error))
+
+    async def _fits(self, request: Any) -> None:
+        """Refuse a request over the server's size limit before sending it."""
+        size = self._limit.size_to_check(request)
+        if size:
+            if self._limit.value is None:
+                self._limit.learn(await self._invoke(calls.metadata(self.model)))
+            self._limit.check(size)
 
     def with_model(self, model: str, model_version: int = 0) -> AsyncLstmClient:
         """A client for another model (and version; 0: its newest) of the same server, on this
@@ -122,6 +143,7 @@ class AsyncLstmClient:
     async def metadata(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> ModelMetadata:
+        """The model this client calls and the server's limits (``LstmClient.metadata``)."""
         return await self._invoke(calls.metadata(self.model), timeout, metadata)
 
     async def predict(
@@ -159,7 +181,9 @@ class AsyncLstmClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncIterator[StreamChunk | FinalState]:
+        """Results as the server computes them (``LstmClient.stream``)."""
         request = calls.stream_request(x, initial_state, timesteps_per_message, include, self.model)
+        await self._fits(request)
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
         call = self._stub.PredictStream(request, **kwargs)
         wait = self.timeout if timeout is None else timeout
@@ -178,15 +202,15 @@ class AsyncLstmClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncSession:
-        info = await self._invoke(
-            calls.create_session(initial_state, ttl, self.model), timeout, metadata
-        )
-        return AsyncSession(self._invoke, info, self.retry)
+        """A new server-held session (``LstmClient.session``), retried as a step is."""
+        call = calls.create_session(initial_state, ttl, self.model)
+        return AsyncSession(self._invoke, await self._retried(call, timeout, metadata), self.retry)
 
     async def attach(
         self, session_id: str, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> AsyncSession:
-        info = await self._invoke(calls.get_session(session_id), timeout, metadata)
+        """A handle on an existing session (``LstmClient.attach``)."""
+        info = await self._retried(calls.get_session(session_id), timeout, metadata)
         return AsyncSession(self._invoke, info, self.retry)
 
     async def stream_session(
@@ -228,7 +252,9 @@ class AsyncLstmClient:
                     await _write(call, message)
                 while True:
                     while stream.open_slots and (chunk := await anext(source, _END)) is not _END:
-                        await _write(call, stream.step(chunk))
+                        message = stream.step(chunk)
+                        await self._fits(message)
+                        await _write(call, message)
                     if not stream.pending:
                         break
                     yield stream.result(await _reply(call, wait))
@@ -324,18 +350,25 @@ class AsyncSession(SessionHandle):
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> StepResult:
+        """Run ``x`` from the session's state (``Session.step``)."""
         call = calls.step(self.info, x, include)
+        return self.stepped(await self._retried(call, timeout, metadata))
+
+    async def _retried(
+        self, call: UnaryCall[R], timeout: float | None, metadata: Metadata | None
+    ) -> R:
         retries = StepRetries(self._retry)
         while True:
             try:
-                return self.stepped(await self._invoke(call, timeout, metadata))
+                return await self._invoke(call, timeout, metadata)  # type: ignore[no-any-return]
             except LstmError as error:
                 await asyncio.sleep(retries.delay_after(error))
 
     async def refresh(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> SessionInfo:
-        self.info = await self._invoke(calls.get_session(self.session_id), timeout, metadata)
+        """Read the session from the server (``Session.refresh``)."""
+        self.info = await self._retried(calls.get_session(self.session_id), timeout, metadata)
         return self.info
 
     async def reset(
@@ -345,6 +378,7 @@ class AsyncSession(SessionHandle):
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> SessionInfo:
+        """Back to zeros, or to ``state`` (``Session.reset``)."""
         call = calls.reset_session(self.session_id, state)
         self.info = await self._invoke(call, timeout, metadata)
         return self.info
@@ -352,4 +386,12 @@ class AsyncSession(SessionHandle):
     async def close(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> None:
-        await self._invoke(calls.close_session(self.session_id), timeout, metadata)
+        """End the session on the server; idempotent (``Session.close``)."""
+        if self.closed:
+            return
+        try:
+            await self._retried(calls.close_session(self.session_id), timeout, metadata)
+        except LstmError as error:
+            if not calls.closed_already(error):
+                raise
+        self.closed = True

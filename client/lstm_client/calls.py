@@ -6,6 +6,7 @@ is read, how a session stream numbers its steps, and when a session step is retr
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import grpc
 from lstm_client import codec
 from lstm_client.codec import ArrayLike, Include, StateLike
 from lstm_client.connection import RetryPolicy
-from lstm_client.errors import RETRYABLE_CODES, LstmError
+from lstm_client.errors import RETRYABLE_CODES, LstmError, arguments, invalid_argument
 from lstm_client.results import (
     FinalState,
     LayerState,
@@ -31,6 +32,17 @@ from lstm_client.results import (
 from lstm_client.v1 import lstm_service_pb2 as pb
 
 R = TypeVar("R")
+
+
+@contextlib.contextmanager
+def _arguments() -> Iterator[None]:
+    """What the block cannot make of its arguments, raised as ``LstmError`` (INVALID_INPUT)."""
+    try:
+        yield
+    except (ValueError, TypeError, OverflowError) as error:
+        raise invalid_argument(error) from error
+
+
 # The most steps a session stream may keep in flight (the server's limit too).
 MAX_WINDOW = 64
 
@@ -53,6 +65,7 @@ def list_models(ready: bool) -> UnaryCall[list[ModelStatus]]:
     return UnaryCall("ListModels", pb.ListModelsRequest(ready=ready), codec.model_statuses)
 
 
+@arguments
 def predict(
     x: ArrayLike, initial_state: StateLike | None, include: Include, model: pb.ModelSpec
 ) -> UnaryCall[PredictResult]:
@@ -66,6 +79,7 @@ def predict(
     return UnaryCall("Predict", request, read)
 
 
+@arguments
 def predict_many(
     sequences: Iterable[ArrayLike],
     initial_states: Iterable[StateLike] | None,
@@ -77,6 +91,7 @@ def predict_many(
     return UnaryCall("Predict", request, codec.predict_results)
 
 
+@arguments
 def stream_request(
     x: ArrayLike,
     initial_state: StateLike | None,
@@ -94,6 +109,7 @@ def stream_items(message: pb.PredictStreamResponse) -> Iterator[StreamChunk | Fi
     return codec.stream_items(message)
 
 
+@arguments
 def create_session(
     initial_state: StateLike | None, ttl: int | None, model: pb.ModelSpec
 ) -> UnaryCall[SessionInfo]:
@@ -107,6 +123,7 @@ def get_session(session_id: str) -> UnaryCall[SessionInfo]:
     return UnaryCall("GetSession", request, codec.session_info)
 
 
+@arguments
 def reset_session(session_id: str, state: StateLike | None) -> UnaryCall[SessionInfo]:
     request = codec.reset_request(session_id, state)
     return UnaryCall("ResetSession", request, codec.session_info)
@@ -117,6 +134,7 @@ def close_session(session_id: str) -> UnaryCall[None]:
     return UnaryCall("CloseSession", request, lambda _: None)
 
 
+@arguments
 def step(info: SessionInfo, x: ArrayLike, include: Include = None) -> UnaryCall[StepResult]:
     """The next step of a session, numbered ``step_count + 1`` so that a retry is answered once."""
     request = pb.StepRequest(
@@ -128,11 +146,57 @@ def step(info: SessionInfo, x: ArrayLike, include: Include = None) -> UnaryCall[
     return UnaryCall("Step", request, codec.step_result)
 
 
+# The smallest limit a server can have (--max-message-bytes is at least 1024): a request no
+# larger is sent without knowing the server's.
+SMALLEST_LIMIT = 1024
+
+
+class RequestLimit:
+    """The server's ``max_message_bytes``, learnt from its metadata the first time a request is
+    larger than any server's smallest limit; a request over it is refused before it is sent
+    (the server would refuse it with gRPC's own RESOURCE_EXHAUSTED, saying neither why nor the
+    limit)."""
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+
+    @staticmethod
+    def size_to_check(request: Any) -> int:
+        """The request's size, if it must be checked against the server's limit; else 0."""
+        size = int(request.ByteSize())
+        return size if size > SMALLEST_LIMIT else 0
+
+    def learn(self, meta: ModelMetadata) -> None:
+        self.value = int(meta.limits.get("max_message_bytes", 0))
+
+    def check(self, size: int) -> None:
+        if self.value and size > self.value:
+            raise LstmError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the request takes {size} bytes, more than the server's limit of {self.value} "
+                "bytes (max_message_bytes): send fewer or shorter sequences, or step a session "
+                "through them",
+                reason="LIMIT_EXCEEDED",
+                metadata={"limit": "max_message_bytes", "value": str(self.value)},
+            )
+
+
+def closed_already(error: LstmError) -> bool:
+    """Whether closing a session failed only because it had been closed (or had expired): close
+    is idempotent, so that is done, not an error."""
+    return error.code == grpc.StatusCode.NOT_FOUND and error.reason in (
+        "SESSION_CLOSED",
+        "SESSION_EXPIRED",
+    )
+
+
 class StepRetries:
-    """When a session step whose reply was lost is sent again (with the same number, so it is
-    applied once): after UNAVAILABLE or DEADLINE_EXCEEDED, and after CANCELLED, which a server
-    shutting down answers calls it had not yet begun with (grpc/grpc#41785); waiting as
-    ``policy`` says. A step is never cancelled by its caller: the SDK's calls are not exposed."""
+    """When a session call whose reply was lost is sent again: a step (with the same number, so
+    it is applied once), a session's creation, attach, refresh and close. After UNAVAILABLE or
+    DEADLINE_EXCEEDED, and after CANCELLED, which a server shutting down answers calls it had
+    not yet begun with (grpc/grpc#41785); waiting as ``policy`` says. A call is never cancelled
+    by its caller: the SDK's calls are not exposed. (A creation whose reply was lost may leave
+    a session behind; its TTL ends it.)"""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._delays = policy.delays()
@@ -152,6 +216,7 @@ class SessionHandle:
 
     def __init__(self, info: SessionInfo) -> None:
         self.info = info
+        self.closed = False
 
     @property
     def session_id(self) -> str:
@@ -202,9 +267,29 @@ class SessionStream:
     ) -> None:
         """``model``: the model and version a new session runs on (a resumed one keeps its
         own)."""
-        self._include = codec.include_values(include)
+        with _arguments():
+            self._open(initial_state, ttl, session_id, close_on_end, include, window, model)
+        self.session_id = session_id
+        self._first = first_step_number
         if first_step_number is not None and (session_id is None or first_step_number < 1):
-            raise ValueError("first_step_number (1 or more) goes with the session_id it resumes")
+            raise invalid_argument(
+                "first_step_number (1 or more) goes with the session_id it resumes"
+            )
+        self._number = 0
+        self.pending: deque[pb.SessionStreamRequest] = deque()  # sent, not answered
+
+    def _open(
+        self,
+        initial_state: StateLike | None,
+        ttl: int | None,
+        session_id: str | None,
+        close_on_end: bool | None,
+        include: Include,
+        window: int,
+        model: pb.ModelSpec | None,
+    ) -> None:
+        """The opening message: create a session (on ``model``), or resume ``session_id``."""
+        self._include = codec.include_values(include)
         if not 1 <= window <= MAX_WINDOW:
             raise ValueError(f"window is {window}: 1 to {MAX_WINDOW} steps may be in flight")
         self.window = window
@@ -217,10 +302,6 @@ class SessionStream:
         else:
             opening.resume_session_id = session_id
         self.opening = pb.SessionStreamRequest(open=opening)
-        self.session_id = session_id
-        self._first = first_step_number
-        self._number = 0
-        self.pending: deque[pb.SessionStreamRequest] = deque()  # sent, not answered
 
     @property
     def open_slots(self) -> int:
@@ -239,10 +320,10 @@ class SessionStream:
         return list(self.pending)
 
     def step(self, chunk: ArrayLike) -> pb.SessionStreamRequest:
+        with _arguments():
+            given = codec.sequence_message(chunk)
         self._number += 1
-        step = pb.SessionStep(
-            input=codec.sequence_message(chunk), step_number=self._number, include=self._include
-        )
+        step = pb.SessionStep(input=given, step_number=self._number, include=self._include)
         message = pb.SessionStreamRequest(step=step)
         self.pending.append(message)
         return message

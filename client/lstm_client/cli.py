@@ -59,20 +59,28 @@ def _emit(value: Any) -> None:
     print(json.dumps(_json(value), default=str))
 
 
-def _sequence(client: LstmClient, values: list[str], features: int) -> np.ndarray:
-    """The command line's values: token ids for a token model, else floats in timesteps of
-    ``features``."""
+def _sequence(client: LstmClient, values: list[str], features: int | None) -> np.ndarray:
+    """The command line's values as the model takes them (its metadata says how): token ids for a
+    token model, else floats in timesteps of the model's input features."""
+    meta = client.metadata()
+    if features is not None and features != meta.input_features:
+        raise UsageError(
+            f"--features is {features}, but model {meta.name} takes {meta.input_features} "
+            "features per timestep (leave --features out: the CLI reads it from the model)"
+        )
     try:
-        if client.metadata().vocabulary_size:
+        if meta.vocabulary_size:
             return np.asarray([int(v) for v in values], np.int64)
         numbers = [float(v) for v in values]
     except ValueError as error:
         raise UsageError(f"cannot read the input values: {error}") from None
-    if len(numbers) % features:
+    width = meta.input_features
+    if len(numbers) % width:
         raise UsageError(
-            f"{len(numbers)} values do not split into timesteps of {features} features"
+            f"{len(numbers)} values do not split into timesteps of model {meta.name}'s "
+            f"{width} features"
         )
-    return np.asarray(numbers, np.float32).reshape(-1, features)
+    return np.asarray(numbers, np.float32).reshape(-1, width)
 
 
 def _print_results(
@@ -211,6 +219,11 @@ def cmd_bench(args: argparse.Namespace, tls: TlsOptions | None) -> None:
     """Like Triton's perf_analyzer: requests/s, timesteps/s and latency percentiles."""
     metadata = call_metadata(None, args.token)
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.features is None:
+        with LstmClient(
+            args.target, timeout=args.timeout, token=args.token, tls=tls, model=args.model
+        ) as client:
+            args.features = client.metadata().input_features
 
     def load(level: int, seconds: float) -> bench.LoadResult:
         return asyncio.run(
@@ -284,7 +297,9 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="load-test the server: throughput and latency percentiles")
     b.add_argument("--target", default=argparse.SUPPRESS, help="server address (as above)")
     b.add_argument("--rpc", choices=["predict", "stream", "session"], default="predict")
-    b.add_argument("--features", type=int, default=1)
+    b.add_argument(
+        "--features", type=int, default=None, help="values per timestep (default: the model's)"
+    )
     b.add_argument("--timesteps", type=int, default=3)
     b.add_argument("--batch", type=int, default=1, help="sequences per request (predict, stream)")
     b.add_argument("--concurrency", default="1,8,64", help="calls in flight, comma-separated")
@@ -305,7 +320,12 @@ def parser() -> argparse.ArgumentParser:
             nargs="+",
             help="input values timestep by timestep (token ids for token models)",
         )
-        cmd.add_argument("--features", type=int, default=1, help="values per timestep")
+        cmd.add_argument(
+            "--features",
+            type=int,
+            default=None,
+            help="values per timestep (default: the model's, from its metadata; a check if given)",
+        )
         cmd.set_defaults(run=run)
         if name == "stream":
             cmd.add_argument("--per-message", type=int, default=1, help="timesteps per message")

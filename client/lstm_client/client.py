@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import grpc
 
 from lstm_client import calls, codec
-from lstm_client.calls import SessionHandle, SessionStream, StepRetries, UnaryCall
+from lstm_client.calls import RequestLimit, SessionHandle, SessionStream, StepRetries, UnaryCall
 from lstm_client.codec import ArrayLike, Include, StateLike
 from lstm_client.connection import (
     CallOptions,
@@ -95,6 +95,7 @@ class LstmClient:
         self._owns_channel = channel is None
         self._channel = channel or open_channel(target, settings, aio=False)
         self._stub = pb_grpc.LstmServiceStub(self._channel)
+        self._limit = RequestLimit()
 
     def __enter__(self) -> LstmClient:
         return self
@@ -115,12 +116,32 @@ class LstmClient:
     def _invoke(
         self, call: UnaryCall[R], timeout: float | None = None, metadata: Metadata | None = None
     ) -> R:
+        self._fits(call.request)
         method: Callable[..., Any] = getattr(self._stub, call.method)
         try:
             reply = method(call.request, **self.call_options.kwargs(timeout, metadata))
         except grpc.RpcError as error:
             raise LstmError.from_rpc_error(error) from None
         return call.read(reply)
+
+    def _retried(
+        self, call: UnaryCall[R], timeout: float | None = None, metadata: Metadata | None = None
+    ) -> R:
+        """``call``, sent again after a lost reply as a session step is (``StepRetries``)."""
+        retries = StepRetries(self.retry)
+        while True:
+            try:
+                return self._invoke(call, timeout, metadata)
+            except LstmError as error:
+                time.sleep(retries.delay_after(error))
+
+    def _fits(self, request: Any) -> None:
+        """Refuse a request over the server's size limit before sending it."""
+        size = self._limit.size_to_check(request)
+        if size:
+            if self._limit.value is None:
+                self._limit.learn(self._invoke(calls.metadata(self.model)))
+            self._limit.check(size)
 
     def with_model(self, model: str, model_version: int = 0) -> LstmClient:
         """A client for another model (and version; 0: its newest) of the same server, on this
@@ -143,6 +164,8 @@ class LstmClient:
     def metadata(
         self, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> ModelMetadata:
+        """The model this client calls (its features, units, layers, version) and the server's
+        limits."""
         return self._invoke(calls.metadata(self.model), timeout, metadata)
 
     def predict(
@@ -186,6 +209,7 @@ class LstmClient:
         Stopping early (``break``, or closing the iterator) cancels the call, which stops the
         server's computation."""
         request = calls.stream_request(x, initial_state, timesteps_per_message, include, self.model)
+        self._fits(request)
         kwargs = self.call_options.kwargs(metadata=metadata, stream=True)
         replies = _Replies(self._stub.PredictStream(request, **kwargs), self._per_message(timeout))
         try:
@@ -205,15 +229,18 @@ class LstmClient:
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> Session:
-        """Create a server-held session; use it as a context manager to close it on exit."""
-        info = self._invoke(calls.create_session(initial_state, ttl, self.model), timeout, metadata)
-        return Session(self._invoke, info, self.retry)
+        """Create a server-held session (from zeros, or ``initial_state``; ``ttl``: seconds it
+        lives idle, default the server's) on this client's model; use it as a context manager to
+        close it on exit. Retried as a step is when the server cannot be reached."""
+        call = calls.create_session(initial_state, ttl, self.model)
+        return Session(self._invoke, self._retried(call, timeout, metadata), self.retry)
 
     def attach(
         self, session_id: str, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> Session:
-        """A handle on an existing session (for example one created by another process)."""
-        info = self._invoke(calls.get_session(session_id), timeout, metadata)
+        """A handle on an existing session (for example one created by another process, or by
+        this one before a restart), at its current step."""
+        info = self._retried(calls.get_session(session_id), timeout, metadata)
         return Session(self._invoke, info, self.retry)
 
     def stream_session(
@@ -267,7 +294,9 @@ class LstmClient:
                     outbox.put(message)
                 while True:
                     while stream.open_slots and (chunk := next(source, _END)) is not _END:
-                        outbox.put(stream.step(chunk))
+                        message = stream.step(chunk)
+                        self._fits(message)
+                        outbox.put(message)
                     if not stream.pending:
                         break
                     yield stream.result(replies.reply())
@@ -386,11 +415,14 @@ class Session(SessionHandle):
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> StepResult:
-        call = calls.step(self.info, x, include)
+        """Run ``x`` from the session's state; the returned state is the next step's."""
+        return self.stepped(self._retried(calls.step(self.info, x, include), timeout, metadata))
+
+    def _retried(self, call: UnaryCall[R], timeout: float | None, metadata: Metadata | None) -> R:
         retries = StepRetries(self._retry)
         while True:
             try:
-                return self.stepped(self._invoke(call, timeout, metadata))
+                return self._invoke(call, timeout, metadata)  # type: ignore[no-any-return]
             except LstmError as error:
                 time.sleep(retries.delay_after(error))
 
@@ -398,7 +430,7 @@ class Session(SessionHandle):
         self, *, timeout: float | None = None, metadata: Metadata | None = None
     ) -> SessionInfo:
         """Read the session from the server (also how its state is exported)."""
-        self.info = self._invoke(calls.get_session(self.session_id), timeout, metadata)
+        self.info = self._retried(calls.get_session(self.session_id), timeout, metadata)
         return self.info
 
     def reset(
@@ -413,4 +445,13 @@ class Session(SessionHandle):
         return self.info
 
     def close(self, *, timeout: float | None = None, metadata: Metadata | None = None) -> None:
-        self._invoke(calls.close_session(self.session_id), timeout, metadata)
+        """End the session on the server. Idempotent: closing a closed (or expired) session is
+        done, not an error; a lost reply is retried."""
+        if self.closed:
+            return
+        try:
+            self._retried(calls.close_session(self.session_id), timeout, metadata)
+        except LstmError as error:
+            if not calls.closed_already(error):
+                raise
+        self.closed = True

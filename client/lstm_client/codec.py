@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
+from lstm_client.errors import arguments
 from lstm_client.results import (
     FinalState,
     LayerState,
@@ -319,6 +320,7 @@ def advanced(info: SessionInfo, result: StepResult) -> SessionInfo:
     )
 
 
+@arguments
 def model_spec(name: str = "", version: int = 0) -> pb.ModelSpec:
     """Which model and version a call is for (empty: the server's default model; 0: its newest
     version)."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+P = ParamSpec("P")
+R = TypeVar("R")
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -81,3 +86,23 @@ class LstmError(Exception):
         if code is None:
             code = _STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN)
         return cls(code, status.message, tuple(violations), reason, metadata, in_band=in_band)
+
+
+def invalid_argument(error: Exception | str) -> LstmError:
+    """An argument the SDK cannot send, as the server would refuse it: INVALID_ARGUMENT with
+    the reason INVALID_INPUT."""
+    return LstmError(grpc.StatusCode.INVALID_ARGUMENT, str(error), reason="INVALID_INPUT")
+
+
+def arguments(build: Callable[P, R]) -> Callable[P, R]:
+    """``build``, with what it cannot make of its arguments (a ``ValueError``, ``TypeError`` or
+    ``OverflowError`` from numpy, protobuf or the SDK's own checks) raised as ``LstmError``."""
+
+    @functools.wraps(build)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return build(*args, **kwargs)
+        except (ValueError, TypeError, OverflowError) as error:
+            raise invalid_argument(error) from error
+
+    return checked

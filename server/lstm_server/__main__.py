@@ -1,5 +1,5 @@
 """Run the server with ``python -m lstm_server``."""
 
-from lstm_server.cli import main
+from lstm_server.launch import main
 
 main()

@@ -38,12 +38,13 @@ from lstm_server.process import (
 )
 from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.sessions import open_store
+from lstm_server.sessions.memory import MemorySessionStore
 from lstm_server.sessions.observed import ObservedStore, StoreObserver
 from lstm_server.tracing import Tracing
 from lstm_server.transport.access_log import AccessLogPolicy
 from lstm_server.transport.auth import AuthPolicy, load_tokens
-from lstm_server.transport.errors import ErrorMappingPolicy
-from lstm_server.transport.handlers import Policy, PolicyRegistrar
+from lstm_server.transport.calls import Chain, Policy
+from lstm_server.transport.handlers import PolicyRegistrar
 from lstm_server.transport.health import Readiness
 from lstm_server.transport.http import OpsHttpServer
 from lstm_server.transport.limits import (
@@ -93,10 +94,11 @@ def _tokens(settings: Settings) -> list[tuple[bytes, str]] | None:
         raise ConfigError(f"cannot use --auth-tokens-file: {exc}") from exc
 
 
-def policies(settings: Settings, metrics: Metrics, tracing: Tracing | None = None) -> list[Policy]:
-    """What wraps every method, outermost first: trace, log and observe every call, cap health
-    watches, authenticate, cap concurrency, map errors. Applied once per method, when the
-    services are registered (``PolicyRegistrar``)."""
+def policies(settings: Settings, metrics: Metrics, tracing: Tracing | None = None) -> Chain:
+    """The one chain every door runs (gRPC services and HTTP routes alike), outermost first:
+    trace, log and observe every call, cap health watches, authenticate, cap concurrency (one
+    count for every door). Resolved once per method; errors are mapped by the door, from the one
+    table."""
     chain: list[Policy] = []
     if tracing is not None:
         chain.append(TracingPolicy(tracing))
@@ -115,8 +117,7 @@ def policies(settings: Settings, metrics: Metrics, tracing: Tracing | None = Non
                 settings.max_concurrent_rpcs, settings.max_concurrent_rpcs_per_principal
             )
         )
-    chain.append(ErrorMappingPolicy())
-    return chain
+    return Chain(chain)
 
 
 def load_runtime(options: RuntimeOptions, source: ModelSource | None = None) -> Runtime:
@@ -209,6 +210,9 @@ class LstmServer:
         if self.tracing is not None:
             observers.append(self.tracing)
         self.store: SessionStore = ObservedStore(opened, *observers)
+        if isinstance(opened, MemorySessionStore):
+            held = opened
+            self.metrics.watch_session_memory(lambda: held.bytes_held)
         loader: ModelLoader = (
             TensorFlowLoader(settings.runtime) if runtime is None else GivenRuntime(runtime)
         )
@@ -254,9 +258,13 @@ class LstmServer:
             ],
         )
         oip_servicer = oip_grpc.InferenceServicer(
-            self.open_inference, ready=self.readiness.ready, server_version=package_version()
+            self.open_inference,
+            ready=self.readiness.ready,
+            server_version=package_version(),
+            observer=self.metrics,
         )
-        registrar = PolicyRegistrar(self._server, policies(settings, self.metrics, self.tracing))
+        self.chain = policies(settings, self.metrics, self.tracing)
+        registrar = PolicyRegistrar(self._server, self.chain, self.metrics)
         registrar.add_generic_rpc_handlers(
             (method_handlers(self.servicer), oip_grpc.method_handlers(oip_servicer))
         )
@@ -294,7 +302,7 @@ class LstmServer:
         if s.http_port:
             ensure_free(s.host, s.http_port)
         await self.readiness.starting()
-        if s.metrics_port:
+        if s.metrics_port is not None:
             self.metrics_server = OpsHttpServer(
                 self.metrics.registry, s.metrics_host, s.metrics_port, ready=self.readiness.ready
             )
@@ -321,7 +329,7 @@ class LstmServer:
         self.servicer.services = Services(inference, self.sessions)
         self.port = self._bind()
         await self._server.start()
-        if s.http_port:
+        if s.http_port is not None:
             await self._start_http()
         await self.readiness.watch(self._store_answers, s.health_interval)
         if s.port_file is not None:
@@ -337,15 +345,14 @@ class LstmServer:
             self.open_inference,
             ready=self.readiness.ready,
             server_version=package_version(),
-            tokens=_tokens(s),
+            chain=self.chain,
             max_body_bytes=s.max_message_bytes,
-            max_in_flight=s.max_concurrent_rpcs,
-            observer=self.metrics,
             shutdown_timeout=s.grace,
         )
         context = None
         if s.tls_cert is not None and s.tls_key is not None:
             context = server_ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca)
+        assert s.http_port is not None
         try:
             self.http_port = await self.http.start(s.host, s.http_port, context)
         except OSError as exc:

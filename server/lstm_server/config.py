@@ -39,8 +39,8 @@ class Settings:
     seed: int = 0
     save_model: Path | None = None
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = 8000
-    http_port: int = 8080
+    metrics_port: int | None = 8000
+    http_port: int | None = 8080
     reflection: bool = True
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -112,10 +112,11 @@ class Settings:
 
 HELP: dict[str, str] = {
     "host": "address to bind",
-    "port": "gRPC port (0 picks a free one)",
+    "port": "gRPC port (0: a free one, reported in --port-file)",
     "port_file": "once listening, write the bound gRPC, metrics and HTTP ports here as JSON",
-    "model": "a .keras or .h5 model with one LSTM or a stack of them, served as version 1 of a "
-    "one-model repository (default: a seeded LSTM)",
+    "model": "a .keras or .h5 model (one LSTM or a stack, with input layers such as Embedding "
+    "and output layers such as Dense), served as version 1 of a one-model repository (default: "
+    "a seeded LSTM of --features and --units)",
     "model_name": "the name --model (or the default model) is served under (default: the file's "
     "stem; default-lstm)",
     "model_repository": "serve the models of this directory: NAME/VERSION/model.keras, "
@@ -132,8 +133,9 @@ HELP: dict[str, str] = {
     "seed": "seed of the default model's weights",
     "save_model": "save the served model to this .keras file at start-up",
     "metrics_host": "address of the Prometheus /metrics endpoint",
-    "metrics_port": "port of the Prometheus /metrics endpoint (0: off)",
-    "http_port": "port of the Open Inference Protocol's HTTP/REST endpoint (0: off)",
+    "metrics_port": "port of Prometheus /metrics, /healthz and /readyz (0: a free one; off: none)",
+    "http_port": "port of the Open Inference Protocol's HTTP/REST binding (0: a free one; off: "
+    "none)",
     "reflection": "serve gRPC server reflection",
     "tls_cert": "PEM certificate chain: serve over TLS (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
@@ -177,6 +179,16 @@ def env_name(field: str) -> str:
     return "LSTM_" + field.upper()
 
 
+def _port_or_off(text: str) -> int | None:
+    """A port number (0: a free one), or ``off``: no such endpoint."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number or 'off': {text!r}") from None
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -214,8 +226,10 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lstm-server",
         description=(
-            "Serve a Keras LSTM over gRPC (lstm.v1.LstmService and the Open Inference "
-            "Protocol) and HTTP (the Open Inference Protocol)."
+            "Serve Keras LSTM models (one LSTM or a stack, with their input and output layers) "
+            "from a model repository, or one model file, over gRPC (lstm.v1.LstmService and the "
+            "Open Inference Protocol) and HTTP (the Open Inference Protocol): every timestep's "
+            "outputs and every layer's final h and c, streams, and sessions held by the server."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -223,13 +237,18 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         default: Any = getattr(defaults, f.name)
-        kind: Any = {"int": int, "float": float, "str": str}.get(str(f.type), Path)
+        kind: Any = {
+            "int": int,
+            "float": float,
+            "str": str,
+            "int | None": _port_or_off,
+        }.get(str(f.type), Path)
         if f.type == "bool":
             kind = _parse_bool
         if env_name(f.name) in environ:
             try:
                 default = kind(environ[env_name(f.name)])
-            except ValueError as exc:
+            except (ValueError, argparse.ArgumentTypeError) as exc:
                 p.error(f"{env_name(f.name)}: {exc}")
         text = f"{HELP[f.name]} [env {env_name(f.name)}]"
         if f.type == "bool":
@@ -270,7 +289,7 @@ def load_settings(
         if getattr(settings, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("port", "metrics_port", "http_port"):
-        if not 0 <= getattr(settings, name) <= 65535:
+        if getattr(settings, name) is not None and not 0 <= getattr(settings, name) <= 65535:
             p.error(f"--{name.replace('_', '-')} must be between 0 and 65535")
     if settings.session_store != "memory" and "://" not in settings.session_store:
         p.error("--session-store must be 'memory' or a URL such as redis://localhost:6379/0")

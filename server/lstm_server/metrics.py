@@ -1,9 +1,10 @@
 """Prometheus metrics, built on an injected registry so that each server (and test) has its own.
 
 Names and labels of the gRPC metrics are those of the Go and Python gRPC Prometheus interceptors,
-so existing dashboards work. Nothing depends on this module: it observes the transport (as an
-``RpcObserver`` and a ``StepObserver``), the scheduler (``observe_batch``), sessions
-(``SessionObserver``), the session store (``StoreObserver``) and readiness.
+so existing dashboards work. Nothing depends on this module: it observes every door (as a
+``CallObserver``, a ``MessageObserver`` and a ``StepObserver``), the scheduler
+(``observe_batch``), sessions (``SessionObserver``), the session store (``StoreObserver``) and
+readiness.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
 from prometheus_client.core import CounterMetricFamily
@@ -36,6 +37,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STORE_OPERATIONS = (
     "open", "close", "create", "get", "compare_and_set", "delete", "reap_expired", "count", "ping",
 )  # fmt: skip
+
+
+class ObservedCall(Protocol):
+    """What metrics read of a call of any door (``lstm_server.transport.calls.Call``)."""
+
+    method: Any  # protocol, service, name and kind
+    status: Any  # code and reason
+    http_status: int
+
+    def seconds(self) -> float: ...
 
 
 class Metrics:
@@ -180,6 +191,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.refused_calls = Counter(
+            "lstm_refused",
+            "Calls of every door (and requests refused in-band on streams) that ended with an "
+            "error, by protocol (grpc, http) and the error's reason (its ErrorInfo reason).",
+            ("protocol", "reason"),
+            registry=r,
+        )
+        self.session_memory = Gauge(
+            "lstm_session_memory_bytes",
+            "Bytes the memory store holds for sessions (states and replay data), counted against "
+            '--session-memory-budget (lstm_server_limit{limit="session_memory_budget"}).',
+            registry=r,
+        )
         self.ready = Gauge("lstm_ready", "1 while this replica reports SERVING.", registry=r)
         self.limit = Gauge(
             "lstm_server_limit",
@@ -272,6 +296,10 @@ class Metrics:
         for waited in batch.queue_seconds:
             queue.observe(waited)
 
+    def watch_session_memory(self, held: Callable[[], int]) -> None:
+        """Export the bytes the memory store holds, read at each scrape."""
+        self.session_memory.set_function(held)
+
     def watch_models(self, loaded: Callable[[], Iterable[ServedModel]]) -> None:
         """Export each loaded version's statistics (requests, failures, time queued and in the
         model), read from the registry at each scrape."""
@@ -323,17 +351,13 @@ class Metrics:
         if failed:
             self._child(self.store_errors, (operation,)).inc()
 
-    def http_request_done(self, handler: str, code: int, seconds: float) -> None:
-        self._child(self.http_requests, (handler, str(code))).inc()
-        self._child(self.http_request_seconds, (handler,)).observe(seconds)
-
     def readiness_changed(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
 
     def store_checked(self, up: bool) -> None:
         self.store_up.set(1 if up else 0)
 
-    # RPCs (RpcObserver)
+    # Calls of every door (CallObserver) and gRPC messages (MessageObserver)
 
     # Labelled children are looked up once per method (and code), not on every call: the set of
     # methods and codes is small and fixed, and the lookup costs more than the increment.
@@ -345,14 +369,29 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def rpc_started(self, labels: tuple[str, str, str]) -> None:
-        self._child(self.started, labels).inc()
-        self._child(self.in_flight, labels).inc()
+    def call_started(self, call: ObservedCall) -> None:
+        method = call.method
+        if method.protocol == "grpc":
+            labels = (method.kind, method.service, method.name)
+            self._child(self.started, labels).inc()
+            self._child(self.in_flight, labels).inc()
 
-    def rpc_handled(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
-        self._child(self.handled, (*labels, code)).inc()
-        self._child(self.handling_seconds, labels).observe(seconds)
-        self._child(self.in_flight, labels).dec()
+    def call_ended(self, call: ObservedCall) -> None:
+        method, status = call.method, call.status
+        seconds = call.seconds()
+        if method.protocol == "grpc":
+            labels = (method.kind, method.service, method.name)
+            self._child(self.handled, (*labels, status.code)).inc()
+            self._child(self.handling_seconds, labels).observe(seconds)
+            self._child(self.in_flight, labels).dec()
+        else:
+            self._child(self.http_requests, (method.name, str(call.http_status))).inc()
+            self._child(self.http_request_seconds, (method.name,)).observe(seconds)
+        if status.reason:
+            self._child(self.refused_calls, (method.protocol, status.reason)).inc()
+
+    def refused(self, protocol: str, reason: str) -> None:
+        self._child(self.refused_calls, (protocol, reason)).inc()
 
     def message_received(self, labels: tuple[str, str, str]) -> None:
         self._child(self.msg_received, labels).inc()

@@ -5,10 +5,10 @@ variables ask for traces (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTL
 set, ``OTEL_TRACES_EXPORTER`` not ``none``); the exporter and the sampler read the rest of them.
 Off, nothing of it runs: the server adds no tracing policy and passes no tracer.
 
-Spans: one server span per RPC (health checks have none), with the caller's W3C trace context as
-its parent; under it one per step of a session stream; the time a request waited for the model
-and the model call it was part of (with the batch's size, and links to the other requests batched
-with it); and each session store operation.
+Spans: one server span per call, gRPC or HTTP (health checks have none), with the caller's W3C
+trace context as its parent; under it one per step of a session stream; the time a request
+waited for the model and the model call it was part of (with the batch's size, and links to the
+other requests batched with it); and each session store operation.
 """
 
 from __future__ import annotations
@@ -70,13 +70,12 @@ class Tracing:
         return cls(provider)
 
     @contextlib.contextmanager
-    def server_span(self, rpc: str, metadata: Any) -> Iterator[Any]:
-        """The span of one RPC, current while it is served; its parent is the caller's."""
+    def server_span(self, name: str, metadata: Any, attributes: dict[str, Any]) -> Iterator[Any]:
+        """The span of one call (gRPC or HTTP), current while it is served; its parent is the
+        caller's."""
         carrier = {k: v for k, v in metadata or () if isinstance(v, str)}
         parent = propagate.extract(carrier)
-        service, _, method = rpc.rpartition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-        span = self._tracer.start_span(rpc, parent, kind=SpanKind.SERVER, attributes=attributes)
+        span = self._tracer.start_span(name, parent, kind=SpanKind.SERVER, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             yield span
@@ -92,10 +91,11 @@ class Tracing:
         return format(found.trace_id, "032x") if found.is_valid else None
 
     @staticmethod
-    def finish(span: Any, code: str) -> None:
-        span.set_attribute("rpc.grpc.status_code", code)
-        if code != "OK":
-            span.set_status(Status(StatusCode.ERROR, code))
+    def finish(span: Any, attributes: dict[str, Any], failed: str | None) -> None:
+        """Give the span how its call ended; ``failed``: the error's code, None if it succeeded."""
+        span.set_attributes(attributes)
+        if failed is not None:
+            span.set_status(Status(StatusCode.ERROR, failed))
 
     @contextlib.contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[None]:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -60,8 +61,8 @@ def server() -> Iterator[tuple[str, NumpyLstm]]:
     directory = Path(tempfile.mkdtemp())
     ports, model = directory / "ports.json", directory / "model.keras"
     process = subprocess.Popen(
-        [python, "-m", "lstm_server", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-         "--http-port", "0", "--features", "3", "--units", "5", "--seed", "11",
+        [python, "-m", "lstm_server", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off",
+         "--http-port", "off", "--features", "3", "--units", "5", "--seed", "11",
          "--save-model", str(model), "--port-file", str(ports)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -118,3 +119,18 @@ def test_the_asyncio_sdk_at_its_floors(server, rng) -> None:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def test_a_client_only_install_has_an_lstm_server_that_says_what_to_install() -> None:
+    """This venv has the client's dependencies only: its lstm-server names the missing server
+    packages and the extra to install, and exits 2 (no traceback)."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lstm-server"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'lstm-serving[server]'" in done.stderr
+    assert "tensorflow" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -23,7 +23,7 @@ from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
 
 from tests.helpers import seq_msg
 from tests.reference import NumpyLstm
-from tests.servers import ThreadedServer
+from tests.servers import ThreadedServer, free_port, settings
 
 TOL = 1e-5
 
@@ -202,8 +202,9 @@ def test_a_pipelined_stream_session_equals_one_call(twin, wide_reference, rng) -
     np.testing.assert_allclose(np.concatenate([r.sequence for r in results]), seq, atol=TOL)
     np.testing.assert_allclose(results[-1].h, h, atol=TOL)
     np.testing.assert_allclose(results[-1].c, c, atol=TOL)
-    with pytest.raises(ValueError, match="1 to 64 steps may be in flight"):
+    with pytest.raises(LstmError, match="1 to 64 steps may be in flight") as refused:
         list(twin.stream_session([x], window=0))
+    assert refused.value.reason == "INVALID_INPUT"
 
 
 def test_a_refused_step_in_a_window_raises_its_error(twin, rng) -> None:
@@ -233,6 +234,83 @@ def test_errors_carry_code_details_and_violations(twin, rng) -> None:
         list(twin.stream_session([rng.normal(size=(1, 8)), rng.normal(size=(1, 2))]))
     assert in_band.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "expected input_features=8" in in_band.value.details
+
+
+ARGUMENT_MISTAKES = {
+    "a negative ttl": lambda twin, x: twin.session(ttl=-1),
+    "an unknown include": lambda twin, x: twin.predict(x, include=["everything"]),
+    "a negative model version": lambda twin, x: twin.with_model("m", -1),
+    "an input of four axes": lambda twin, x: twin.predict(x[None, None]),
+    "words for numbers": lambda twin, x: twin.predict([["one", "two"]]),
+    "a negative message size": lambda twin, x: list(twin.stream(x, timesteps_per_message=-1)),
+    "no steps in flight": lambda twin, x: list(twin.stream_session([x], window=0)),
+    "token ids of two axes": lambda twin, x: twin.predict_many([np.ones((2, 2), np.int64)]),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(ARGUMENT_MISTAKES))
+def test_every_argument_mistake_is_an_lstm_error_with_invalid_input(twin, mistake, rng) -> None:
+    x = rng.normal(size=(3, 8)).astype(np.float32)
+    with pytest.raises(LstmError) as refused:
+        ARGUMENT_MISTAKES[mistake](twin, x)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.reason == "INVALID_INPUT"
+    assert refused.value.details
+    assert twin.predict(x).sequence.shape == (3, 16)  # the client still works
+
+
+def test_closing_a_session_is_idempotent(twin, rng) -> None:
+    session = twin.session()
+    session.step(rng.normal(size=(1, 8)))
+    other = twin.attach(session.session_id)
+    session.close()
+    session.close()  # again: done, not NOT_FOUND
+    other.close()  # closed through another handle: done too
+    with pytest.raises(LstmError) as gone:
+        twin.attach(session.session_id)
+    assert gone.value.reason == "SESSION_CLOSED"
+
+
+def test_a_request_over_the_servers_limit_is_refused_before_it_is_sent(twin, rng) -> None:
+    """64 sequences of 2,500 timesteps of 8 features: about 5.8 MB, over the 4 MiB limit."""
+    x = rng.normal(size=(64, 2500, 8)).astype(np.float32)
+    with pytest.raises(LstmError) as refused:
+        twin.predict(x)
+    error = refused.value
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.reason == "LIMIT_EXCEEDED"
+    assert error.metadata == {"limit": "max_message_bytes", "value": str(4 * 1024 * 1024)}
+    assert "more than the server's limit of 4194304 bytes" in error.details
+    with pytest.raises(LstmError) as streamed:
+        list(twin.stream(x))
+    assert streamed.value.reason == "LIMIT_EXCEEDED"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_creating_a_session_waits_for_a_server_that_is_starting(kind: str, rng) -> None:
+    """The server comes up a second after the call: the creation is retried as a step is."""
+    port = free_port()
+    started: list[ThreadedServer] = []
+    later = threading.Timer(1.0, lambda: started.append(ThreadedServer(settings(port=port))))
+    later.start()
+    try:
+        if kind == "sync":
+            with LstmClient(f"127.0.0.1:{port}", timeout=5) as client, client.session() as session:
+                assert session.step([[0.5]]).step_number == 1
+        else:
+
+            async def main() -> int:
+                async with (
+                    AsyncLstmClient(f"127.0.0.1:{port}", timeout=5) as client,
+                    await client.session() as session,
+                ):
+                    return (await session.step([[0.5]])).step_number
+
+            assert asyncio.run(main()) == 1
+    finally:
+        later.join()
+        for server in started:
+            server.stop()
 
 
 def test_resuming_after_a_lost_reply_applies_no_step_twice(

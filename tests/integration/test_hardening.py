@@ -18,36 +18,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lstm_client import LstmClient, LstmError, TlsOptions
 from lstm_client.v1 import lstm_service_pb2 as pb
 from lstm_client.v1 import lstm_service_pb2_grpc as pb_grpc
-from lstm_server.app import load_runtime
 from lstm_server.core.types import Array
 
-from tests.helpers import scrape, seq_msg, value
+from tests.helpers import GatedRuntime, scrape, seq_msg, value
 from tests.servers import ThreadedServer, free_port, settings
 
 SERVICE_METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["LstmService"].methods]
-
-
-class GatedRuntime:
-    """The real TensorFlow runtime, made to wait at a gate the test opens, and logging the
-    lengths of every row it ran: a way to hold work in the queue for as long as a test needs."""
-
-    def __init__(self, **changes: object) -> None:
-        self._runtime = load_runtime(settings(**changes).runtime)
-        self.info = self._runtime.info
-        self.gate = threading.Event()
-        self.gate.set()
-        self.ran: list[int] = []
-
-    def runs_inline(self, rows: int, timesteps: int) -> bool:
-        return False  # always through the worker thread, where the gate can hold it
-
-    def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
-        self.gate.wait(timeout=30)
-        self.ran.extend(int(n) for n in lengths)
-        return self._runtime.run(x, lengths, h0, c0)
-
-    def close(self) -> None:
-        self._runtime.close()
 
 
 class FailingRuntime(GatedRuntime):
@@ -59,7 +35,7 @@ class FailingRuntime(GatedRuntime):
 def gated() -> Iterator[tuple[ThreadedServer, GatedRuntime]]:
     runtime = GatedRuntime(features=2, units=4)
     server = ThreadedServer.with_runtime(
-        settings(batching=False, max_concurrent_rpcs=0, metrics_port=0), runtime
+        settings(batching=False, max_concurrent_rpcs=0, metrics_port=None), runtime
     )
     yield server, runtime
     runtime.gate.set()

@@ -387,7 +387,12 @@ BAD_TENSORS = {
     "wrong shape": ([("x", (1, 2, F + 1), "FP32")], f"has shape [1, 2, {F + 1}]"),
     "missing x": ([("lengths", (1,), "INT32")], "inputs[x]: is missing"),
     "unknown input": ([("x", (1, 2, F), "FP32"), ("y", (1,), "FP32")], "inputs[y]: is not an"),
-    "NaN": ([("x", (1, 2, F), "FP32", np.nan)], "contains NaN or infinite values (at [0, 1, 0])"),
+    "NaN": ([("x", (1, 2, F), "FP32", np.nan)], "inputs[x][0][1]: contains NaN or infinite values"),
+    "NaN in a state": (
+        [("x", (1, 2, F), "FP32"), ("h0", (1, U), "FP32", np.nan), ("c0", (1, U), "FP32")],
+        "inputs[h0][0]: contains NaN or infinite values",
+    ),
+    "too many timesteps": ([("x", (1, 10_001, F), "FP32")], "inputs[x][0]: has 10001 timesteps"),
     "half a state": ([("x", (1, 2, F), "FP32"), ("h0", (1, U), "FP32")], "inputs[c0]: is missing"),
     "length past the end": ([("x", (1, 2, F), "FP32"), ("lengths", (1,), "INT32", 3)], "between 1"),
 }  # fmt: skip
@@ -400,7 +405,7 @@ def _tensors(spec: list) -> list[tuple[str, np.ndarray, str]]:  # type: ignore[t
         array = np.full(shape, fill[0] if fill else 0.5).astype(dtype)
         if fill and np.isnan(fill[0]):
             array = np.zeros(shape, dtype)
-            array[0, 1, 0] = np.nan
+            array[(0, 1, 0)[: array.ndim]] = np.nan
         made.append((name, array, datatype))
     return made
 

@@ -3,36 +3,31 @@ service of its own and the health service a library registers, each reached thro
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from lstm_server.transport.handlers import Policy, PolicyRegistrar, around
+from lstm_server.transport.calls import Call, Chain, Method, Policy
+from lstm_server.transport.handlers import PolicyRegistrar
 
 ECHO = "/test.Echo/Unary"
 
 
 class Recording(Policy):
-    """A policy that notes each call it wraps, under its own name."""
+    """A policy that notes each call it enters and exits, under its own name."""
 
     def __init__(self, name: str, calls: list[tuple[str, str]], only: str = "") -> None:
         self._name, self._calls, self._only = name, calls, only
 
-    def applies_to(self, method: str) -> bool:
-        return method.startswith(self._only)
+    def applies_to(self, method: Method) -> bool:
+        return method.service.startswith(self._only)
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        calls, name = self._calls, self._name
+    def enter(self, call: Call) -> None:
+        self._calls.append((self._name, "/" + call.method.display))
 
-        @contextlib.contextmanager
-        def noted(_: Any) -> Iterator[None]:
-            calls.append((name, method))
-            yield
-
-        return around(handler, noted)
+    def exit(self, call: Call, entered: None) -> None:
+        self._calls.append((f"{self._name} ends {call.status.code}", "/" + call.method.display))
 
 
 @pytest.fixture
@@ -40,7 +35,7 @@ async def served() -> AsyncIterator[tuple[grpc.aio.Channel, list[tuple[str, str]
     calls: list[tuple[str, str]] = []
     server = grpc.aio.server()
     registrar = PolicyRegistrar(
-        server, [Recording("outer", calls), Recording("inner", calls, only="/test.")]
+        server, Chain([Recording("outer", calls), Recording("inner", calls, only="test.")])
     )
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -65,14 +60,21 @@ async def served() -> AsyncIterator[tuple[grpc.aio.Channel, list[tuple[str, str]
 async def test_every_call_runs_inside_the_policies_that_apply_outermost_first(served) -> None:
     channel, calls = served
     assert await channel.unary_unary(ECHO)(b"hi") == b"hi"
-    assert calls == [("outer", ECHO), ("inner", ECHO), ("echo", ECHO)]
+    assert calls == [
+        ("outer", ECHO),
+        ("inner", ECHO),
+        ("echo", ECHO),
+        ("inner ends OK", ECHO),
+        ("outer ends OK", ECHO),
+    ]
 
 
 async def test_services_a_library_registers_get_the_policies_too(served) -> None:
     channel, calls = served
     reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    assert calls == [("outer", "/grpc.health.v1.Health/Check")]
+    check = "/grpc.health.v1.Health/Check"
+    assert calls == [("outer", check), ("outer ends OK", check)]
 
 
 async def test_an_unknown_method_is_unimplemented_and_reaches_no_policy(served) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -163,11 +164,13 @@ def test_a_lost_reply_is_resumed_by_the_sdk_and_applied_once(
         session.close()
 
 
-def _closed_elsewhere_then(client: LstmClient, body_error: Exception | None) -> None:
-    """A ``with session`` block whose session is closed by someone else, so that closing it on
-    exit fails; the block ends with ``body_error``, or normally."""
+def _lost_then(client: LstmClient, body_error: Exception | None) -> None:
+    """A ``with session`` block whose session the server no longer knows (a store that lost it),
+    so that closing it on exit fails; the block ends with ``body_error``, or normally. (A session
+    closed by someone else closes without error: close is idempotent.)"""
     with client.session() as session:
         client.attach(session.session_id).close()
+        session.info = replace(session.info, session_id="lost-" + session.session_id)
         if body_error is not None:
             raise body_error
 
@@ -175,10 +178,10 @@ def _closed_elsewhere_then(client: LstmClient, body_error: Exception | None) -> 
 def test_a_body_exception_is_not_hidden_by_closing_the_session(wide_server) -> None:
     with LstmClient(wide_server.target) as client:
         with pytest.raises(ValueError, match="the body's own"):
-            _closed_elsewhere_then(client, ValueError("the body's own error"))
+            _lost_then(client, ValueError("the body's own error"))
         with pytest.raises(LstmError) as closed:
-            _closed_elsewhere_then(client, None)
-        assert closed.value.reason == "SESSION_CLOSED"  # without a body error, it is reported
+            _lost_then(client, None)
+        assert closed.value.reason == "SESSION_NOT_FOUND"  # without a body error, it is reported
 
 
 def test_a_callers_channel_per_call_options_and_compression(wide_server, rng) -> None:

@@ -5,9 +5,13 @@ wire to an OTLP/gRPC receiver by a server configured by the standard OTEL_* vari
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -39,7 +43,7 @@ def traced() -> Iterator[tuple[ThreadedServer, InMemorySpanExporter, TracerProvi
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     server = ThreadedServer(
-        settings(features=2, units=3, access_log=True), tracing=Tracing(provider)
+        settings(features=2, units=3, access_log=True, http_port=0), tracing=Tracing(provider)
     )
     yield server, exporter, provider
     server.stop()
@@ -127,6 +131,46 @@ def test_health_checks_make_no_spans(traced) -> None:
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     time.sleep(0.2)
     assert exporter.get_finished_spans() == ()
+
+
+INFER = "POST /v2/models/{model}/infer"
+
+
+def test_http_requests_have_server_spans_and_access_lines_as_grpc_calls_do(traced, caplog) -> None:
+    server, exporter, _ = traced
+    exporter.clear()
+    caplog.handler.addFilter(TraceIdFilter())
+    url = f"http://127.0.0.1:{server.server.http_port}/v2/models/default-lstm/infer"
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    good = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 2], "data": [1, 2]}]}
+    with caplog.at_level(logging.INFO, logger="lstm_server.access"):
+        for body in (good, {"inputs": []}):
+            request = urllib.request.Request(
+                url, json.dumps(body).encode(), {"traceparent": traceparent}
+            )
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(request, timeout=10).read()
+    spans = [s for s in _wait_for(exporter, INFER, 2) if s.name == INFER]
+    ok, refused = sorted(spans, key=lambda s: s.attributes["http.response.status_code"])
+    for span in (ok, refused):
+        assert span.kind == SpanKind.SERVER
+        assert span.attributes["http.route"] == "/v2/models/{model}/infer"
+        assert span.attributes["http.request.method"] == "POST"
+        assert format(span.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert ok.attributes["http.response.status_code"] == 200
+    assert "lstm.error.reason" not in ok.attributes
+    assert refused.attributes["http.response.status_code"] == 400
+    assert refused.attributes["lstm.error.reason"] == "INVALID_INPUT"
+    assert {c.name for c in _children(list(exporter.get_finished_spans()), ok)} == {
+        "lstm.queue",
+        "lstm.model",
+    }
+    lines = [r for r in caplog.records if r.name == "lstm_server.access"]
+    assert [(r.rpc, r.http_status, r.reason) for r in lines] == [
+        (INFER, 200, "-"),
+        (INFER, 400, "INVALID_INPUT"),
+    ]
+    assert {r.trace_id for r in lines} == {"4bf92f3577b34da6a3ce929d0e0e4736"}
 
 
 class SlowRuntime(NumpyRuntime):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from tests import zoo
+from tests.helpers import ROOT
 from tests.servers import ServerProcess
 
 
@@ -42,6 +47,33 @@ def test_demo_shows_sequence_states_and_that_the_last_output_is_h(served) -> Non
         "the last hidden output equals h: True",
     ):
         assert words in done.stdout
+
+
+def quick_start_lines() -> list[str]:
+    """The lstm-client lines of the README's quick start."""
+    text = (ROOT / "README.md").read_text().split("## Quick start", 1)[1]
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith(".venv/bin/lstm-client")]
+
+
+def test_every_line_of_the_readme_quick_start_runs_as_printed(served) -> None:
+    """Against the embedded default model, as ``make serve`` starts it."""
+    lines = quick_start_lines()
+    assert len(lines) >= 8
+    for line in lines:
+        args = shlex.split(line, comments=True)[1:]
+        done = client(served, *args)
+        assert done.returncode == 0, (line, done.stderr)
+        assert done.stdout.strip(), line
+
+
+def test_the_cli_reads_the_feature_count_from_the_model(served) -> None:
+    done = client(served, "--output", "json", "predict", "1", "2", "3", "4")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["outputs"]) == 4  # one feature: four timesteps
+    wrong = client(served, "predict", "1", "2", "3", "4", "--features", "2")
+    assert wrong.returncode == 2
+    assert "takes 1 features per timestep" in wrong.stderr
 
 
 def test_predict_prints_sequence_h_and_c(served) -> None:
@@ -92,10 +124,10 @@ def test_bench_keeps_a_window_of_steps_in_flight_on_session_streams(served) -> N
 
 
 def test_server_errors_reach_the_user(served) -> None:
-    done = client(served, "predict", "0.1", "0.2", "--features", "2")
+    done = client(served, "--model", "nope", "predict", "0.1", "0.2")
     assert done.returncode == 1
-    assert "INVALID_ARGUMENT" in done.stderr
-    assert "expected input_features=1" in done.stderr
+    assert "NOT_FOUND" in done.stderr
+    assert "[MODEL_NOT_FOUND]" in done.stderr
 
 
 def test_second_server_on_a_busy_port_exits_at_once(served) -> None:
@@ -280,30 +312,54 @@ def test_bench_honours_tls_and_tokens(tmp_path) -> None:
         server.stop()
 
 
-def test_json_log_lines_with_an_access_line_per_call_and_no_secrets(tmp_path) -> None:
-    from lstm_client import LstmClient
+def test_json_logs_every_line_of_a_start_its_calls_and_shutdown(tmp_path) -> None:
+    """Every line the process writes (stdout and stderr, TensorFlow's and gRPC's native lines
+    included) is one JSON object with an ISO-8601 UTC time; an access line per call of either
+    protocol, with its error's reason; no secrets, no input values."""
+    from lstm_client import LstmClient, LstmError
 
     tokens = tmp_path / "tokens"
     tokens.write_text("alice s3cr3t-token-of-alice\n")
     server = ServerProcess(
-        ["--log-format", "json", "--access-log", "--auth-tokens-file", str(tokens)],
+        ["--log-format", "json", "--access-log", "--auth-tokens-file", str(tokens),
+         "--http-port", "0"],
         log_dir=tmp_path,
-    )
+    )  # fmt: skip
     traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     try:
         with LstmClient(
             server.target, token="s3cr3t-token-of-alice", metadata=[("traceparent", traceparent)]
         ) as client:
             client.predict([[0.25], [0.75]])
+            with pytest.raises(LstmError):
+                client.attach("no-such-session")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.ports['http_port']}/v2/models/default-lstm/infer",
+            b"{}",
+            {"Authorization": "Bearer s3cr3t-token-of-alice"},
+        )
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10)
     finally:
         assert server.stop(signal.SIGTERM) == 0
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    assert lines, server.log()
+    text = server.log()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line
+    assert len(lines) > 5
     assert all({"time", "levelname", "name", "trace_id", "message"} <= set(r) for r in lines)
-    [access] = [r for r in lines if r["name"] == "lstm_server.access"]
-    assert access["rpc"] == "lstm.v1.LstmService/Predict"
-    assert (access["code"], access["principal"]) == ("OK", "alice")
-    assert access["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert access["peer"].startswith("ipv4:127.0.0.1:")
-    assert "s3cr3t" not in server.log()
-    assert "0.25" not in access["message"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in lines)
+    access = [r for r in lines if r["name"] == "lstm_server.access"]
+    predict, attach, http = access
+    assert predict["rpc"] == "lstm.v1.LstmService/Predict"
+    assert (predict["code"], predict["reason"], predict["principal"]) == ("OK", "-", "alice")
+    assert predict["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert predict["peer"].startswith("ipv4:127.0.0.1:")
+    assert (attach["code"], attach["reason"]) == ("NOT_FOUND", "SESSION_NOT_FOUND")
+    assert (http["protocol"], http["rpc"]) == ("http", "POST /v2/models/{model}/infer")
+    assert (http["http_status"], http["reason"], http["principal"]) == (
+        400,
+        "INVALID_INPUT",
+        "alice",
+    )
+    assert lines[-1]["message"] == "stopped"
+    assert "s3cr3t" not in text
+    assert "0.25" not in predict["message"]

@@ -26,7 +26,7 @@ from tests.helpers import seq_msg
 from tests.servers import ServerProcess, server_command
 
 ARGS = ["--features", "2", "--units", "3"]
-LOCAL_PORTS = ("--host", "127.0.0.1", "--port", "0", "--metrics-port", "0", "--http-port", "0")
+LOCAL_PORTS = ("--host", "127.0.0.1", "--port", "0", "--metrics-port", "off", "--http-port", "off")
 
 
 def _snapshot_args(snapshot: Path) -> list[str]:

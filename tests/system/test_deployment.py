@@ -8,6 +8,8 @@ import contextlib
 import json
 import re
 import subprocess
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -156,8 +158,11 @@ def test_grafana_is_provisioned_with_prometheus() -> None:
 @pytest.fixture(scope="module")
 def exported_names() -> set[str]:
     """Every metric name a running server exports after each kind of call."""
-    server = ThreadedServer(settings(metrics_port=free_port()))
+    server = ThreadedServer(settings(metrics_port=free_port(), http_port=0))
     try:
+        http = f"http://127.0.0.1:{server.server.http_port}"
+        with contextlib.suppress(urllib.error.HTTPError):  # an HTTP call, refused
+            urllib.request.urlopen(http + "/v2/models/nope/infer", b"{}", timeout=10)
         with LstmClient(server.target) as client:
             client.predict([[0.1]])
             with client.session() as session:

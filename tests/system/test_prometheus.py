@@ -23,7 +23,7 @@ from tests.servers import ThreadedServer, free_port, settings
 
 @pytest.fixture(scope="module")
 def metered() -> Iterator[ThreadedServer]:
-    server = ThreadedServer(settings(features=2, units=3, metrics_port=free_port()))
+    server = ThreadedServer(settings(features=2, units=3, metrics_port=free_port(), http_port=0))
     yield server
     server.stop()
 
@@ -35,6 +35,11 @@ def test_a_real_prometheus_scrapes_the_service(metered, tmp_path: Path) -> None:
     stub = pb_grpc.LstmServiceStub(channel)
     for _ in range(7):
         stub.Predict(pb.PredictRequest(sequences=[seq_msg(np.ones((2, 2)))]))
+    with pytest.raises(grpc.RpcError):  # refused: the wrong number of features
+        stub.Predict(pb.PredictRequest(sequences=[seq_msg(np.ones((2, 3)))]))
+    http = f"http://127.0.0.1:{metered.server.http_port}/v2/models/default-lstm/infer"
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 2], "data": [1, 2]}]}
+    urllib.request.urlopen(http, json.dumps(body).encode(), timeout=10).read()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n"
@@ -108,7 +113,11 @@ def _dashboard_queries_run(web: int) -> None:
             if answer["data"]["result"]:
                 with_data.add(panel["title"])
     assert {
-        "Requests per second by method",
+        "Requests per second by method (every door)",
+        "Requests per second by replica (every door)",
+        "Errors by code (gRPC) and status (HTTP)",
+        "Refusals per second by reason and protocol",
+        "Session memory in use and budget, by replica",
         "Sessions: store-wide and per replica",
         "Ready and store reachable, by replica",
         "In-flight RPCs by replica",

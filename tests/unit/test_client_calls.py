@@ -40,7 +40,7 @@ def test_a_resume_may_say_which_step_comes_first() -> None:
 
 @pytest.mark.parametrize(("session_id", "first"), [(None, 3), ("s", 0)])
 def test_first_step_number_needs_a_session_and_a_number(session_id, first) -> None:
-    with pytest.raises(ValueError, match="first_step_number"):
+    with pytest.raises(LstmError, match="first_step_number"):
         SessionStream(
             initial_state=None,
             ttl=None,

@@ -32,6 +32,14 @@ def test_environment_then_flags() -> None:
     assert (overridden.port, overridden.reflection, overridden.units) == (7000, True, 4)
 
 
+def test_port_zero_is_a_free_port_for_every_port_and_off_is_its_own_word() -> None:
+    free = load_settings(["--port", "0", "--http-port", "0", "--metrics-port", "0"], environ={})
+    assert (free.port, free.http_port, free.metrics_port) == (0, 0, 0)
+    off = load_settings(["--http-port", "off"], environ={"LSTM_METRICS_PORT": "OFF"})
+    assert (off.http_port, off.metrics_port) == (None, None)
+    assert load_settings([], environ={}).http_port == 8080
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "words"),
     [
@@ -39,6 +47,8 @@ def test_environment_then_flags() -> None:
         (["--port", "70000"], {}, "--port must be between"),
         ([], {"LSTM_XLA": "maybe"}, "LSTM_XLA: not a boolean"),
         ([], {"LSTM_PORT": "http"}, "LSTM_PORT"),
+        (["--http-port", "none"], {}, "not a port number or 'off'"),
+        (["--port", "off"], {}, "invalid int value"),  # the gRPC port is never off
         (["--session-ttl", "100", "--max-session-ttl", "10"], {}, "cannot exceed"),
     ],
 )

@@ -19,15 +19,12 @@ from lstm_server.core.types import ModelInfo, State
 from lstm_server.transport import converters as conv
 from lstm_server.transport.access_log import AccessLogPolicy, TraceIdFilter, trace_id_of
 from lstm_server.transport.auth import PRINCIPAL, AuthPolicy
-from lstm_server.transport.errors import (
-    INTERNAL_MESSAGE,
-    STATUS_CODES,
-    ErrorMappingPolicy,
-    rpc_status,
-)
-from lstm_server.transport.handlers import Policy, PolicyRegistrar, with_policies
+from lstm_server.transport.calls import Call, Chain, Policy
+from lstm_server.transport.errors import grpc_code, rpc_status
+from lstm_server.transport.handlers import PolicyRegistrar, served
 from lstm_server.transport.limits import ConcurrencyLimitPolicy
 from lstm_server.transport.observation import ObservingPolicy
+from lstm_server.transport.status import HTTP_STATUS, INTERNAL_MESSAGE, STATUS_CODES
 
 PREDICT = "/lstm.v1.LstmService/Predict"
 HEALTH = "/grpc.health.v1.Health/Check"
@@ -45,6 +42,9 @@ class Context:
 
     def time_remaining(self) -> float | None:
         return None
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5555"
 
     async def abort_with_status(self, status: grpc.Status) -> None:
         self.status = status
@@ -69,10 +69,13 @@ class Everything(grpc.GenericRpcHandler):
         return self.handler
 
 
-def wrapped(policy: Policy, method: str, behavior: Any, **codec: Any) -> grpc.RpcMethodHandler:
-    """A unary ``behavior`` as the server registers it for ``method`` under ``policy``."""
+def wrapped(
+    policy: Policy | None, method: str, behavior: Any, messages: Any = None, **codec: Any
+) -> grpc.RpcMethodHandler:
+    """A unary ``behavior`` as the gRPC door serves it for ``method`` with ``policy`` (None: no
+    policy, errors mapped all the same)."""
     handler = grpc.unary_unary_rpc_method_handler(behavior, **codec)
-    return with_policies(handler, method, [policy])
+    return served(handler, method, Chain([] if policy is None else [policy]), messages)
 
 
 def status_of(context: Context) -> status_pb2.Status:
@@ -132,7 +135,8 @@ def test_every_domain_error_has_a_code_and_a_reason(kind: type[errors.ServingErr
     assert kind in STATUS_CODES
     error = errors.InvalidInput.single("f", "bad") if kind is errors.InvalidInput else kind("x")
     status = rpc_status(error)
-    assert status.code == STATUS_CODES[kind].value[0] != code_pb2.INTERNAL
+    assert status.code == grpc_code(STATUS_CODES[kind]).value[0] != code_pb2.INTERNAL
+    assert STATUS_CODES[kind] in HTTP_STATUS  # the HTTP door answers it with its own status
     info = _detail(status, error_details_pb2.ErrorInfo)
     assert (info.reason, info.domain) == (kind.reason, "lstm-serving")
     assert info.reason.isupper()
@@ -205,7 +209,7 @@ async def test_error_mapping_turns_domain_errors_into_their_status() -> None:
     async def behavior(request: Any, context: Any) -> Any:
         raise errors.SessionNotFound("session x does not exist")
 
-    handler = wrapped(ErrorMappingPolicy(), PREDICT, behavior)
+    handler = wrapped(None, PREDICT, behavior)
     context = Context()
     with pytest.raises(grpc.aio.AbortError):
         await handler.unary_unary(object(), context)
@@ -217,7 +221,7 @@ async def test_error_mapping_hides_unexpected_errors_and_logs_them(caplog) -> No
     async def behavior(request: Any, context: Any) -> Any:
         raise RuntimeError("secret detail")
 
-    handler = wrapped(ErrorMappingPolicy(), PREDICT, behavior)
+    handler = wrapped(None, PREDICT, behavior)
     context = Context()
     with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AbortError):
         await handler.unary_unary(object(), context)
@@ -233,7 +237,7 @@ async def test_bytes_that_do_not_parse_are_invalid_argument() -> None:
         raise AssertionError("must not run")
 
     handler = wrapped(
-        ErrorMappingPolicy(),
+        None,
         PREDICT,
         behavior,
         request_deserializer=pb.PredictRequest.FromString,
@@ -254,14 +258,15 @@ async def test_handlers_are_wrapped_once_per_method() -> None:
     handler = grpc.unary_unary_rpc_method_handler(behavior)
     registered: list[grpc.GenericRpcHandler] = []
     server = SimpleNamespace(add_generic_rpc_handlers=registered.extend)
-    PolicyRegistrar(server, [ErrorMappingPolicy()]).add_generic_rpc_handlers([Everything(handler)])
+    PolicyRegistrar(server, Chain([])).add_generic_rpc_handlers([Everything(handler)])
     [generic] = registered
     first = generic.service(Details(PREDICT))
     second = generic.service(Details(PREDICT))
     assert first is second
     assert first is not handler
     health = generic.service(Details(HEALTH))
-    assert health is handler  # errors are mapped for the service only
+    assert health is not handler  # every service runs inside the chain
+    assert health is generic.service(Details(HEALTH))
 
 
 async def test_auth_requires_a_token_but_not_for_health() -> None:
@@ -312,11 +317,12 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, ...]] = []
 
-    def rpc_started(self, labels: tuple[str, str, str]) -> None:
-        self.events.append(("started", *labels))
+    def call_started(self, call: Call) -> None:
+        method = call.method
+        self.events.append(("started", method.kind, method.service, method.name))
 
-    def rpc_handled(self, labels: tuple[str, str, str], code: str, seconds: float) -> None:
-        self.events.append(("handled", code))
+    def call_ended(self, call: Call) -> None:
+        self.events.append(("handled", call.status.code, call.status.reason))
 
     def message_received(self, labels: tuple[str, str, str]) -> None:
         self.events.append(("received",))
@@ -325,29 +331,36 @@ class Recorder:
         self.events.append(("sent",))
 
 
-async def test_observation_reports_start_messages_and_code() -> None:
+async def test_observation_reports_start_messages_code_and_reason() -> None:
     async def ok(request: Any, context: Any) -> Any:
         return "ok"
 
-    async def fails(request: Any, context: Any) -> Any:
+    async def aborts(request: Any, context: Any) -> Any:
         await context.abort_with_status(
             grpc_rpc_status.to_status(status_pb2.Status(code=code_pb2.NOT_FOUND, message="no"))
         )
 
+    async def fails(request: Any, context: Any) -> Any:
+        raise errors.SessionNotFound.ended("s1", "expired")
+
     recorder = Recorder()
     observing = ObservingPolicy(recorder)
-    await (wrapped(observing, PREDICT, ok)).unary_unary(object(), Context())
-    with pytest.raises(grpc.aio.AbortError):
-        await (wrapped(observing, PREDICT, fails)).unary_unary(object(), Context())
+    await (wrapped(observing, PREDICT, ok, recorder)).unary_unary(object(), Context())
+    for behavior in (aborts, fails):
+        with pytest.raises(grpc.aio.AbortError):
+            await (wrapped(observing, PREDICT, behavior, recorder)).unary_unary(object(), Context())
     started = ("started", "unary", "lstm.v1.LstmService", "Predict")
     assert recorder.events == [
         started,
         ("received",),
+        ("handled", "OK", ""),
         ("sent",),
-        ("handled", "OK"),
         started,
         ("received",),
-        ("handled", "NOT_FOUND"),
+        ("handled", "NOT_FOUND", ""),
+        started,
+        ("received",),
+        ("handled", "NOT_FOUND", "SESSION_EXPIRED"),
     ]
 
 
@@ -378,8 +391,8 @@ async def test_access_log_writes_one_line_per_call_with_its_trace_id(caplog) -> 
         await handler.unary_unary(b"x", LoggedContext())
     during, access, _, other = caplog.records
     assert during.trace_id == access.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
-    assert (access.rpc, access.code, access.peer, access.principal) == (
-        "lstm.v1.LstmService/Predict", "OK", "ipv4:127.0.0.1:5555", "-",
+    assert (access.rpc, access.code, access.reason, access.peer, access.principal) == (
+        "lstm.v1.LstmService/Predict", "OK", "-", "ipv4:127.0.0.1:5555", "-",
     )  # fmt: skip
     assert access.duration_ms >= 0
     assert len(other.trace_id) == 32  # no traceparent: a new id

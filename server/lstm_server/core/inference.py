@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from lstm_server.core.registry import ModelRef, ModelRegistry, ServedModel
 from lstm_server.core.types import Array, GivenState, Limits, Row, RowResult, State
-from lstm_server.core.validation import RaggedSequence, predict_rows
+from lstm_server.core.validation import LSTM_V1, Fields, RaggedSequence, predict_rows
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,11 @@ class InferenceService:
         initial_states: list[GivenState],
         *,
         deadline: float | None = None,
+        fields: Fields = LSTM_V1,
     ) -> list[RowResult]:
-        """Each sequence's results and final state, exactly as Keras gives them alone."""
-        validated = predict_rows(sequences, initial_states, model.info, model.limits)
+        """Each sequence's results and final state, exactly as Keras gives them alone
+        (``fields``: how the caller's protocol names what is checked)."""
+        validated = predict_rows(sequences, initial_states, model.info, model.limits, fields)
         rows = [Row(x, s) for x, s in validated]
         return await model.scheduler.run(rows, deadline=deadline)
 

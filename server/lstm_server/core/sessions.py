@@ -27,7 +27,7 @@ from lstm_server.core.errors import (
 from lstm_server.core.registry import ModelRef, ModelRegistry, ServedModel
 from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore
 from lstm_server.core.types import Array, GivenState, Limits, ModelInfo, RaggedSequence, Row, State
-from lstm_server.core.validation import optional_state, step_input
+from lstm_server.core.validation import LSTM_V1, Fields, optional_state, step_input
 
 log = logging.getLogger(__name__)
 
@@ -264,9 +264,12 @@ class SessionService:
         ttl_seconds: int,
         owner: str,
         session_id: str | None,
+        fields: Fields = LSTM_V1,
     ) -> SessionInfo:
         info = served.info
-        state = optional_state(initial_state, "initial_state", "initial_layer_states", info)
+        state = optional_state(
+            initial_state, fields.created_state, fields.created_layer_states, info, fields
+        )
         ttl = self._ttl(ttl_seconds)
         record = SessionRecord(
             session_id=new_session_id() if session_id is None else session_id,
@@ -331,6 +334,7 @@ class SessionService:
         deadline: float | None = None,
         window: int = 1,
         before_run: BeforeRun | None = None,
+        fields: Fields = LSTM_V1,
     ) -> StepOutcome:
         """Apply one step exactly once, on the model version the session is pinned to; a retry
         of the last applied step repeats its reply, and so does a retry of any of the ``window``
@@ -348,7 +352,7 @@ class SessionService:
             async with self._pinned(record, deadline) as served:
                 if before_run is not None:
                     before_run(served)
-                x = step_input(sequence, "input", served.info, served.limits)
+                x = step_input(sequence, served.info, served.limits, fields)
                 return await self._apply(record, served, x, step_number, owner, deadline, window)
 
     async def _apply(
@@ -500,7 +504,12 @@ class SessionService:
             )
 
     async def reset(
-        self, session_id: str, state: GivenState | None, *, owner: str = ""
+        self,
+        session_id: str,
+        state: GivenState | None,
+        *,
+        owner: str = "",
+        fields: Fields = LSTM_V1,
     ) -> SessionInfo:
         """Back to zeros or to ``state``; the step count restarts at 0. The session stays on its
         model version; if that version is no longer served (or has other weights now), it moves
@@ -509,7 +518,9 @@ class SessionService:
             for _ in range(_CAS_ATTEMPTS):
                 record = await self._record(session_id, owner)
                 async with self.models.acquire(await self._reset_target(record)) as served:
-                    new_state = optional_state(state, "state", "layer_states", served.info)
+                    new_state = optional_state(
+                        state, fields.reset_state, fields.reset_layer_states, served.info, fields
+                    )
                     updated = replace(
                         record,
                         state=new_state,
@@ -554,6 +565,7 @@ class SessionService:
         *,
         model: ModelRef | None = None,
         owner: str = "",
+        fields: Fields = LSTM_V1,
     ) -> SessionInfo:
         """The session the caller names, on ``model``, from ``initial_state`` with no steps:
         reset if it is live on that model version, made (again) if not (callers that name their
@@ -567,11 +579,11 @@ class SessionService:
             raise SessionNotFound.ended(session_id, None)  # never another owner's session
         async with self.models.acquire(model or ModelRef()) as served:
             if record is not None and self._pin(record) == (served.name, served.version):
-                return await self.reset(session_id, initial_state, owner=owner)
+                return await self.reset(session_id, initial_state, owner=owner, fields=fields)
             if record is not None:  # on another model or version: made anew
                 self._recent.pop(session_id, None)
                 await self.store.delete(session_id)
-            return await self._create(served, initial_state, 0, owner, session_id)
+            return await self._create(served, initial_state, 0, owner, session_id, fields)
 
     async def sequence_step(
         self,
@@ -585,12 +597,14 @@ class SessionService:
         prepare: Callable[[ServedModel], GivenState | None],
         owner: str = "",
         deadline: float | None = None,
+        fields: Fields = LSTM_V1,
     ) -> StepOutcome:
         """One request of a sequence the caller names (Triton's sequence extension). Its start
         (re)makes the session on ``model`` from the initial state ``prepare`` reads; every
         request steps the session on the version it is pinned to; its end closes the session
         after its step. ``prepare`` is called with each version the request runs on, before the
-        model runs, to check the request's inputs against it. A start that repeats a session's
+        model runs, to read the request's inputs for it (``fields``: how the protocol names
+        them; the values are checked here). A start that repeats a session's
         only step (a retry whose reply was lost) is answered from the session, never applied
         again."""
         outcome: StepOutcome | None = None
@@ -601,10 +615,16 @@ class SessionService:
             if step_number == 1:
                 with contextlib.suppress(SessionNotFound, StepConflict):
                     outcome = await self.step(
-                        session_id, sequence, 1, owner=owner, deadline=deadline, before_run=prepare
+                        session_id,
+                        sequence,
+                        1,
+                        owner=owner,
+                        deadline=deadline,
+                        before_run=prepare,
+                        fields=fields,
                     )
             if outcome is None:
-                await self.restart(session_id, state, model=pinned, owner=owner)
+                await self.restart(session_id, state, model=pinned, owner=owner, fields=fields)
         if outcome is None:
             outcome = await self.step(
                 session_id,
@@ -613,6 +633,7 @@ class SessionService:
                 owner=owner,
                 deadline=deadline,
                 before_run=prepare,
+                fields=fields,
             )
         if end:
             with contextlib.suppress(SessionNotFound):

@@ -1,7 +1,9 @@
-"""Checks of request values against the served model and the server's limits.
+"""Checks of request values against the served model and the server's limits, for every
+protocol: each is checked here once, whichever door the request came through.
 
-Every check names the offending field by its path in the API (``sequences[0].timesteps[2].values``)
-and collects all problems before raising one ``InvalidInput``.
+Every check names the offending field by its path in the caller's API (``Fields``: lstm.v1's
+``sequences[0].timesteps[2].values``, the Open Inference Protocol's ``inputs[x][0][2]``) and
+collects all problems before raising one ``InvalidInput``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,43 @@ from lstm_server.core.errors import FieldViolation, InvalidInput
 from lstm_server.core.types import Array, GivenState, Limits, ModelInfo, RaggedSequence, State
 
 _MAX_REPORTED = 20
+
+
+class Fields:
+    """How a protocol names the request fields the checks report: lstm.v1's names. A protocol
+    with other names (the Open Inference Protocol's tensors) overrides them."""
+
+    sequences = "sequences"
+    step_input = "input"  # a session step's sequence
+    # A session's state: when it is made, and when it is reset.
+    created_state, created_layer_states = "initial_state", "initial_layer_states"
+    reset_state, reset_layer_states = "state", "layer_states"
+
+    def row(self, i: int) -> str:
+        return f"sequences[{i}]"
+
+    def steps(self, row: str, tokens: bool) -> str:
+        return f"{row}.tokens" if tokens else f"{row}.timesteps"
+
+    def timestep(self, row: str, t: int, tokens: bool) -> str:
+        return f"{row}.tokens[{t}]" if tokens else f"{row}.timesteps[{t}].values"
+
+    def states(self, layered: bool) -> str:
+        return "initial_layer_states" if layered else "initial_states"
+
+    def state(self, states: str, i: int) -> str:
+        return f"{states}[{i}]"
+
+    def layers(self, state: str) -> str:
+        return f"{state}.layers"
+
+    def part(self, state: str, layer: int | None, name: str) -> str:
+        """``name`` (h or c) of ``state`` (of its ``layer`` for a stack's)."""
+        base = state if layer is None else f"{state}.layers[{layer}]"
+        return f"{base}.{name}.values"
+
+
+LSTM_V1 = Fields()
 
 
 class Violations:
@@ -29,37 +68,42 @@ class Violations:
 
 
 def sequence_array(
-    seq: RaggedSequence, field: str, info: ModelInfo, limits: Limits, out: Violations
+    seq: RaggedSequence,
+    field: str,
+    info: ModelInfo,
+    limits: Limits,
+    out: Violations,
+    fields: Fields = LSTM_V1,
 ) -> Array | None:
-    """Shape one sequence as (T, input_width), or record why it cannot be."""
-    if info.vocabulary_size and seq.tokens is None and seq.widths.size:
-        out.add(f"{field}.timesteps", "must be empty: this model takes token ids in tokens")
+    """Shape one sequence (the request's ``field``) as (T, input_width), or record why it
+    cannot be."""
+    tokens = bool(info.vocabulary_size)
+    if tokens and seq.tokens is None and seq.widths.size:
+        out.add(fields.steps(field, False), "must be empty: this model takes token ids in tokens")
         return None
-    if not info.vocabulary_size and seq.tokens is not None:
+    if not tokens and seq.tokens is not None:
         out.add(
-            f"{field}.tokens",
+            fields.steps(field, True),
             f"must be empty: this model takes {info.input_features} features per timestep "
             "in timesteps",
         )
         return None
     steps = seq.timesteps
     if steps == 0:
-        what = "tokens" if info.vocabulary_size else "timesteps"
-        out.add(f"{field}.{what}", "is empty: a sequence needs at least one timestep")
+        out.add(fields.steps(field, tokens), "is empty: a sequence needs at least one timestep")
         return None
     if steps > limits.max_timesteps:
-        what = "tokens" if info.vocabulary_size else "timesteps"
         out.add(
-            f"{field}.{what}",
+            fields.steps(field, tokens),
             f"has {steps} timesteps, more than the limit {limits.max_timesteps}",
         )
         return None
     if seq.tokens is not None:
-        return _token_array(seq.tokens, field, info, out)
+        return _token_array(seq.tokens, field, info, out, fields)
     wrong = np.flatnonzero(seq.widths != info.input_features)
     for t in wrong[:_MAX_REPORTED]:
         out.add(
-            f"{field}.timesteps[{t}].values",
+            fields.timestep(field, int(t), False),
             f"has {seq.widths[t]} values, expected input_features={info.input_features}",
         )
     if wrong.size:
@@ -67,16 +111,18 @@ def sequence_array(
     x = seq.values.reshape(steps, info.input_features)
     start = len(out.items)
     for t in np.flatnonzero(~np.isfinite(x).all(axis=1))[:_MAX_REPORTED]:
-        out.add(f"{field}.timesteps[{t}].values", "contains NaN or infinite values")
+        out.add(fields.timestep(field, int(t), False), "contains NaN or infinite values")
     return x if len(out.items) == start else None
 
 
-def _token_array(tokens: Array, field: str, info: ModelInfo, out: Violations) -> Array | None:
+def _token_array(
+    tokens: Array, field: str, info: ModelInfo, out: Violations, fields: Fields
+) -> Array | None:
     """Token ids as a (T, 1) float32 column (exact: vocabularies are below 2**24)."""
     outside = np.flatnonzero((tokens < 0) | (tokens >= info.vocabulary_size))
     for t in outside[:_MAX_REPORTED]:
         out.add(
-            f"{field}.tokens[{t}]",
+            fields.timestep(field, int(t), True),
             f"is {int(tokens[t])}, outside the vocabulary [0, {info.vocabulary_size})",
         )
     if outside.size:
@@ -85,16 +131,22 @@ def _token_array(tokens: Array, field: str, info: ModelInfo, out: Violations) ->
 
 
 def _pair(
-    h: Array | None, c: Array | None, field: str, units: int, out: Violations
+    h: Array | None,
+    c: Array | None,
+    field: str,
+    layer: int | None,
+    units: int,
+    out: Violations,
+    fields: Fields,
 ) -> tuple[Array, Array] | None:
     ok = True
     for name, v in (("h", h), ("c", c)):
         size = 0 if v is None else v.size
         if size != units:
-            out.add(f"{field}.{name}.values", f"has {size} values, expected units={units}")
+            out.add(fields.part(field, layer, name), f"has {size} values, expected units={units}")
             ok = False
         elif v is not None and not np.isfinite(v).all():
-            out.add(f"{field}.{name}.values", "contains NaN or infinite values")
+            out.add(fields.part(field, layer, name), "contains NaN or infinite values")
             ok = False
     if not ok or h is None or c is None:
         return None
@@ -102,7 +154,12 @@ def _pair(
 
 
 def state_value(
-    given: GivenState, field: str, layers_field: str, info: ModelInfo, out: Violations
+    given: GivenState,
+    field: str,
+    layers_field: str,
+    info: ModelInfo,
+    out: Violations,
+    fields: Fields = LSTM_V1,
 ) -> State | None:
     """Check a given state: one (h, c) (at ``field``, single-layer models only) or one per LSTM
     layer (at ``layers_field``), each with the layer's units of finite values."""
@@ -114,16 +171,16 @@ def state_value(
                 f"send {layers_field} with one state per layer",
             )
             return None
-        pair = _pair(*given, field, info.units, out)
+        pair = _pair(*given, field, None, info.units, out, fields)
         return None if pair is None else State(*pair)
     if len(given) != info.lstm_layers:
         out.add(
-            f"{layers_field}.layers",
+            fields.layers(layers_field),
             f"has {len(given)} states, expected one per LSTM layer ({info.lstm_layers})",
         )
         return None
     pairs = [
-        _pair(h, c, f"{layers_field}.layers[{k}]", units, out)
+        _pair(h, c, layers_field, k, units, out, fields)
         for k, ((h, c), units) in enumerate(zip(given, info.layer_units, strict=True))
     ]
     if any(p is None for p in pairs):
@@ -137,18 +194,19 @@ def predict_rows(
     initial_states: list[GivenState],
     info: ModelInfo,
     limits: Limits,
+    fields: Fields = LSTM_V1,
 ) -> list[tuple[Array, State]]:
     """Validate a Predict request; return (x, initial_state) per sequence."""
     out = Violations()
     if not sequences:
-        out.add("sequences", "is empty: send at least one sequence")
+        out.add(fields.sequences, "is empty: send at least one sequence")
     elif len(sequences) > limits.max_batch_size:
         out.add(
-            "sequences",
+            fields.sequences,
             f"has {len(sequences)} sequences, more than the limit {limits.max_batch_size}",
         )
     layered = bool(initial_states) and isinstance(initial_states[0], list)
-    states_field = "initial_layer_states" if layered else "initial_states"
+    states_field = fields.states(layered)
     if initial_states and len(initial_states) != len(sequences):
         out.add(
             states_field,
@@ -156,9 +214,12 @@ def predict_rows(
             f"({len(sequences)})",
         )
     out.raise_if_any()
-    xs = [sequence_array(s, f"sequences[{i}]", info, limits, out) for i, s in enumerate(sequences)]
+    xs = [
+        sequence_array(s, fields.row(i), info, limits, out, fields) for i, s in enumerate(sequences)
+    ]
+    one, per_layer = fields.states(False), fields.states(True)
     states = [
-        state_value(given, f"initial_states[{i}]", f"initial_layer_states[{i}]", info, out)
+        state_value(given, fields.state(one, i), fields.state(per_layer, i), info, out, fields)
         for i, given in enumerate(initial_states)
     ]
     out.raise_if_any()
@@ -167,23 +228,29 @@ def predict_rows(
     return [(x, s) for x, s in zip(xs, states, strict=True) if x is not None and s is not None]
 
 
-def step_input(seq: RaggedSequence, field: str, info: ModelInfo, limits: Limits) -> Array:
+def step_input(
+    seq: RaggedSequence, info: ModelInfo, limits: Limits, fields: Fields = LSTM_V1
+) -> Array:
     """Validate the input of one session step."""
     out = Violations()
-    x = sequence_array(seq, field, info, limits, out)
+    x = sequence_array(seq, fields.step_input, info, limits, out, fields)
     out.raise_if_any()
     assert x is not None
     return x
 
 
 def optional_state(
-    given: GivenState | None, field: str, layers_field: str, info: ModelInfo
+    given: GivenState | None,
+    field: str,
+    layers_field: str,
+    info: ModelInfo,
+    fields: Fields = LSTM_V1,
 ) -> State:
     """A state that may be absent (None): zeros then."""
     if given is None:
         return State.zeros(info.state_size)
     out = Violations()
-    state = state_value(given, field, layers_field, info, out)
+    state = state_value(given, field, layers_field, info, out, fields)
     out.raise_if_any()
     assert state is not None
     return state

@@ -50,6 +50,11 @@ class MemorySessionStore:
         self._clock = clock
         self._on_end = on_end
 
+    @property
+    def bytes_held(self) -> int:
+        """What the sessions hold now, as the budget counts it."""
+        return self._bytes
+
     async def open(self) -> None:
         path = self._snapshot
         if path is not None:

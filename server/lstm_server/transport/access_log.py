@@ -1,5 +1,6 @@
-"""The access log: one line per RPC (method, status code, duration, peer, principal, trace id),
-and the call's trace id in every log line written while it is served.
+"""The access log: one line per call of any door (method, status code, the error's reason,
+duration, peer, principal, trace id), and the call's trace id in every log line written while
+it is served.
 
 The trace id is the caller's W3C ``traceparent`` one when the call carries it (the id a tracing
 system shows), otherwise a new random one, so that a call's lines can always be found together.
@@ -12,28 +13,18 @@ import contextlib
 import logging
 import re
 import secrets
-import time
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar, Token
 from typing import Any
 
-import grpc
-from grpc.aio import ServicerContext as Context
-
-from lstm_server.transport.auth import PRINCIPAL
-from lstm_server.transport.handlers import (
-    HEALTH_PREFIX,
-    Policy,
-    around,
-)
-from lstm_server.transport.observation import final_code
+from lstm_server.transport.calls import HTTP, Call, Method, Policy
 
 log = logging.getLogger("lstm_server.access")
 TRACE_ID: ContextVar[str] = ContextVar("trace_id", default="")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-def trace_id_of(metadata: Any) -> str:
+def trace_id_of(metadata: Iterable[tuple[str, Any]] | None) -> str:
     """The trace id of a call's ``traceparent`` (W3C trace context), or a new one."""
     for key, value in metadata or ():
         if key == "traceparent" and isinstance(value, str):
@@ -52,7 +43,7 @@ class TraceIdFilter(logging.Filter):
 
 
 class AccessLogPolicy(Policy):
-    """Logs one line per RPC (health checks excepted) when it ends, and sets its trace id for
+    """Logs one line per call (health checks excepted) when it ends, and sets its trace id for
     every line written while it is served: the trace's, when tracing is on (``current_trace``
     gives the current span's), else the caller's ``traceparent`` one, else a new one."""
 
@@ -64,54 +55,48 @@ class AccessLogPolicy(Policy):
         self._current_trace = current_trace
         self._lines = lines
 
-    def applies_to(self, method: str) -> bool:
-        return not method.startswith(HEALTH_PREFIX)
+    def applies_to(self, method: Method) -> bool:
+        return not method.health
 
-    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        rpc = method.lstrip("/")
-        current_trace = self._current_trace
-        lines = self._lines
+    def enter(self, call: Call) -> tuple[Token[str], str]:
+        traced = self._current_trace() if self._current_trace is not None else None
+        token = TRACE_ID.set(traced or trace_id_of(call.metadata()))
+        # Asked now: a call's context must not be asked after the call ended (cancelled).
+        return token, call.peer() if self._lines else "-"
 
-        @contextlib.contextmanager
-        def served(context: Context) -> Iterator[None]:
-            traced = current_trace() if current_trace is not None else None
-            token = TRACE_ID.set(traced or trace_id_of(context.invocation_metadata()))
-            # Asked now: a call's context must not be asked after the call ended (cancelled).
-            peer = (context.peer() or "-") if lines else "-"
-            began = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                yield
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                if lines:
-                    _access_line(rpc, context, error, began, peer)
-                with contextlib.suppress(ValueError):  # a stream closed from elsewhere
-                    TRACE_ID.reset(token)
-
-        return around(handler, served)
+    def exit(self, call: Call, entered: tuple[Token[str], str]) -> None:
+        token, peer = entered
+        if self._lines:
+            _access_line(call, peer)
+        with contextlib.suppress(ValueError):  # a stream closed from elsewhere
+            TRACE_ID.reset(token)
 
 
-def _access_line(
-    rpc: str, context: Context, error: BaseException | None, began: float, peer: str
-) -> None:
-    milliseconds = (time.perf_counter() - began) * 1e3
-    code = final_code(context, error)
-    principal = PRINCIPAL.get() or "-"
+def _access_line(call: Call, peer: str) -> None:
+    milliseconds = call.seconds() * 1e3
+    method, status = call.method, call.status
+    principal = call.principal or "-"
+    reason = status.reason or "-"
+    fields: dict[str, Any] = {
+        "protocol": method.protocol,
+        "rpc": method.display,
+        "code": status.code,
+        "reason": reason,
+        "duration_ms": round(milliseconds, 3),
+        "peer": peer,
+        "principal": principal,
+    }
+    shown = status.code
+    if method.protocol == HTTP:
+        fields["http_status"] = call.http_status
+        shown = f"{call.http_status} {status.code}"
     log.info(
-        "%s %s %.2f ms peer=%s principal=%s",
-        rpc,
-        code,
+        "%s %s %s %.2f ms peer=%s principal=%s",
+        method.display,
+        shown,
+        reason,
         milliseconds,
         peer,
         principal,
-        extra={
-            "rpc": rpc,
-            "code": code,
-            "duration_ms": round(milliseconds, 3),
-            "peer": peer,
-            "principal": principal,
-        },
+        extra=fields,
     )

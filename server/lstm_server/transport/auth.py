@@ -1,16 +1,15 @@
-"""Bearer-token authentication: who is calling, as a principal name the core can own sessions by."""
+"""Bearer-token authentication: who is calling, as a principal name the core can own sessions by.
+The same tokens and the same policy for every door."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from pathlib import Path
 
-from grpc.aio import ServicerContext as Context
-
 from lstm_server.core.errors import Unauthenticated
-from lstm_server.transport.errors import abort
-from lstm_server.transport.handlers import HEALTH_PREFIX, GatePolicy
+from lstm_server.transport.calls import Call, Method, Policy
 
 # The principal of the call being served ("" when authentication is off).
 PRINCIPAL: ContextVar[str] = ContextVar("principal", default="")
@@ -52,21 +51,23 @@ def authenticate(header: str | None, tokens: list[tuple[bytes, str]]) -> str | N
     return found
 
 
-class AuthPolicy(GatePolicy):
+class AuthPolicy(Policy):
     """Requires ``authorization: Bearer <token>`` on every call but health checks, and makes the
-    token's principal the call's ``PRINCIPAL``. Tokens are never logged."""
+    token's principal the call's (``PRINCIPAL``). Tokens are never logged."""
 
     def __init__(self, tokens: list[tuple[bytes, str]]) -> None:
         self._tokens = tokens
 
-    def applies_to(self, method: str) -> bool:
-        return not method.startswith(HEALTH_PREFIX)
+    def applies_to(self, method: Method) -> bool:
+        return not method.health
 
-    async def admit(self, context: Context) -> None:
-        metadata = dict(context.invocation_metadata() or ())
-        name = authenticate(metadata.get("authorization"), self._tokens)
+    def enter(self, call: Call) -> Token[str]:
+        name = authenticate(call.header("authorization"), self._tokens)
         if name is None:
-            await abort(
-                context, Unauthenticated("a valid 'authorization: Bearer <token>' is required")
-            )
-        PRINCIPAL.set(name)
+            raise Unauthenticated("a valid 'authorization: Bearer <token>' is required")
+        call.principal = name
+        return PRINCIPAL.set(name)
+
+    def exit(self, call: Call, entered: Token[str]) -> None:
+        with contextlib.suppress(ValueError):  # a stream's generator closed from elsewhere
+            PRINCIPAL.reset(entered)

@@ -1,26 +1,23 @@
-"""Limits the transport enforces: calls in flight, refused at once instead of queueing unbounded,
-and the size of a reply, refused before the work that would build it is done."""
+"""Limits every door enforces: calls in flight (one count for gRPC and HTTP), refused at once
+instead of queueing unbounded, and the size of a reply, refused before the work that would
+build it is done."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from grpc.aio import ServicerContext as Context
-
 from lstm_server.core.errors import LimitExceeded
 from lstm_server.core.types import Limits
-from lstm_server.transport.auth import PRINCIPAL
-from lstm_server.transport.errors import abort
-from lstm_server.transport.handlers import HEALTH_PREFIX, GatePolicy
+from lstm_server.transport.calls import Call, Method, Policy
 
-HEALTH_WATCH = HEALTH_PREFIX + "Watch"
+HEALTH_WATCH = "Watch"
 
 
-class ConcurrencyLimitPolicy(GatePolicy):
-    """Refuses calls of the service beyond ``limit`` in flight (0: no cap), or beyond
+class ConcurrencyLimitPolicy(Policy):
+    """Refuses calls that serve models beyond ``limit`` in flight (0: no cap), or beyond
     ``per_principal`` of one principal, with RESOURCE_EXHAUSTED at once, instead of queueing
-    without bound, so that one principal cannot lock the others out. Health checks are not
-    counted, so they still answer."""
+    without bound, so that one principal cannot lock the others out. One instance serves every
+    door, so gRPC and HTTP calls share the counts. Health checks are not counted."""
 
     def __init__(self, limit: int, per_principal: int = 0) -> None:
         self.limit = limit
@@ -28,35 +25,36 @@ class ConcurrencyLimitPolicy(GatePolicy):
         self.in_flight = 0
         self._by_principal: Counter[str] = Counter()
 
-    async def admit(self, context: Context) -> str:
-        who = PRINCIPAL.get()
+    def applies_to(self, method: Method) -> bool:
+        return method.serving
+
+    def enter(self, call: Call) -> str:
+        who = call.principal
         if self.limit and self.in_flight >= self.limit:
-            error = LimitExceeded(
+            raise LimitExceeded(
                 f"the server is at its limit of {self.limit} concurrent calls",
                 limit="max_concurrent_rpcs",
                 value=self.limit,
             )
-            await abort(context, error)
         if self.per_principal and self._by_principal[who] >= self.per_principal:
-            error = LimitExceeded(
+            raise LimitExceeded(
                 f"{'principal ' + repr(who) if who else 'the caller'} is at its limit of "
                 f"{self.per_principal} concurrent calls (max_concurrent_rpcs_per_principal)",
                 limit="max_concurrent_rpcs_per_principal",
                 value=self.per_principal,
             )
-            await abort(context, error)
         self.in_flight += 1
         self._by_principal[who] += 1
         return who
 
-    def release(self, admitted: str) -> None:
+    def exit(self, call: Call, entered: str) -> None:
         self.in_flight -= 1
-        self._by_principal[admitted] -= 1
-        if not self._by_principal[admitted]:
-            del self._by_principal[admitted]
+        self._by_principal[entered] -= 1
+        if not self._by_principal[entered]:
+            del self._by_principal[entered]
 
 
-class HealthWatchLimitPolicy(GatePolicy):
+class HealthWatchLimitPolicy(Policy):
     """Caps open ``grpc.health.v1.Health/Watch`` streams: they need no credentials and each holds
     memory for as long as the caller keeps it open."""
 
@@ -64,20 +62,19 @@ class HealthWatchLimitPolicy(GatePolicy):
         self.limit = limit
         self.open = 0
 
-    def applies_to(self, method: str) -> bool:
-        return method == HEALTH_WATCH
+    def applies_to(self, method: Method) -> bool:
+        return method.health and method.name == HEALTH_WATCH
 
-    async def admit(self, context: Context) -> None:
+    def enter(self, call: Call) -> None:
         if self.open >= self.limit:
-            error = LimitExceeded(
+            raise LimitExceeded(
                 f"the server is at its limit of {self.limit} health watches",
                 limit="max_health_watches",
                 value=self.limit,
             )
-            await abort(context, error)
         self.open += 1
 
-    def release(self, admitted: None) -> None:
+    def exit(self, call: Call, entered: None) -> None:
         self.open -= 1
 
 

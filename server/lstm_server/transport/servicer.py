@@ -33,8 +33,9 @@ from lstm_server.core.sessions import (
 )
 from lstm_server.core.types import Limits, RaggedSequence
 from lstm_server.transport import converters as conv
-from lstm_server.transport import wire
+from lstm_server.transport import handlers, wire
 from lstm_server.transport.auth import principal
+from lstm_server.transport.calls import GRPC
 from lstm_server.transport.errors import rpc_status
 from lstm_server.transport.limits import check_reply_bytes
 from lstm_server.transport.observation import StepObserver, timed_step
@@ -84,7 +85,7 @@ async def _read(read: Callable[[bytes, Limits], T], data: bytes, limits: Limits)
 
 
 class LstmServicer:
-    """Every RPC of lstm.v1.LstmService. Errors are mapped by ErrorMappingPolicy."""
+    """Every RPC of lstm.v1.LstmService. Errors are mapped by the gRPC door (``handlers``)."""
 
     def __init__(
         self, step_observer: StepObserver | None = None, tracing: RpcTracer | None = None
@@ -214,6 +215,8 @@ class LstmServicer:
             with spanned, self._step("StreamSession"):
                 return await self._applied_stream_step(session_id, message, window)
         except ServingError as error:
+            if self._step_observer is not None:
+                self._step_observer.refused(GRPC, error.reason)
             return pb.SessionStreamResponse(error=rpc_status(error)).SerializeToString()
 
     async def _applied_stream_step(self, session_id: str, message: bytes, window: int) -> bytes:
@@ -287,23 +290,9 @@ async def _reply(
 
 
 def method_handlers(servicer: LstmServicer) -> grpc.GenericRpcHandler:
-    """A handler for every method of the service, made from its descriptor as the generated code
-    makes them, except that the methods of ``RAW_METHODS`` take and return bytes."""
+    """A handler for every method of the service; the methods of ``RAW_METHODS`` take and
+    return bytes."""
     service = pb.DESCRIPTOR.services_by_name["LstmService"]
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in service.methods:
-        make = {
-            (False, False): grpc.unary_unary_rpc_method_handler,
-            (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler,
-            (True, True): grpc.stream_stream_rpc_method_handler,
-        }[(method.client_streaming, method.server_streaming)]
-        request = message_factory.GetMessageClass(method.input_type)
-        response = message_factory.GetMessageClass(method.output_type)
-        raw = method.name in RAW_METHODS
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=None if raw else request.FromString,
-            response_serializer=None if raw else response.SerializeToString,
-        )
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+    return handlers.method_handlers(
+        service, servicer, message_factory.GetMessageClass, raw=RAW_METHODS
+    )

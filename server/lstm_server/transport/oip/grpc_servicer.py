@@ -9,13 +9,16 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from grpc.aio import ServicerContext as Context
 
 from lstm_server.core.errors import InvalidInput, ModelNotFound, ModelNotReady, ServingError
 from lstm_server.core.registry import VersionState
 from lstm_server.core.types import Array
+from lstm_server.transport import handlers
 from lstm_server.transport.auth import principal
+from lstm_server.transport.calls import GRPC
+from lstm_server.transport.observation import StepObserver
 from lstm_server.transport.oip import messages as oip
 from lstm_server.transport.oip.extensions import model_config, model_statistics
 from lstm_server.transport.oip.model import EXTENSIONS, OpenInference
@@ -145,11 +148,18 @@ class InferenceServicer:
     """Every RPC of inference.GRPCInferenceService."""
 
     def __init__(
-        self, model: OpenInference, *, ready: Callable[[], bool], server_version: str
+        self,
+        model: OpenInference,
+        *,
+        ready: Callable[[], bool],
+        server_version: str,
+        observer: StepObserver | None = None,
     ) -> None:
+        """``observer`` is told of requests refused in-band on a stream."""
         self.model = model
         self._ready = ready
         self._version = server_version
+        self._observer = observer
 
     async def ServerLive(self, request: Any, context: Context) -> Any:
         return oip.message("ServerLiveResponse")(live=True)
@@ -230,6 +240,8 @@ class InferenceServicer:
                     request_in(request), owner=principal(), method="ModelStreamInfer"
                 )
             except ServingError as error:
+                if self._observer is not None:
+                    self._observer.refused(GRPC, error.reason)
                 yield oip.ModelStreamInferResponse(error_message=error.message)
                 continue
             yield oip.ModelStreamInferResponse(
@@ -243,20 +255,5 @@ def triton_state(state: VersionState) -> str:
 
 
 def method_handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
-    """A handler for every method of the service, made from its descriptor with the pool's
-    message classes."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in oip.SERVICE.methods:
-        make = (
-            grpc.stream_stream_rpc_method_handler
-            if method.client_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
-        request = oip.message(method.input_type.name)
-        response = oip.message(method.output_type.name)
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=request.FromString,
-            response_serializer=response.SerializeToString,
-        )
-    return grpc.method_handlers_generic_handler(oip.SERVICE_NAME, handlers)
+    """A handler for every method of the service, with the messages of the protocol's pool."""
+    return handlers.method_handlers(oip.SERVICE, servicer, message_factory.GetMessageClass)

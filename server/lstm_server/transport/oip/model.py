@@ -32,12 +32,12 @@ from lstm_server.core.sessions import StepOutcome
 from lstm_server.core.types import (
     Array,
     GivenState,
-    Limits,
     ModelInfo,
     RaggedSequence,
     RowResult,
     State,
 )
+from lstm_server.core.validation import Fields
 from lstm_server.transport.observation import StepObserver, timed_step
 from lstm_server.transport.oip.tensors import InferRequest, InferResponse, Parameter, Tensor
 from lstm_server.transport.servicer import Services
@@ -259,9 +259,9 @@ class OpenInference:
                 layout = self.layout(info)
                 inputs = self._inputs(request, layout)
                 wanted = self._wanted(request.outputs, layout)
-                rows = _rows(inputs, layout, served.limits)
+                rows = _rows(inputs, layout)
                 results = await inference.predict(
-                    served, rows.sequences, rows.states, deadline=deadline
+                    served, rows.sequences, rows.states, deadline=deadline, fields=TENSOR_FIELDS
                 )
             outputs = _outputs(results, rows, layout, wanted)
             parameters = {}
@@ -289,7 +289,7 @@ class OpenInference:
 
         def prepare(served: ServedModel) -> GivenState | None:
             layout = self.layout(served.info)
-            rows = _rows(self._inputs(request, layout), layout, served.limits, single=True)
+            rows = _rows(self._inputs(request, layout), layout, single=True)
             checked[:] = [(rows, self._wanted(request.outputs, layout))]
             return rows.states[0] if rows.states else None
 
@@ -304,6 +304,7 @@ class OpenInference:
                 prepare=prepare,
                 owner=owner,
                 deadline=deadline,
+                fields=TENSOR_FIELDS,
             )
         except SessionNotFound as error:
             raise _unknown_sequence(sequence, request.model_name, error) from None
@@ -406,9 +407,43 @@ def _shaped(tensor: Tensor, ndim: int, last: int | None, spec: str) -> Array:
     return tensor.array
 
 
-def _rows(inputs: dict[str, Tensor], layout: Layout, limits: Limits, single: bool = False) -> _Rows:
-    """Check the inputs' shapes and values against the model and the limits; split them into
-    rows."""
+class TensorFields(Fields):
+    """The protocol's names for what the core checks: ``inputs[x][row][timestep]``, and
+    ``inputs[h0][row]`` (``inputs[c0_1][row]`` for a stack's layer 1)."""
+
+    sequences = "inputs[x]"
+    step_input = "inputs[x][0]"
+    created_state = created_layer_states = reset_state = reset_layer_states = "[0]"
+
+    def row(self, i: int) -> str:
+        return f"inputs[x][{i}]"
+
+    def steps(self, row: str, tokens: bool) -> str:
+        return row
+
+    def timestep(self, row: str, t: int, tokens: bool) -> str:
+        return f"{row}[{t}]"
+
+    def states(self, layered: bool) -> str:
+        return ""
+
+    def state(self, states: str, i: int) -> str:
+        return f"[{i}]"
+
+    def layers(self, state: str) -> str:
+        return f"inputs[h0_k, c0_k]{state}"
+
+    def part(self, state: str, layer: int | None, name: str) -> str:
+        return f"inputs[{name}0{'' if layer is None else f'_{layer}'}]{state}"
+
+
+TENSOR_FIELDS = TensorFields()
+
+
+def _rows(inputs: dict[str, Tensor], layout: Layout, single: bool = False) -> _Rows:
+    """The inputs as rows: each row's sequence (``lengths`` long) and initial state. Only what
+    the tensors' shapes say is checked here; their values, and the limits, are checked by the
+    core (``TENSOR_FIELDS`` names them)."""
     info = layout.info
     x_tensor = inputs["x"]
     if info.vocabulary_size:
@@ -417,24 +452,12 @@ def _rows(inputs: dict[str, Tensor], layout: Layout, limits: Limits, single: boo
         features = info.input_features
         x = _shaped(x_tensor, 3, features, f"[batch, timesteps, {features}]")
     batch, timesteps = x.shape[0], x.shape[1]
-    if batch == 0 or timesteps == 0:
-        raise InvalidInput.single(
-            "inputs[x]", f"has shape {list(x.shape)}: at least one row of one timestep is needed"
-        )
     if single and batch != 1:
         raise InvalidInput.single(
             "inputs[x]", f"has a batch of {batch}: a request of a sequence carries one row"
         )
-    if batch > limits.max_batch_size:
-        raise InvalidInput.single(
-            "inputs[x]", f"has {batch} rows, more than the limit {limits.max_batch_size}"
-        )
-    if timesteps > limits.max_timesteps:
-        raise InvalidInput.single(
-            "inputs[x]", f"has {timesteps} timesteps, more than the limit {limits.max_timesteps}"
-        )
     lengths = np.full(batch, timesteps, np.int64)
-    if "lengths" in inputs:
+    if "lengths" in inputs and batch:
         given = _shaped(inputs["lengths"], 1, batch, f"[{batch}] (one length per row of x)")
         bad = np.flatnonzero((given < 1) | (given > timesteps))
         if bad.size:
@@ -445,20 +468,11 @@ def _rows(inputs: dict[str, Tensor], layout: Layout, limits: Limits, single: boo
             )
         lengths = given.astype(np.int64)
     if info.vocabulary_size:
-        outside = np.argwhere((x < 0) | (x >= info.vocabulary_size))
-        if outside.size:
-            row, step = outside[0]
-            raise InvalidInput.single(
-                "inputs[x]",
-                f"is {int(x[row, step])} at row {row}, timestep {step}: outside the "
-                f"vocabulary [0, {info.vocabulary_size})",
-            )
         sequences = [
             RaggedSequence(_EMPTY, _EMPTY_WIDTHS, x[i, : lengths[i]].astype(np.int64))
             for i in range(batch)
         ]
     else:
-        _finite(x, "x")
         x = np.ascontiguousarray(x, np.float32)
         sequences = [
             RaggedSequence(
@@ -473,19 +487,9 @@ _EMPTY = np.zeros(0, np.float32)
 _EMPTY_WIDTHS = np.zeros(0, np.int64)
 
 
-def _finite(values: Array, name: str) -> None:
-    if np.isfinite(values).all():
-        return
-    bad = np.argwhere(~np.isfinite(values))
-    if bad.size:
-        where = ", ".join(str(int(i)) for i in bad[0])
-        raise InvalidInput.single(
-            f"inputs[{name}]", f"contains NaN or infinite values (at [{where}])"
-        )
-
-
 def _states(inputs: dict[str, Tensor], layout: Layout, batch: int) -> list[GivenState]:
-    """Each row's initial state: none given (zeros), or every layer's h and c."""
+    """Each row's initial state: none given (zeros), or every layer's h and c (their values
+    are the core's to check)."""
     names = [name for pair in layout.state_inputs for name in pair]
     given = [name for name in names if name in inputs]
     if not given:
@@ -505,7 +509,6 @@ def _states(inputs: dict[str, Tensor], layout: Layout, batch: int) -> list[Given
                 raise InvalidInput.single(
                     f"inputs[{name}]", f"has {value.shape[0]} rows; x has {batch}"
                 )
-            _finite(value, name)
             pair.append(value.astype(np.float32))
         layers.append(pair)
     if len(layers) == 1:

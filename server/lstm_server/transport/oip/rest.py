@@ -2,9 +2,12 @@
 aiohttp in the server's event loop: ``/v2/health/{live,ready}``, ``/v2``,
 ``/v2/models/{name}[/versions/{version}][/ready|/infer]``.
 
-Errors are the protocol's: an HTTP status (from the same error table as gRPC's codes) and a body
-``{"error": "<message>"}``. Authentication takes the same Bearer tokens as the gRPC port
-(health excepted); TLS, the same certificate and key.
+Every request runs inside the same chain of policies as the gRPC services (``calls.py``):
+authentication with the same Bearer tokens (health excepted), the same concurrency caps (one
+count for both doors), metrics, the access log and tracing; TLS takes the gRPC port's certificate
+and key. This module only translates. Errors are the protocol's body ``{"error": "<message>"}``
+with, beside it, the ``reason`` and ``metadata`` a gRPC caller finds in the ErrorInfo (and the
+``violations`` of its BadRequest), under the HTTP status the one error table gives.
 """
 
 from __future__ import annotations
@@ -12,12 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import grpc
 import numpy as np
 from aiohttp import web
 
@@ -29,8 +30,8 @@ from lstm_server.core.errors import (
     ServingError,
     Unauthenticated,
 )
-from lstm_server.transport.auth import authenticate
-from lstm_server.transport.errors import INTERNAL_MESSAGE, status_code
+from lstm_server.transport.auth import principal
+from lstm_server.transport.calls import HTTP, Call, Chain, Method
 from lstm_server.transport.oip.extensions import model_config, model_statistics
 from lstm_server.transport.oip.grpc_servicer import triton_state
 from lstm_server.transport.oip.model import EXTENSIONS, ModelMetadata, OpenInference
@@ -40,40 +41,24 @@ from lstm_server.transport.oip.tensors import (
     from_raw,
     from_values,
 )
+from lstm_server.transport.status import CODE_OF_HTTP, Status, http_status, status_of
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-# gRPC codes as HTTP statuses (as gRPC-HTTP gateways map them).
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 
 
-class HttpObserver(Protocol):
-    """Told of every HTTP request (``lstm_server.metrics.Metrics``)."""
-
-    def http_request_done(self, handler: str, code: int, seconds: float) -> None: ...
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def http_status(error: ServingError) -> int:
-    return HTTP_STATUS.get(status_code(error), 500)
+def error_body(error: BaseException) -> dict[str, Any]:
+    """The protocol's error body, with the reason, metadata and violations gRPC sends."""
+    status = status_of(error)
+    body: dict[str, Any] = {"error": status.message, "reason": status.reason}
+    if status.metadata:
+        body["metadata"] = status.metadata
+    if isinstance(error, InvalidInput):
+        body["violations"] = [
+            {"field": v.field, "description": v.description} for v in error.violations
+        ]
+    return body
 
 
 def _metadata_json(found: ModelMetadata) -> dict[str, Any]:
@@ -87,6 +72,15 @@ def _metadata_json(found: ModelMetadata) -> dict[str, Any]:
         "inputs": [spec(t) for t in found.inputs],
         "outputs": [spec(t) for t in found.outputs],
     }
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidInput.single("body", f"is not JSON: {error}") from None
+    except RecursionError:
+        raise InvalidInput.single("body", "is JSON nested too deeply") from None
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:
@@ -104,11 +98,7 @@ def request_in(
     end = len(body) if header_length is None else header_length
     if not 0 <= end <= len(body):
         raise InvalidInput.single(HEADER_LENGTH, f"is {end}; the body has {len(body)} bytes")
-    try:
-        document = json.loads(body[:end])
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidInput.single("body", f"is not JSON: {error}") from None
-    request = _object(document, "body")
+    request = _object(_json(body[:end]), "body")
     parameters = _object(request.get("parameters", {}), "parameters")
     inputs_json = request.get("inputs")
     if not isinstance(inputs_json, list):
@@ -206,8 +196,20 @@ def response_out(response: InferResponse, binary: dict[str, bool]) -> web.Respon
     )
 
 
-OWNER = web.RequestKey("owner", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UNMATCHED = Method(HTTP, "inference.http", "unmatched", display="unmatched")
+
+
+async def _body(request: web.Request, limit: int) -> bytes:
+    """The request's body; one over the size limit is refused as gRPC refuses it."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise LimitExceeded(
+            f"the request is larger than the limit of {limit} bytes (max_message_bytes)",
+            limit="max_message_bytes",
+            value=limit,
+        ) from None
 
 
 class RestServer:
@@ -219,22 +221,16 @@ class RestServer:
         *,
         ready: Callable[[], bool],
         server_version: str,
-        tokens: list[tuple[bytes, str]] | None = None,
+        chain: Chain,
         max_body_bytes: int = 4 * 1024 * 1024,
-        max_in_flight: int = 0,
-        observer: HttpObserver | None = None,
         shutdown_timeout: float = 10.0,
     ) -> None:
         self.model = model
         self._ready = ready
         self._version = server_version
-        self._tokens = tokens
-        self._max_in_flight = max_in_flight
-        self._in_flight = 0
-        self._observer = observer
-        self.app = web.Application(
-            client_max_size=max_body_bytes, middlewares=[self._observed, self._guarded]
-        )
+        self._chain = chain
+        self._max_body_bytes = max_body_bytes
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._served])
         named = "/v2/models/{model}"
         versioned = named + "/versions/{version}"
         routes = [
@@ -258,10 +254,10 @@ class RestServer:
             ("POST", "/v2/repository/models/{model}/unload", self.unload, "repository_unload"),
         ]
         # Metrics label requests by route, never by path (paths name models: unbounded).
-        self._labels: dict[str, str] = {}
-        for method, path, handler, label in routes:
-            self.app.router.add_route(method, path, handler)
-            self._labels[path] = label
+        self._methods: dict[tuple[str, str], Method] = {}
+        for verb, path, handler, label in routes:
+            self.app.router.add_route(verb, path, handler)
+            self._methods[(verb, path)] = Method.http(verb, path, label)
         self._runner: web.AppRunner | None = None
         self._shutdown_timeout = shutdown_timeout
 
@@ -282,63 +278,40 @@ class RestServer:
             await self._runner.cleanup()
             self._runner = None
 
-    def _handler_name(self, request: web.Request) -> str:
+    def _method(self, request: web.Request) -> Method:
         resource = request.match_info.route.resource
-        return "unmatched" if resource is None else self._labels.get(resource.canonical, "other")
+        if resource is None:
+            return UNMATCHED
+        return self._methods.get((request.method, resource.canonical), UNMATCHED)
 
     @web.middleware
-    async def _observed(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        began = time.perf_counter()
-        status = 500
+    async def _served(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The request inside the chain; its end as the protocol answers it."""
+        call = Call(self._method(request), lambda: _headers(request), lambda: request.remote or "")
+        policies = self._chain.of(call.method)
+        try:
+            entered = policies.enter(call)
+        except ServingError as error:
+            return _refusal(error)
         try:
             response = await handler(request)
-            status = response.status
+            call.end(None)
+            call.http_status = response.status
             return response
-        except web.HTTPException as error:
-            status = error.status
-            return _error(error.status, error.reason)
-        finally:
-            if self._observer is not None:
-                self._observer.http_request_done(
-                    self._handler_name(request), status, time.perf_counter() - began
-                )
-
-    @web.middleware
-    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Authentication, the in-flight cap, and errors as the protocol reports them."""
-        try:
-            if not request.path.startswith("/v2/health/"):
-                owner = self._authenticated(request)
-                request[OWNER] = owner
-                if self._max_in_flight and self._in_flight >= self._max_in_flight:
-                    raise LimitExceeded(
-                        f"the server is at its limit of {self._max_in_flight} concurrent calls",
-                        limit="max_concurrent_rpcs",
-                        value=self._max_in_flight,
-                    )
-            self._in_flight += 1
-            try:
-                return await handler(request)
-            finally:
-                self._in_flight -= 1
-        except ServingError as error:
-            response = _error(http_status(error), error.message)
-            if isinstance(error, Unauthenticated):
-                response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        except web.HTTPException:
+        except web.HTTPException as error:  # no such route, or method
+            call.status = Status(CODE_OF_HTTP.get(error.status, "UNKNOWN"), error.reason)
+            call.http_status = error.status
+            return web.json_response({"error": error.reason, "reason": ""}, status=error.status)
+        except Exception as error:
+            call.end(error)
+            if not isinstance(error, ServingError):
+                log.exception("unexpected error in %s %s", request.method, request.path)
+            return _refusal(error)
+        except BaseException as error:  # cancelled: the client went away
+            call.end(error)
             raise
-        except Exception:
-            log.exception("unexpected error in %s %s", request.method, request.path)
-            return _error(500, INTERNAL_MESSAGE)
-
-    def _authenticated(self, request: web.Request) -> str:
-        if self._tokens is None:
-            return ""
-        name = authenticate(request.headers.get("Authorization"), self._tokens)
-        if name is None:
-            raise Unauthenticated("a valid 'Authorization: Bearer <token>' is required")
-        return name
+        finally:
+            policies.exit(call, entered)
 
     async def live(self, request: web.Request) -> web.Response:
         return web.json_response({"live": True})
@@ -382,14 +355,10 @@ class RestServer:
     async def repository_index(self, request: web.Request) -> web.Response:
         """Triton's repository index: ``{"ready": true}`` in the body lists only the versions
         that take calls."""
-        body = await request.read()
+        body = await _body(request, self._max_body_bytes)
         ready = False
         if body.strip():
-            try:
-                document = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as error:
-                raise InvalidInput.single("body", f"is not JSON: {error}") from None
-            ready = _object(document, "body").get("ready", False)
+            ready = _object(_json(body), "body").get("ready", False)
             if not isinstance(ready, bool):
                 raise InvalidInput.single("ready", "must be true or false")
         return web.json_response(
@@ -414,15 +383,28 @@ class RestServer:
 
     async def infer(self, request: web.Request) -> web.Response:
         info = request.match_info
-        body = await request.read()
+        self.model.ref(info["model"], info.get("version", ""))  # an unknown model: 404 first
+        body = await _body(request, self._max_body_bytes)
         length = request.headers.get(HEADER_LENGTH)
         try:
             header_length = None if length is None else int(length)
         except ValueError:
             raise InvalidInput.single(HEADER_LENGTH, f"is {length!r}, not a number") from None
         parsed, binary = request_in(info["model"], info.get("version", ""), body, header_length)
-        response = await self.model.infer(parsed, owner=request[OWNER], method="infer")
+        response = await self.model.infer(parsed, owner=principal(), method="infer")
         return response_out(response, binary)
+
+
+def _headers(request: web.Request) -> list[tuple[str, str]]:
+    return [(key.lower(), value) for key, value in request.headers.items()]
+
+
+def _refusal(error: BaseException) -> web.Response:
+    body = error_body(error)
+    response = web.json_response(body, status=http_status(status_of(error).code))
+    if isinstance(error, Unauthenticated):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
 
 
 def server_ssl_context(
