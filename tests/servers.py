@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -136,9 +137,11 @@ class ServerProcess:
         *,
         wait: bool = True,
         port: int = 0,
+        preexec_fn: Callable[[], Any] | None = None,
     ) -> None:
         """``port``: 0 (the default) binds a free port; another number restarts a replica on
-        the port a balancer knows it by."""
+        the port a balancer knows it by; ``preexec_fn`` runs in the child before the server (to
+        lower a resource limit, say)."""
         log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
         name = f"lstm-server-{uuid.uuid4().hex[:12]}"
         self.log_path = log_dir / f"{name}.log"
@@ -161,6 +164,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            preexec_fn=preexec_fn,
         )
         if wait:
             self.wait_serving()

@@ -44,6 +44,7 @@ from lstm_server.tracing import Tracing
 from lstm_server.transport.access_log import AccessLogPolicy
 from lstm_server.transport.auth import AuthPolicy, load_tokens
 from lstm_server.transport.calls import Chain, Policy
+from lstm_server.transport.connections import ConnectionCaps, within_open_files
 from lstm_server.transport.handlers import PolicyRegistrar
 from lstm_server.transport.health import Readiness
 from lstm_server.transport.http import OpsHttpServer
@@ -348,6 +349,11 @@ class LstmServer:
             chain=self.chain,
             max_body_bytes=s.max_message_bytes,
             shutdown_timeout=s.grace,
+            idle_timeout=s.http_idle_timeout,
+            body_timeout=s.http_body_timeout,
+            caps=ConnectionCaps(
+                within_open_files(s.max_http_connections), s.max_http_connections_per_peer
+            ),
         )
         context = None
         if s.tls_cert is not None and s.tls_key is not None:

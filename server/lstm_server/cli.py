@@ -21,6 +21,7 @@ async def serve(settings: Settings) -> None:
     server = LstmServer(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(logs.RepeatedLoopErrors())
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     starting = asyncio.ensure_future(server.start())

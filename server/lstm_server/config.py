@@ -65,6 +65,10 @@ class Settings:
     max_concurrent_rpcs: int = 1024
     max_concurrent_rpcs_per_principal: int = 0
     max_health_watches: int = 100
+    max_http_connections: int = 256
+    max_http_connections_per_peer: int = 64
+    http_idle_timeout: float = 15.0
+    http_body_timeout: float = 30.0
     session_snapshot: Path | None = None
     session_ttl: int = 3600
     max_session_ttl: int = 86_400
@@ -161,6 +165,12 @@ HELP: dict[str, str] = {
     "max_concurrent_rpcs": "calls in flight at once before RESOURCE_EXHAUSTED (0: no cap)",
     "max_concurrent_rpcs_per_principal": "calls of one principal in flight at once (0: no cap)",
     "max_health_watches": "open grpc.health.v1 Watch streams (0: no cap)",
+    "max_http_connections": "open HTTP connections; past it new ones are closed at once (at most "
+    "a quarter of the open-file limit, whatever is asked)",
+    "max_http_connections_per_peer": "open HTTP connections from one address (0: no cap)",
+    "http_idle_timeout": "seconds an HTTP connection may go without a whole request: the first "
+    "one's headers, or the next one after a reply",
+    "http_body_timeout": "seconds an HTTP request's body may take to arrive (408 beyond)",
     "session_snapshot": "write in-memory sessions here on shutdown and restore them on start",
     "session_ttl": "seconds an idle session lives unless its creator asks otherwise",
     "max_session_ttl": "largest ttl_seconds a session may ask for",
@@ -307,6 +317,8 @@ def load_settings(
         "max_concurrent_rpcs",
         "max_concurrent_rpcs_per_principal",
         "max_health_watches",
+        "max_http_connections",
+        "max_http_connections_per_peer",
     ):
         if getattr(settings, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be 0 (no limit) or more")
@@ -314,6 +326,9 @@ def load_settings(
         p.error(f"--log-format must be text or json, not {settings.log_format!r}")
     if settings.log_level.upper() not in LOG_LEVELS:
         p.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {settings.log_level!r}")
+    for name in ("http_idle_timeout", "http_body_timeout"):
+        if getattr(settings, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be more than 0")
     if settings.max_message_bytes < 1024:
         p.error("--max-message-bytes must be at least 1024")
     if settings.session_ttl > settings.max_session_ttl:

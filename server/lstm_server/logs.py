@@ -9,6 +9,7 @@ a record of the logger ``native`` (its level read from the glog/absl prefix, ``E
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import logging
@@ -16,8 +17,11 @@ import os
 import re
 import sys
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -133,3 +137,28 @@ def configure(level: str, log_format: str) -> None:
         handler.setFormatter(TextFormatter(TEXT_FORMAT))
     handler.addFilter(TraceIdFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class RepeatedLoopErrors:
+    """An event-loop exception handler that reports each kind of error (its message) at most
+    once per ``interval`` seconds, saying how many were left out: when the process runs out of
+    file descriptors, asyncio reports every accept that fails, with a traceback each, and such a
+    flood would fill the disk and bury everything else."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._left_out: Counter[str] = Counter()
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", "unhandled error in the event loop"))
+        now = self._clock()
+        if now - self._last.get(message, -self.interval) < self.interval:
+            self._left_out[message] += 1
+            return
+        self._last[message] = now
+        left_out = self._left_out.pop(message, 0)
+        if left_out:
+            context = {**context, "message": f"{message} ({left_out} more like it not shown)"}
+        loop.default_exception_handler(context)

@@ -18,6 +18,10 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # Seconds a connection's reads may wait (socketserver's socket timeout): each connection
+    # holds a thread, so one that sends nothing must not hold it for ever.
+    timeout = 10
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes and probes are not worth a log line each."""
 

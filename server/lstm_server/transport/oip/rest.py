@@ -12,12 +12,13 @@ with, beside it, the ``reason`` and ``metadata`` a gRPC caller finds in the Erro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from aiohttp import web
@@ -32,6 +33,7 @@ from lstm_server.core.errors import (
 )
 from lstm_server.transport.auth import principal
 from lstm_server.transport.calls import HTTP, Call, Chain, Method
+from lstm_server.transport.connections import ConnectionCaps
 from lstm_server.transport.oip.extensions import model_config, model_statistics
 from lstm_server.transport.oip.grpc_servicer import triton_state
 from lstm_server.transport.oip.model import EXTENSIONS, ModelMetadata, OpenInference
@@ -200,10 +202,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UNMATCHED = Method(HTTP, "inference.http", "unmatched", display="unmatched")
 
 
-async def _body(request: web.Request, limit: int) -> bytes:
-    """The request's body; one over the size limit is refused as gRPC refuses it."""
+async def _body(request: web.Request, limit: int, seconds: float) -> bytes:
+    """The request's body; one over the size limit is refused as gRPC refuses it, one that takes
+    longer than ``seconds`` to arrive is 408 (and its connection closed)."""
     try:
-        return await request.read()
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"the request body did not arrive within {seconds:g} s",
+            headers={"Connection": "close"},
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise LimitExceeded(
             f"the request is larger than the limit of {limit} bytes (max_message_bytes)",
@@ -224,12 +233,22 @@ class RestServer:
         chain: Chain,
         max_body_bytes: int = 4 * 1024 * 1024,
         shutdown_timeout: float = 10.0,
+        idle_timeout: float = 15.0,
+        body_timeout: float = 30.0,
+        caps: ConnectionCaps | None = None,
     ) -> None:
+        """``idle_timeout``: seconds a connection may go without a whole request (the first
+        one's headers, or the next one after a reply); ``body_timeout``: seconds a request's
+        body may take to arrive; ``caps``: on open connections."""
         self.model = model
         self._ready = ready
         self._version = server_version
         self._chain = chain
         self._max_body_bytes = max_body_bytes
+        self._idle_timeout = idle_timeout
+        self._body_timeout = body_timeout
+        self.caps = caps or ConnectionCaps(0, 0)
+        self._listener: asyncio.Server | None = None
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._served])
         named = "/v2/models/{model}"
         versioned = named + "/versions/{version}"
@@ -262,18 +281,33 @@ class RestServer:
         self._shutdown_timeout = shutdown_timeout
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (0: a free port), each connection counted by the caps; return
+        the port."""
         self._runner = web.AppRunner(
             self.app,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=self._shutdown_timeout,
+            keepalive_timeout=self._idle_timeout,
+            # What is left of a refused request's body is read (so its client gets the reply)
+            # for this long at most before the connection closes.
+            lingering_time=1.0,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_port=False)
-        await site.start()
-        return int(self._runner.addresses[0][1])
+        server = self._runner.server
+        assert server is not None  # made by setup()
+        self._listener = await asyncio.get_running_loop().create_server(
+            self.caps.protocol(cast(Callable[[], asyncio.Protocol], server)),
+            host,
+            port,
+            ssl=ssl_context,
+        )
+        return int(self._listener.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()  # no new connections; the runner closes the open ones
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -298,10 +332,15 @@ class RestServer:
             call.end(None)
             call.http_status = response.status
             return response
-        except web.HTTPException as error:  # no such route, or method
-            call.status = Status(CODE_OF_HTTP.get(error.status, "UNKNOWN"), error.reason)
+        except web.HTTPException as error:  # no such route or method; a body too slow
+            call.status = Status(CODE_OF_HTTP.get(error.status, "UNKNOWN"), error.text or "")
             call.http_status = error.status
-            return web.json_response({"error": error.reason, "reason": ""}, status=error.status)
+            response = web.json_response(
+                {"error": error.text or error.reason, "reason": ""}, status=error.status
+            )
+            if error.headers.get("Connection") == "close":
+                response.force_close()
+            return response
         except Exception as error:
             call.end(error)
             if not isinstance(error, ServingError):
@@ -355,7 +394,7 @@ class RestServer:
     async def repository_index(self, request: web.Request) -> web.Response:
         """Triton's repository index: ``{"ready": true}`` in the body lists only the versions
         that take calls."""
-        body = await _body(request, self._max_body_bytes)
+        body = await _body(request, self._max_body_bytes, self._body_timeout)
         ready = False
         if body.strip():
             ready = _object(_json(body), "body").get("ready", False)
@@ -384,7 +423,7 @@ class RestServer:
     async def infer(self, request: web.Request) -> web.Response:
         info = request.match_info
         self.model.ref(info["model"], info.get("version", ""))  # an unknown model: 404 first
-        body = await _body(request, self._max_body_bytes)
+        body = await _body(request, self._max_body_bytes, self._body_timeout)
         length = request.headers.get(HEADER_LENGTH)
         try:
             header_length = None if length is None else int(length)
