@@ -33,6 +33,9 @@ F = 2
 TOKENS = {"alice": "alice-token", "bob": "bob-token", "carol": "carol-token"}
 MODEL = "default-lstm"
 CAP = 20  # sessions per principal
+REPLY_LIMIT = 200_000
+# 20 rows of 3,000 timesteps: a 480 KB request whose reply (3 units a timestep) passes the limit
+X_LONG = np.ones((20, 3000, 2), np.float32)
 
 
 def auth(who: str | None) -> tuple[tuple[str, str], ...]:
@@ -84,6 +87,7 @@ def doors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Doors]:
             units=3,
             auth_tokens_file=_tokens_file(tmp_path_factory.mktemp("tokens")),
             max_sessions_per_principal=CAP,
+            max_response_bytes=REPLY_LIMIT,
             http_port=0,
             metrics_port=0,
         )
@@ -111,7 +115,7 @@ X_BAD = np.ones((1, 1, F + 1), np.float32)
 
 
 def predict(doors: Doors, x: np.ndarray, who: str | None = "alice", **model: Any) -> None:
-    request = pb.PredictRequest(sequences=[seq_msg(x[0])], model=pb.ModelSpec(**model))
+    request = pb.PredictRequest(sequences=[seq_msg(row) for row in x], model=pb.ModelSpec(**model))
     doors.lstm.Predict(request, metadata=auth(who))
 
 
@@ -254,6 +258,13 @@ MISTAKES = {
             d, X_GOOD, who="carol", sequence_id=sequence_id(), sequence_start=True
         ),
     ),
+    "reply over the limit": Mistake(
+        "RESOURCE_EXHAUSTED",
+        "LIMIT_EXCEEDED",
+        lambda d: predict(d, X_LONG),
+        lambda d: infer(d, X_LONG),
+        lambda d: http_infer(d, X_LONG),
+    ),
     "model control off": Mistake(
         "FAILED_PRECONDITION",
         "MODEL_CONTROL_DISABLED",
@@ -301,6 +312,8 @@ def test_every_door_gives_the_same_answer_to_the_same_mistake(doors: Doors, name
     # the metadata a program reads agrees too (ids that differ per call aside)
     keys = [set(metadata) - {"session_id", "sequence_id"} for _, _, metadata in answers]
     assert all(k == keys[0] for k in keys), answers
+    if mistake.reason == "LIMIT_EXCEEDED":  # and the same limit, whichever door
+        assert len({m["limit"] for _, _, m in answers}) == 1, answers
     assert_serving(doors)
 
 

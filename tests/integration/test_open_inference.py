@@ -386,7 +386,10 @@ BAD_TENSORS = {
     "wrong datatype": ([("x", (1, 2, F), "FP64")], "data-type is 'FP64', but model"),
     "wrong shape": ([("x", (1, 2, F + 1), "FP32")], f"has shape [1, 2, {F + 1}]"),
     "missing x": ([("lengths", (1,), "INT32")], "inputs[x]: is missing"),
-    "unknown input": ([("x", (1, 2, F), "FP32"), ("y", (1,), "FP32")], "inputs[y]: is not an"),
+    "unknown input": (
+        [("x", (1, 2, F), "FP32"), ("y", (1,), "FP32")],
+        "inputs[y]: is not an input any model here takes",
+    ),
     "NaN": ([("x", (1, 2, F), "FP32", np.nan)], "inputs[x][0][1]: contains NaN or infinite values"),
     "NaN in a state": (
         [("x", (1, 2, F), "FP32"), ("h0", (1, U), "FP32", np.nan), ("c0", (1, U), "FP32")],

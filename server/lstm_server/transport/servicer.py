@@ -75,13 +75,13 @@ def deadline_of(context: Context) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def _converted(large: bool, convert: Callable[..., T], *args: Any) -> T:
+async def converted(large: bool, convert: Callable[..., T], *args: Any) -> T:
     """``convert(*args)``, on a worker thread when the work is ``large``."""
     return await asyncio.to_thread(convert, *args) if large else convert(*args)
 
 
 async def _read(read: Callable[[bytes, Limits], T], data: bytes, limits: Limits) -> T:
-    return await _converted(len(data) > OFF_LOOP_BYTES, read, data, limits)
+    return await converted(len(data) > OFF_LOOP_BYTES, read, data, limits)
 
 
 class LstmServicer:
@@ -129,7 +129,7 @@ class LstmServicer:
                 model, batch.sequences, batch.initial_states, deadline=deadline
             )
         replies = wire.Replies(model.info, selection)
-        return await _converted(size > OFF_LOOP_BYTES, replies.predict_response, results)
+        return await converted(size > OFF_LOOP_BYTES, replies.predict_response, results)
 
     async def PredictStream(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         inference = self._core.inference
@@ -286,7 +286,7 @@ async def _reply(
     assert outcome.model is not None
     replies = wire.Replies(outcome.model, selection)
     size = wire.step_reply_bytes(sequence, outcome.model, selection)
-    return await _converted(size > OFF_LOOP_BYTES, write, replies, outcome)
+    return await converted(size > OFF_LOOP_BYTES, write, replies, outcome)
 
 
 def method_handlers(servicer: LstmServicer) -> grpc.GenericRpcHandler:

@@ -28,12 +28,13 @@ from lstm_server.transport.oip.tensors import (
     InferResponse,
     Parameter,
     Tensor,
+    check_input_names,
     from_array,
     from_raw,
     from_values,
     typed_field,
 )
-from lstm_server.transport.servicer import deadline_of
+from lstm_server.transport.servicer import OFF_LOOP_BYTES, converted, deadline_of
 from lstm_server.transport.wire import length_delimited
 
 _FP32_FIELD = oip.InferTensorContents.DESCRIPTOR.fields_by_name["fp32_contents"].number
@@ -98,6 +99,7 @@ def _typed(tensor: Any) -> Tensor:
 
 def request_in(message: Any) -> InferRequest:
     """The neutral request of a ModelInferRequest (raw or typed contents)."""
+    check_input_names([tensor.name for tensor in message.inputs])
     raw = message.raw_input_contents
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput.single(
@@ -125,7 +127,7 @@ def request_in(message: Any) -> InferRequest:
     )
 
 
-def response_out(response: InferResponse, *, raw: bool) -> Any:
+def response_out(response: InferResponse, raw: bool) -> Any:
     """A ModelInferResponse, its outputs in raw contents or typed (FP32) contents; typed
     contents are written as the packed bytes protobuf would write, then parsed once."""
     message = oip.ModelInferResponse(
@@ -224,10 +226,19 @@ class InferenceServicer:
         return json_format.ParseDict(document, oip.message("ModelStatisticsResponse")())
 
     async def ModelInfer(self, request: Any, context: Context) -> Any:
+        return await self._infer(request, deadline_of(context), "ModelInfer")
+
+    async def _infer(self, request: Any, deadline: float | None, method: str) -> Any:
+        """Read the request, run it, write the reply; large ones are read and written on a
+        worker thread, so that the event loop goes on answering others."""
+        large = request.ByteSize() > OFF_LOOP_BYTES
+        parsed = await converted(large, request_in, request)
         response = await self.model.infer(
-            request_in(request), owner=principal(), deadline=deadline_of(context)
+            parsed, owner=principal(), deadline=deadline, method=method
         )
-        return response_out(response, raw=bool(request.raw_input_contents))
+        raw = bool(request.raw_input_contents)
+        large = sum(t.data.size for t in response.outputs) * 4 > OFF_LOOP_BYTES
+        return await converted(large, response_out, response, raw)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Context
@@ -236,17 +247,13 @@ class InferenceServicer:
         ``error_message``, as Triton does) and the stream goes on."""
         async for request in request_iterator:
             try:
-                response = await self.model.infer(
-                    request_in(request), owner=principal(), method="ModelStreamInfer"
-                )
+                response = await self._infer(request, None, "ModelStreamInfer")
             except ServingError as error:
                 if self._observer is not None:
                     self._observer.refused(GRPC, error.reason)
                 yield oip.ModelStreamInferResponse(error_message=error.message)
                 continue
-            yield oip.ModelStreamInferResponse(
-                infer_response=response_out(response, raw=bool(request.raw_input_contents))
-            )
+            yield oip.ModelStreamInferResponse(infer_response=response)
 
 
 def triton_state(state: VersionState) -> str:

@@ -32,12 +32,14 @@ from lstm_server.core.sessions import StepOutcome
 from lstm_server.core.types import (
     Array,
     GivenState,
+    Limits,
     ModelInfo,
     RaggedSequence,
     RowResult,
     State,
 )
 from lstm_server.core.validation import Fields
+from lstm_server.transport.limits import check_reply_bytes
 from lstm_server.transport.observation import StepObserver, timed_step
 from lstm_server.transport.oip.tensors import InferRequest, InferResponse, Parameter, Tensor
 from lstm_server.transport.servicer import Services
@@ -232,15 +234,20 @@ class OpenInference:
         owner: str = "",
         deadline: float | None = None,
         method: str = "ModelInfer",
+        value_bytes: int = 4,
     ) -> InferResponse:
-        """Run the request: a Predict, or a step of its sequence."""
+        """Run the request: a Predict, or a step of its sequence. Its reply, at ``value_bytes``
+        a value (4 as raw or typed FP32; more as JSON text), is checked against
+        ``--max-response-bytes`` before anything runs."""
         ref = self.ref(request.model_name, request.model_version)
         deadline = _earlier(deadline, request.parameters)
         sequence = sequence_id(request.parameters)
         parameters: dict[str, Parameter]
         if sequence is not None:
             with timed_step(self._step_observer, method):
-                outcome, rows, wanted = await self._step(request, ref, sequence, owner, deadline)
+                outcome, rows, wanted = await self._step(
+                    request, ref, sequence, owner, deadline, value_bytes
+                )
             assert outcome.model is not None
             info = outcome.model
             layout = self.layout(info)
@@ -260,6 +267,7 @@ class OpenInference:
                 inputs = self._inputs(request, layout)
                 wanted = self._wanted(request.outputs, layout)
                 rows = _rows(inputs, layout)
+                _reply_fits(rows, layout, wanted, value_bytes, served.limits)
                 results = await inference.predict(
                     served, rows.sequences, rows.states, deadline=deadline, fields=TENSOR_FIELDS
                 )
@@ -274,6 +282,7 @@ class OpenInference:
         sequence: int | str,
         owner: str,
         deadline: float | None,
+        value_bytes: int,
     ) -> tuple[StepOutcome, _Rows, tuple[str, ...]]:
         """One request of a sequence, as the core's sessions run it; its inputs are checked
         against each version it runs on before the model runs."""
@@ -290,7 +299,9 @@ class OpenInference:
         def prepare(served: ServedModel) -> GivenState | None:
             layout = self.layout(served.info)
             rows = _rows(self._inputs(request, layout), layout, single=True)
-            checked[:] = [(rows, self._wanted(request.outputs, layout))]
+            wanted = self._wanted(request.outputs, layout)
+            _reply_fits(rows, layout, wanted, value_bytes, served.limits)
+            checked[:] = [(rows, wanted)]
             return rows.states[0] if rows.states else None
 
         try:
@@ -351,6 +362,22 @@ class OpenInference:
                     f"is not an output of the model (it gives {', '.join(layout.output_names)})",
                 )
         return tuple(dict.fromkeys(requested))
+
+
+def _reply_fits(
+    rows: _Rows, layout: Layout, wanted: tuple[str, ...], value_bytes: int, limits: Limits
+) -> None:
+    """Refuse, before the model runs, a request whose reply would pass ``max_response_bytes``."""
+    info = layout.info
+    timewise = (info.layer_units[-1] if "sequence" in wanted else 0) + (
+        info.output_size if "outputs" in wanted else 0
+    )
+    states = sum(
+        units * sum(name in wanted for name in pair)
+        for pair, units in zip(layout.state_outputs, info.layer_units, strict=True)
+    )
+    size = value_bytes * len(rows.sequences) * (rows.timesteps * timewise + states)
+    check_reply_bytes(size, limits, "ask for fewer outputs, or send fewer rows or timesteps")
 
 
 def _is_state(name: str) -> bool:

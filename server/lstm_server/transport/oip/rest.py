@@ -40,14 +40,18 @@ from lstm_server.transport.oip.model import EXTENSIONS, ModelMetadata, OpenInfer
 from lstm_server.transport.oip.tensors import (
     InferRequest,
     InferResponse,
+    check_input_names,
     from_raw,
     from_values,
 )
+from lstm_server.transport.servicer import OFF_LOOP_BYTES, converted
 from lstm_server.transport.status import CODE_OF_HTTP, Status, http_status, status_of
 
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# The bytes a float32 takes as JSON text (``0.48428499698638916, ``), for the reply limit.
+JSON_VALUE_BYTES = 20
 
 
 def error_body(error: BaseException) -> dict[str, Any]:
@@ -112,6 +116,7 @@ def request_in(
         name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
         if not isinstance(name, str) or not isinstance(datatype, str):
             raise InvalidInput.single(f"inputs[{i}]", "needs a name and a datatype (strings)")
+        check_input_names([name])
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) for d in shape
         ):
@@ -429,9 +434,16 @@ class RestServer:
             header_length = None if length is None else int(length)
         except ValueError:
             raise InvalidInput.single(HEADER_LENGTH, f"is {length!r}, not a number") from None
-        parsed, binary = request_in(info["model"], info.get("version", ""), body, header_length)
-        response = await self.model.infer(parsed, owner=principal(), method="infer")
-        return response_out(response, binary)
+        model, version = info["model"], info.get("version", "")
+        parsed, binary = await converted(
+            len(body) > OFF_LOOP_BYTES, request_in, model, version, body, header_length
+        )
+        value_bytes = JSON_VALUE_BYTES if not all(binary.values()) else 4
+        response = await self.model.infer(
+            parsed, owner=principal(), method="infer", value_bytes=value_bytes
+        )
+        size = sum(t.data.size for t in response.outputs) * value_bytes
+        return await converted(size > OFF_LOOP_BYTES, response_out, response, binary)
 
 
 def _headers(request: web.Request) -> list[tuple[str, str]]:

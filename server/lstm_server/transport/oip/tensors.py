@@ -5,6 +5,7 @@ the neutral request and response that ``model.py`` serves."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,21 @@ class InferResponse:
 
 def _field(name: str) -> str:
     return f"inputs[{name}]"
+
+
+# The inputs any served model may take: x, lengths, and initial states (per layer for stacks).
+_INPUT_NAME = re.compile(r"x|lengths|[hc]0(_\d{1,3})?")
+
+
+def check_input_names(names: list[str]) -> None:
+    """Refuse, before any of its values is read, an input no model here takes."""
+    for name in names:
+        if not _INPUT_NAME.fullmatch(name):
+            raise InvalidInput.single(
+                _field(name[:64]),
+                "is not an input any model here takes (x, lengths, h0, c0; h0_<k>, c0_<k> per "
+                "layer of a stack)",
+            )
 
 
 def _dtype(name: str, datatype: str) -> np.dtype[Any]:
