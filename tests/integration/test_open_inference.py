@@ -340,6 +340,67 @@ def test_a_retried_request_with_its_step_number_is_answered_once(oip: Oip, rng) 
     with pytest.raises(InferenceServerException, match="expects step_number 4") as skipped:
         step(0, 6)
     assert skipped.value.status() == "StatusCode.FAILED_PRECONDITION"
+    with pytest.raises(InferenceServerException, match="starts a sequence is its step 1"):
+        step(0, 2, start=True)  # refused before the sequence is touched
+    assert step(2, 3).get_response().parameters["lstm_step_number"].int64_param == 3
+
+
+def test_a_retried_end_request_gets_its_reply_and_the_sequence_stays_ended(oip: Oip, rng) -> None:
+    x = rng.normal(size=(2, F)).astype(np.float32)
+
+    def step(t: int, number: int, **flags: bool):  # type: ignore[no-untyped-def]
+        return oip.grpc.infer(
+            oip.name,
+            _step_input(x[t : t + 1]),
+            sequence_id=78,
+            parameters={"lstm_step_number": number},
+            **flags,
+        )
+
+    step(0, 1, sequence_start=True)
+    ended = step(1, 2, sequence_end=True)
+    again = step(1, 2, sequence_end=True)  # its reply was lost: the retry gets it
+    np.testing.assert_array_equal(ended.as_numpy("sequence"), again.as_numpy("sequence"))
+    np.testing.assert_allclose(again.as_numpy("state_h")[0], _reference(oip, x)[1], atol=ATOL)
+    with pytest.raises(InferenceServerException, match="START flag") as other_input:
+        step(0, 2, sequence_end=True)  # another input is not a retry
+    assert other_input.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException, match="START flag"):
+        step(1, 3)  # the sequence is still ended
+
+
+@pytest.mark.parametrize("sequence", [2**63, 2**64 - 1])
+def test_sequence_ids_over_the_whole_uint64_range(oip: Oip, rng, sequence: int) -> None:
+    """Past int64's range a sequence id travels as uint64_param; the reply echoes it so."""
+    x = rng.normal(size=(2, F)).astype(np.float32)
+    request = service_pb2.ModelInferRequest(model_name=oip.name)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 1, F])
+    request.parameters["sequence_id"].uint64_param = sequence
+    replies = []
+    with grpc.insecure_channel(oip.server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for t in range(2):
+            del request.raw_input_contents[:]
+            request.raw_input_contents.append(x[t : t + 1].tobytes())
+            request.parameters["sequence_start"].bool_param = t == 0
+            replies.append(stub.ModelInfer(request))
+    assert [r.parameters["sequence_id"].uint64_param for r in replies] == [sequence] * 2
+    assert [r.parameters["lstm_step_number"].int64_param for r in replies] == [1, 2]
+    state_h = np.frombuffer(replies[1].raw_output_contents[-2], np.float32)
+    np.testing.assert_allclose(state_h, _reference(oip, x)[1], atol=ATOL)
+    status, body = _http_error(
+        f"http://{oip.http}/v2/models/{oip.name}/infer",
+        json.dumps(
+            {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [1, 1, F], "data": [0.5] * F}
+                ],
+                "parameters": {"sequence_id": 2**64, "sequence_start": True},
+            }
+        ).encode(),
+    )
+    assert (status, body["reason"]) == (400, "INVALID_INPUT")
+    assert "2**64 - 1" in body["error"]
 
 
 # curl, as the README shows it
@@ -443,6 +504,7 @@ def test_malformed_http_bodies_are_400(oip: Oip) -> None:
         (b"[]", "must be a JSON object"),
         (b'{"inputs": 3}', "must be a list of tensors"),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 8]}]}', "has no data"),
+        (b"[" * 200_000 + b"]" * 200_000, "is JSON nested too deeply"),
     ]:
         code, error = _http_error(url, body)
         assert code == 400

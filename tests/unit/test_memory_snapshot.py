@@ -38,6 +38,7 @@ async def test_close_saves_and_open_restores(tmp_path: Path) -> None:
     await first.create(record("expiring", ttl=0.05), max_sessions=0)
     await asyncio.sleep(0.1)
     await first.close()
+    assert path.stat().st_mode & 0o777 == 0o600  # sessions hold callers' states: owner only
     second = MemorySessionStore(snapshot=path)
     await second.open()
     assert not path.exists()  # moved aside: restored once only

@@ -36,6 +36,8 @@ _CAS_ATTEMPTS = 8
 MAX_STREAM_WINDOW = 64
 # Records this replica last wrote, kept to spare a step the read before its write (see step()).
 _RECENT_RECORDS = 4096
+# Replies of the last requests of ended sequences kept for a retry of that request (per replica).
+_ENDED_REPLIES = 256
 
 
 def new_session_id() -> str:
@@ -88,6 +90,14 @@ def kept_after(record: SessionRecord, window: int) -> tuple[AppliedStep, ...]:
 
 def input_digest(x: Array) -> str:
     return hashlib.sha256(str(x.shape).encode() + x.tobytes()).hexdigest()
+
+
+def _digest(sequence: RaggedSequence) -> str:
+    """A digest of a step's input as given (before it is checked against a model)."""
+    parts = [sequence.values.tobytes(), sequence.widths.tobytes()]
+    if sequence.tokens is not None:
+        parts.append(sequence.tokens.tobytes())
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,8 @@ class SessionService:
         self._locks = _KeyedLocks()
         self._reaper: asyncio.Task[None] | None = None
         self._recent: OrderedDict[str, SessionRecord] = OrderedDict()
+        # session id -> (owner, step number, the request's input digest, its reply)
+        self._ended: OrderedDict[str, tuple[str, int, str, StepOutcome]] = OrderedDict()
 
     async def start(self) -> None:
         """Report the live count and start sweeping expired sessions."""
@@ -626,19 +638,45 @@ class SessionService:
             if outcome is None:
                 await self.restart(session_id, state, model=pinned, owner=owner, fields=fields)
         if outcome is None:
-            outcome = await self.step(
-                session_id,
-                sequence,
-                step_number,
-                owner=owner,
-                deadline=deadline,
-                before_run=prepare,
-                fields=fields,
-            )
+            try:
+                outcome = await self.step(
+                    session_id,
+                    sequence,
+                    step_number,
+                    owner=owner,
+                    deadline=deadline,
+                    before_run=prepare,
+                    fields=fields,
+                )
+            except SessionNotFound as error:
+                replied = self._ended_reply(session_id, owner, step_number, sequence, error)
+                if replied is None:
+                    raise
+                return replied
         if end:
             with contextlib.suppress(SessionNotFound):
                 await self.close(session_id, owner=owner)
+            self._ended[session_id] = (owner, outcome.step_number, _digest(sequence), outcome)
+            if len(self._ended) > _ENDED_REPLIES:
+                self._ended.popitem(last=False)
         return outcome
+
+    def _ended_reply(
+        self,
+        session_id: str,
+        owner: str,
+        step_number: int,
+        sequence: RaggedSequence,
+        error: SessionNotFound,
+    ) -> StepOutcome | None:
+        """The reply of the request that ended the sequence, for a retry of it (the same step
+        number and input) that finds the sequence ended."""
+        kept = self._ended.get(session_id)
+        if error.reason != "SESSION_CLOSED" or kept is None or not step_number:
+            return None
+        if kept[:3] != (owner, step_number, _digest(sequence)):
+            return None
+        return replace(kept[3], replayed=True)
 
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""

@@ -158,10 +158,13 @@ def _step_in(d: Any, what: str, state_size: int, *, with_state: bool) -> Applied
 
 
 def write_snapshot(path: Path, records: list[SessionRecord]) -> None:
-    """Atomically replace ``path`` with these records."""
+    """Atomically replace ``path`` with these records, readable by this user only (sessions
+    hold their callers' states)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with partial.open("w") as f:
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # an old partial file keeps its mode through O_CREAT
+    with os.fdopen(descriptor, "w") as f:
         json.dump({"format": FORMAT, "sessions": [_encode(r) for r in records]}, f)
         f.flush()
         os.fsync(f.fileno())

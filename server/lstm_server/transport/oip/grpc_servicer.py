@@ -69,6 +69,8 @@ def _parameters_out(values: dict[str, Parameter], parameters: Any) -> None:
     for key, value in values.items():
         if isinstance(value, bool):
             parameters[key].bool_param = value
+        elif isinstance(value, int) and value >= 2**63:  # a sequence id past int64's range
+            parameters[key].uint64_param = value
         elif isinstance(value, int):
             parameters[key].int64_param = value
         elif isinstance(value, float):

@@ -140,11 +140,23 @@ def sequence_id(parameters: dict[str, Parameter]) -> int | str | None:
     value = parameters.get("sequence_id")
     if value is None or value == 0 or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if isinstance(value, bool) or not isinstance(value, int | str) or not _allowed_id(value):
         raise InvalidInput.single(
-            "parameters[sequence_id]", f"is {value!r}; expected an integer or a string"
+            "parameters[sequence_id]",
+            f"is {value!r:.80}; expected an integer from 1 to 2**64 - 1, or a string of at most "
+            f"{MAX_SEQUENCE_ID_CHARS} characters",
         )
     return value
+
+
+MAX_SEQUENCE_ID_CHARS = 256
+
+
+def _allowed_id(value: int | str) -> bool:
+    """Whether ``value`` is a sequence id the protocol allows (Triton's: a uint64, or a string)."""
+    if isinstance(value, int):
+        return 0 < value < 2**64
+    return len(value) <= MAX_SEQUENCE_ID_CHARS
 
 
 def session_of(sequence: int | str, owner: str) -> str:
@@ -294,6 +306,12 @@ class OpenInference:
                 "initial states are taken only by the request that starts a sequence "
                 "(sequence_start)",
             )
+        number = _parameter_int(parameters, STEP_NUMBER)
+        if start and number > 1:  # refused before the sequence is touched
+            raise InvalidInput.single(
+                f"parameters[{STEP_NUMBER}]",
+                f"is {number}: the request that starts a sequence is its step 1 (or send 0)",
+            )
         checked: list[tuple[_Rows, tuple[str, ...]]] = []
 
         def prepare(served: ServedModel) -> GivenState | None:
@@ -309,7 +327,7 @@ class OpenInference:
                 session_of(sequence, owner),
                 ref,
                 _given(request),
-                _parameter_int(parameters, STEP_NUMBER),
+                number,
                 start=start,
                 end=_parameter_bool(parameters, "sequence_end"),
                 prepare=prepare,
@@ -319,6 +337,11 @@ class OpenInference:
             )
         except SessionNotFound as error:
             raise _unknown_sequence(sequence, request.model_name, error) from None
+        if not checked:  # a retried end, answered from what the sequence kept: nothing ran
+            assert outcome.model is not None
+            layout = self.layout(outcome.model)
+            rows = _rows(self._inputs(request, layout), layout, single=True)
+            checked.append((rows, self._wanted(request.outputs, layout)))
         [(rows, wanted)] = checked
         return outcome, rows, wanted
 
