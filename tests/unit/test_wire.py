@@ -4,6 +4,9 @@ reordered fields, unknown fields and groups), on random bytes, and on the limits
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -471,3 +474,88 @@ def test_unknown_outputs_and_too_many_tokens_are_refused() -> None:
     data = pb.StepRequest(input=pb.Sequence(tokens=[1] * 11)).SerializeToString()
     with pytest.raises(InvalidInput, match="limit 10"):
         wire.step_request(data, Limits(max_timesteps=10))
+
+
+# Parse budgets: the walk reads a bounded number of entries, then protobuf's parser takes over;
+# either way, exactly what protobuf accepts is accepted.
+
+
+@contextlib.contextmanager
+def walk_budget(entries: int) -> Iterator[None]:
+    kept = wire.WALK_BUDGET
+    wire.WALK_BUDGET = entries
+    try:
+        yield
+    finally:
+        wire.WALK_BUDGET = kept
+
+
+@PROPERTY
+@given(st.one_of(predict_request(), mutated(predict_request())), st.integers(0, 8))
+def test_past_its_budget_a_predict_request_is_read_by_protobuf_alike(
+    data: bytes, budget: int
+) -> None:
+    """The property test's messages again, with a walk budget of a few entries: whether the
+    walk or protobuf's parser reads them, the same values and the same refusals."""
+    with walk_budget(budget):
+        test_predict_requests_read_as_protobuf_parses_them.hypothesis.inner_test(data)
+
+
+@PROPERTY
+@given(st.one_of(step_request(), mutated(step_request())), st.integers(0, 8))
+def test_past_its_budget_a_step_request_is_read_by_protobuf_alike(data: bytes, budget: int) -> None:
+    with walk_budget(budget):
+        test_step_requests_merge_repeated_inputs_as_protobuf_does.hypothesis.inner_test(data)
+
+
+@PROPERTY
+@given(st.one_of(stream_message(), mutated(stream_message())), st.integers(0, 8))
+def test_past_its_budget_a_stream_message_is_read_by_protobuf_alike(
+    data: bytes, budget: int
+) -> None:
+    with walk_budget(budget):
+        test_stream_messages_follow_the_last_kind_set.hypothesis.inner_test(data)
+
+
+def test_a_request_of_a_million_unknown_fields_is_parsed_not_walked() -> None:
+    """4 MiB of unknown varints inside a sequence: past the budget protobuf reads them (the walk
+    took seconds of Python); the sequence's timesteps come out all the same."""
+    noise = (tag(9, 0) + varint(1)) * 2_000_000
+    data = length_delimited(1, length_delimited(1, b"\x0d" + b"\x00\x00\x80\x3f") + noise)
+    [read] = wire.predict_request(data, Limits()).sequences
+    np.testing.assert_array_equal(read.values, [1.0])
+
+
+def _nested_groups(depth: int) -> bytes:
+    return tag(15, 3) * depth + tag(15, 4) * depth
+
+
+@pytest.mark.parametrize(("depth", "inside"), [(100, False), (101, False), (99, True), (100, True)])
+def test_groups_nest_as_deep_as_protobuf_allows_and_no_deeper(depth: int, inside: bool) -> None:
+    data = _nested_groups(depth)
+    if inside:  # in a Sequence: a level down already
+        data = length_delimited(1, data)
+    try:
+        pb.PredictRequest.FromString(data)
+    except Exception:
+        with pytest.raises(InvalidInput, match="is not a valid message"):
+            wire.predict_request(data, Limits())
+        return
+    wire.predict_request(data, Limits())
+
+
+def test_tags_longer_than_five_bytes_are_refused_as_protobuf_refuses_them() -> None:
+    five = bytes([0x88, 0x80, 0x80, 0x80, 0x00]) + varint(5)  # field 1 (varint): unknown here
+    six = bytes([0x88, 0x80, 0x80, 0x80, 0x80, 0x00]) + varint(5)
+    pb.PredictRequest.FromString(five)
+    wire.predict_request(five, Limits())
+    with pytest.raises(InvalidInput, match="tag longer than 5 bytes"):
+        wire.predict_request(six, Limits())
+
+
+def test_include_values_are_truncated_to_32_bits_as_protobuf_keeps_enums() -> None:
+    data = tag(4, 0) + varint(2**32 + 2)  # OUTPUT_HIDDEN, with bits above 32
+    assert list(pb.PredictRequest.FromString(data).include) == [2]
+    assert wire.predict_request(data, Limits()).include == (2,)
+    high = tag(4, 0) + varint(2**31)
+    assert wire.predict_request(high, Limits()).include == (-(2**31),)

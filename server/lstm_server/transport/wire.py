@@ -26,6 +26,7 @@ messages takes one Python call per timestep and about 25 bytes of Python objects
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -74,8 +75,23 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             raise _Malformed("varint longer than 10 bytes")
 
 
-def _skip_group(buf: bytes, pos: int, end: int, field: int) -> int:
-    for number, wire, _, after in _entries(buf, pos, end, in_group=True):
+# protobuf's limit on nesting (messages and groups together): deeper input is not a message.
+MAX_DEPTH = 100
+# Entries the Python walk reads per request; past them, the request is handed to protobuf's own
+# parser (C), which reads the rest at its speed and accepts exactly what it accepts: odd
+# encodings (unpacked floats, unknown fields, groups) cost no more than a parse.
+WALK_BUDGET = 20_000
+_WALKED: ContextVar[list[int]] = ContextVar("walked")
+
+
+class _OverBudget(Exception):
+    """The walk read its budget of entries: protobuf's parser takes over."""
+
+
+def _skip_group(buf: bytes, pos: int, end: int, field: int, depth: int) -> int:
+    if depth > MAX_DEPTH:
+        raise _Malformed("nested too deeply")
+    for number, wire, _, after in _entries(buf, pos, end, in_group=True, depth=depth):
         if wire == END_GROUP:
             if number != field:
                 raise _Malformed("mismatched end of group")
@@ -83,16 +99,28 @@ def _skip_group(buf: bytes, pos: int, end: int, field: int) -> int:
     raise _Malformed("unterminated group")
 
 
-def _entries(buf: bytes, pos: int, end: int, *, in_group: bool = False) -> Iterator[Entry]:
-    """(field number, wire type, value, position after) for each entry in ``buf[pos:end]``.
+def _entries(
+    buf: bytes, pos: int, end: int, *, in_group: bool = False, depth: int = 0
+) -> Iterator[Entry]:
+    """(field number, wire type, value, position after) for each entry in ``buf[pos:end]``, a
+    message (or group) ``depth`` levels down.
 
     The value of a varint is the number; of a LEN entry, its (start, end); of fixed-size
     entries, their start. Groups (a legacy encoding of unknown fields) are skipped whole; an end
     of group is yielded only ``in_group``. Field number 0 is refused everywhere, inside groups
-    too, as protobuf refuses it.
+    too, and so are tags longer than 5 bytes and nesting past ``MAX_DEPTH``, as protobuf refuses
+    them. Every entry counts against the request's walk budget.
     """
+    walked = _WALKED.get(None)
     while pos < end:
+        if walked is not None:
+            walked[0] -= 1
+            if walked[0] < 0:
+                raise _OverBudget
+        tag_start = pos
         key, pos = _varint(buf, pos, end)
+        if pos - tag_start > 5:
+            raise _Malformed("tag longer than 5 bytes")
         number, wire = key >> 3, key & 7
         if number >= 1 << 29 or number == 0:
             raise _Malformed(f"field number {number}")
@@ -110,7 +138,7 @@ def _entries(buf: bytes, pos: int, end: int, *, in_group: bool = False) -> Itera
                 raise _Malformed("truncated fixed-size field")
             value, pos = pos, pos + width
         elif wire == START_GROUP:
-            value, pos = pos, _skip_group(buf, pos, end, number)
+            value, pos = pos, _skip_group(buf, pos, end, number, depth + 1)
             continue
         elif wire == END_GROUP:
             if not in_group:
@@ -122,10 +150,10 @@ def _entries(buf: bytes, pos: int, end: int, *, in_group: bool = False) -> Itera
         yield number, wire, value, pos
 
 
-def _vector_values(buf: bytes, start: int, end: int) -> np.ndarray:
+def _vector_values(buf: bytes, start: int, end: int, depth: int) -> np.ndarray:
     """The floats of one Vector: packed and unpacked entries in order; other fields skipped."""
     parts: list[np.ndarray] = []
-    for number, wire, value, _ in _entries(buf, start, end):
+    for number, wire, value, _ in _entries(buf, start, end, depth=depth):
         if number != 1:
             continue
         if wire == LEN:
@@ -182,8 +210,11 @@ def _too_many(field: str, steps: str, limit: int) -> InvalidInput:
     )
 
 
-def sequence(buf: bytes, start: int, end: int, field: str, limits: Limits) -> RaggedSequence:
-    """The Sequence at ``buf[start:end]``; more timesteps than the limit are refused unread."""
+def sequence(
+    buf: bytes, start: int, end: int, field: str, limits: Limits, depth: int = 1
+) -> RaggedSequence:
+    """The Sequence at ``buf[start:end]`` (``depth`` levels down); more timesteps than the limit
+    are refused unread."""
     shape = _uniform(buf, start, end, limits.max_timesteps)
     if shape is not None:
         steps, header, count = shape
@@ -195,9 +226,10 @@ def sequence(buf: bytes, start: int, end: int, field: str, limits: Limits) -> Ra
     vectors: list[np.ndarray] = []
     tokens: list[np.ndarray] = []
     count = 0
-    for number, wire, value, _ in _entries(buf, start, end):
+    for number, wire, value, _ in _entries(buf, start, end, depth=depth):
         if number == 1 and wire == LEN:
-            vectors.append(_vector_values(buf, *value))
+            lo, hi = value
+            vectors.append(_vector_values(buf, lo, hi, depth + 1))
             count += 1
         elif number == 2 and wire in (VARINT, LEN):
             found = _packed_varints(buf, *value) if wire == LEN else np.array([value], np.uint64)
@@ -228,15 +260,17 @@ def _packed_varints(buf: bytes, start: int, end: int) -> np.ndarray:
     return values
 
 
-def _merged_sequence(buf: bytes, spans: list[Span], field: str, limits: Limits) -> RaggedSequence:
+def _merged_sequence(
+    buf: bytes, spans: list[Span], field: str, limits: Limits, depth: int
+) -> RaggedSequence:
     """A Sequence field that occurs several times: protobuf merges the occurrences, which for
     its one repeated field means their timesteps one after the other."""
     if len(spans) == 1:
-        return sequence(buf, *spans[0], field, limits)
+        return sequence(buf, *spans[0], field, limits, depth)
     parts: list[RaggedSequence] = []
     steps = 0
     for lo, hi in spans:
-        part = sequence(buf, lo, hi, field, limits)
+        part = sequence(buf, lo, hi, field, limits, depth)
         steps += part.timesteps
         if steps > limits.max_timesteps:
             raise _too_many(field, str(steps), limits.max_timesteps)
@@ -294,12 +328,18 @@ def selection(values: tuple[int, ...], field: str = "include") -> Selection:
     return Selection("outputs" in chosen, "hidden" in chosen, "layer_hidden" in chosen)
 
 
+def _enum(value: int) -> int:
+    """An enum's value as protobuf keeps it: the low 32 bits, signed."""
+    low = int(value) & 0xFFFF_FFFF
+    return low - (1 << 32) if low >= 1 << 31 else low
+
+
 def _include(buf: bytes, wire: int, value: Any, into: list[int]) -> None:
     """An entry of a repeated Output field, packed or not."""
     if wire == VARINT:
-        into.append(int(value))
+        into.append(_enum(value))
     elif wire == LEN:
-        into.extend(int(v) for v in _packed_varints(buf, *value)[: _SPARE_ENTRIES + 1])
+        into.extend(_enum(v) for v in _packed_varints(buf, *value)[: _SPARE_ENTRIES + 1])
     if len(into) > _SPARE_ENTRIES:
         raise malformed("has too many include entries")
 
@@ -336,23 +376,106 @@ class StreamMessage:
 R = TypeVar("R")
 
 
-def _refusing_malformed(read: Callable[[bytes, Limits], R]) -> Callable[[bytes, Limits], R]:
-    """``read``, with bytes that are no message refused as INVALID_ARGUMENT."""
+def _within_budget(
+    parsed: Callable[[bytes, Limits], R],
+) -> Callable[[Callable[[bytes, Limits], R]], Callable[[bytes, Limits], R]]:
+    """The walk it decorates, reading at most ``WALK_BUDGET`` entries; past them, ``parsed``
+    (protobuf's parser, then the same conversion). Bytes that are no message are refused as
+    INVALID_ARGUMENT either way."""
 
-    def reader(data: bytes, limits: Limits) -> R:
-        try:
-            return read(data, limits)
-        except _Malformed as error:
-            raise malformed(str(error)) from None
-        except RecursionError:
-            raise malformed("nested too deeply") from None
+    def decorate(read: Callable[[bytes, Limits], R]) -> Callable[[bytes, Limits], R]:
+        def reader(data: bytes, limits: Limits) -> R:
+            budget = _WALKED.set([WALK_BUDGET])
+            try:
+                try:
+                    return read(data, limits)
+                except _OverBudget:
+                    return parsed(data, limits)
+            except _Malformed as error:
+                raise malformed(str(error)) from None
+            except RecursionError:
+                raise malformed("nested too deeply") from None
+            finally:
+                _WALKED.reset(budget)
 
-    reader.__doc__ = read.__doc__
-    reader.__name__ = read.__name__
-    return reader
+        reader.__doc__ = read.__doc__
+        reader.__name__ = read.__name__
+        return reader
+
+    return decorate
 
 
-@_refusing_malformed
+def _from_bytes(kind: type[M], data: bytes) -> M:
+    try:
+        return kind.FromString(data)
+    except DecodeError as error:
+        raise _Malformed(str(error)) from None
+
+
+def _sequence_in(message: pb.Sequence, field: str, limits: Limits) -> RaggedSequence:
+    """A parsed Sequence, as the walk reads one."""
+    steps = len(message.timesteps) + len(message.tokens)
+    if steps > limits.max_timesteps:
+        raise _too_many(field, str(steps), limits.max_timesteps)
+    vectors = [np.asarray(v.values, np.float32) for v in message.timesteps]
+    widths = np.fromiter((v.size for v in vectors), np.int64, len(vectors))
+    values = np.concatenate(vectors) if vectors else np.zeros(0, np.float32)
+    tokens = np.asarray(message.tokens, np.int64) if len(message.tokens) else None
+    return RaggedSequence(values, widths, tokens)
+
+
+def _check_count(field: str, count: int, limits: Limits) -> None:
+    if count > limits.max_batch_size:
+        raise InvalidInput.single(
+            field, f"has {count} entries, more than the limit {limits.max_batch_size}"
+        )
+
+
+def _parsed_predict(data: bytes, limits: Limits) -> PredictInput:
+    message = _from_bytes(pb.PredictRequest, data)
+    _check_count("sequences", len(message.sequences), limits)
+    _check_count("initial_states", len(message.initial_states), limits)
+    _check_count("initial_layer_states", len(message.initial_layer_states), limits)
+    if len(message.include) > _SPARE_ENTRIES:
+        raise malformed("has too many include entries")
+    if len(message.initial_states) and len(message.initial_layer_states):
+        raise InvalidInput.single(
+            "initial_layer_states", "is set with initial_states; send one or the other"
+        )
+    given: list[GivenState] = [state_in(s) for s in message.initial_states]
+    given += [layer_states_in(s) for s in message.initial_layer_states]
+    return PredictInput(
+        [_sequence_in(s, f"sequences[{i}]", limits) for i, s in enumerate(message.sequences)],
+        given,
+        message.timesteps_per_message,
+        tuple(message.include),
+        model_ref_in(message.model),
+    )
+
+
+def _parsed_step(message: Any, limits: Limits, session_id: str = "") -> StepInput:
+    if len(message.include) > _SPARE_ENTRIES:
+        raise malformed("has too many include entries")
+    read = _sequence_in(message.input, "input", limits)
+    return StepInput(read, message.step_number, session_id, tuple(message.include))
+
+
+def _parsed_step_request(data: bytes, limits: Limits) -> StepInput:
+    message = _from_bytes(pb.StepRequest, data)
+    return _parsed_step(message, limits, message.session_id)
+
+
+def _parsed_stream_message(data: bytes, limits: Limits) -> StreamMessage:
+    message = _from_bytes(pb.SessionStreamRequest, data)
+    kind = message.WhichOneof("kind")
+    if kind == "open":
+        return StreamMessage(open=message.open)
+    if kind == "step":
+        return StreamMessage(step=_parsed_step(message.step, limits))
+    return StreamMessage()
+
+
+@_within_budget(_parsed_predict)
 def predict_request(data: bytes, limits: Limits) -> PredictInput:
     """A ``PredictRequest``; more sequences or states than ``max_batch_size`` are refused at the
     first one too many, before anything is converted."""
@@ -399,14 +522,16 @@ def predict_request(data: bytes, limits: Limits) -> PredictInput:
 
 
 def _step(data: bytes, spans: list[Span], limits: Limits, *, unary: bool) -> StepInput:
-    """A StepRequest (``unary``) or a SessionStep, merged from its occurrences."""
+    """A StepRequest (``unary``) or a SessionStep (one level down), merged from its
+    occurrences."""
+    depth = 0 if unary else 1
     session_id, step_number = "", 0
     inputs: list[Span] = []
     include: list[int] = []
     input_field, number_field, include_field = (2, 3, 4) if unary else (1, 2, 3)
     seen = 0
     for start, end in spans:
-        for number, wire, value, _ in _entries(data, start, end):
+        for number, wire, value, _ in _entries(data, start, end, depth=depth):
             seen += 1
             if seen > _SPARE_ENTRIES:
                 raise malformed("has too many fields")
@@ -418,17 +543,17 @@ def _step(data: bytes, spans: list[Span], limits: Limits, *, unary: bool) -> Ste
                 step_number = int(value)
             elif number == include_field:
                 _include(data, wire, value, include)
-    read = _merged_sequence(data, inputs, "input", limits)
+    read = _merged_sequence(data, inputs, "input", limits, depth + 1)
     return StepInput(read, step_number, session_id, tuple(include))
 
 
-@_refusing_malformed
+@_within_budget(_parsed_step_request)
 def step_request(data: bytes, limits: Limits) -> StepInput:
     """A ``StepRequest``."""
     return _step(data, [(0, len(data))], limits, unary=True)
 
 
-@_refusing_malformed
+@_within_budget(_parsed_stream_message)
 def stream_message(data: bytes, limits: Limits) -> StreamMessage:
     """A ``SessionStreamRequest``: of its ``kind`` oneof, the last field set wins, and repeats of
     that field merge, as protobuf has it (a kind that a later one replaced is still checked)."""
