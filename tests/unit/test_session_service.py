@@ -159,6 +159,21 @@ async def test_a_window_keeps_the_replies_of_that_many_latest_steps(
         await service.step(session.session_id, ragged(x[5:6]), 6)
 
 
+async def test_what_a_replica_remembers_of_a_session_goes_when_it_expires(
+    service: SessionService, clock: Clock, rng
+) -> None:
+    """The records remembered to step faster (with a window's kept replies) are dropped when the
+    session expires and is reaped, and the bytes they held leave the count."""
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    session = await service.create(None)
+    for n in range(8):
+        await service.step(session.session_id, ragged(x[25 * n : 25 * (n + 1)]), n + 1, window=8)
+    assert service.remembered_bytes > 8 * 25 * 3 * 4  # eight steps' replies kept
+    clock.now += 60  # past the TTL
+    assert await service.reap_expired() == 1
+    assert service.remembered_bytes == 0
+
+
 async def test_a_window_past_the_maximum_is_refused() -> None:
     with pytest.raises(InvalidInput, match="at most 64 steps in flight"):
         check_window(65, "open.window")

@@ -25,7 +25,7 @@ from lstm_server.core.errors import (
     StoreUnavailable,
 )
 from lstm_server.core.registry import ModelRef, ModelRegistry, ServedModel
-from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore
+from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore, record_bytes
 from lstm_server.core.types import Array, GivenState, Limits, ModelInfo, RaggedSequence, Row, State
 from lstm_server.core.validation import LSTM_V1, Fields, optional_state, step_input
 
@@ -36,8 +36,11 @@ _CAS_ATTEMPTS = 8
 MAX_STREAM_WINDOW = 64
 # Records this replica last wrote, kept to spare a step the read before its write (see step()).
 _RECENT_RECORDS = 4096
+# The most bytes those records may hold (replies kept for windows included), whatever the store.
+_RECENT_BYTES = 64 * 1024 * 1024
 # Replies of the last requests of ended sequences kept for a retry of that request (per replica).
 _ENDED_REPLIES = 256
+_ENDED_BYTES = 16 * 1024 * 1024
 
 
 def new_session_id() -> str:
@@ -215,8 +218,10 @@ class SessionService:
         self._locks = _KeyedLocks()
         self._reaper: asyncio.Task[None] | None = None
         self._recent: OrderedDict[str, SessionRecord] = OrderedDict()
+        self._recent_bytes = 0
         # session id -> (owner, step number, the request's input digest, its reply)
         self._ended: OrderedDict[str, tuple[str, int, str, StepOutcome]] = OrderedDict()
+        self._ended_bytes = 0
 
     async def start(self) -> None:
         """Report the live count and start sweeping expired sessions."""
@@ -414,7 +419,7 @@ class SessionService:
                 return StepOutcome(
                     session_id, applied, result.sequence, result.state, model=served.info
                 )
-            self._recent.pop(session_id, None)
+            self._forget(session_id)
         raise ConcurrentChange(
             f"session {session_id} is being changed by other writers; retry",
             session_id=session_id,
@@ -439,10 +444,33 @@ class SessionService:
         # replies.
         if not with_steps:
             record = replace(record, last_step=None, earlier_steps=())
+        self._forget(record.session_id)
         self._recent[record.session_id] = record
-        self._recent.move_to_end(record.session_id)
-        if len(self._recent) > _RECENT_RECORDS:
-            self._recent.popitem(last=False)
+        self._recent_bytes += record_bytes(record)
+        while len(self._recent) > _RECENT_RECORDS or self._recent_bytes > _RECENT_BYTES:
+            _, dropped = self._recent.popitem(last=False)
+            self._recent_bytes -= record_bytes(dropped)
+
+    @property
+    def remembered_bytes(self) -> int:
+        """What the records this replica remembers to step faster hold (kept replies
+        included), within its own bound whatever the store."""
+        return self._recent_bytes
+
+    def _forget(self, session_id: str) -> None:
+        """Drop the record remembered for a session (its bytes leave the cache's count)."""
+        dropped = self._recent.pop(session_id, None)
+        if dropped is not None:
+            self._recent_bytes -= record_bytes(dropped)
+
+    def _forget_expired(self, expired: list[str]) -> None:
+        """Drop what is remembered of sessions that ended by their TTL: the ones the store reaped
+        and any whose TTL has run out here."""
+        for session_id in expired:
+            self._forget(session_id)
+        now = self._clock()
+        for session_id in [k for k, r in self._recent.items() if r.expires_at <= now]:
+            self._forget(session_id)
 
     async def _stored(self, updated: SessionRecord, expected_revision: int) -> bool:
         """Compare-and-set a step. If the store fails to answer, the write may still have been
@@ -593,7 +621,7 @@ class SessionService:
             if record is not None and self._pin(record) == (served.name, served.version):
                 return await self.reset(session_id, initial_state, owner=owner, fields=fields)
             if record is not None:  # on another model or version: made anew
-                self._recent.pop(session_id, None)
+                self._forget(session_id)
                 await self.store.delete(session_id)
             return await self._create(served, initial_state, 0, owner, session_id, fields)
 
@@ -656,10 +684,16 @@ class SessionService:
         if end:
             with contextlib.suppress(SessionNotFound):
                 await self.close(session_id, owner=owner)
-            self._ended[session_id] = (owner, outcome.step_number, _digest(sequence), outcome)
-            if len(self._ended) > _ENDED_REPLIES:
-                self._ended.popitem(last=False)
+            self._keep_ended(session_id, (owner, outcome.step_number, _digest(sequence), outcome))
         return outcome
+
+    def _keep_ended(self, session_id: str, kept: tuple[str, int, str, StepOutcome]) -> None:
+        """Keep the reply of a sequence's last request, within a count and a size."""
+        self._ended[session_id] = kept
+        self._ended_bytes += kept[3].sequence.nbytes
+        while len(self._ended) > _ENDED_REPLIES or self._ended_bytes > _ENDED_BYTES:
+            _, (_, _, _, dropped) = self._ended.popitem(last=False)
+            self._ended_bytes -= dropped.sequence.nbytes
 
     def _ended_reply(
         self,
@@ -681,11 +715,13 @@ class SessionService:
     async def close(self, session_id: str, *, owner: str = "") -> None:
         """End the session; NOT_FOUND if it is not live."""
         await self._record(session_id, owner)
-        self._recent.pop(session_id, None)
+        self._forget(session_id)
         if not await self.store.delete(session_id):
             raise SessionNotFound.ended(session_id, None)
         if self._observer is not None:
             self._observer.session_closed(session_id)
 
     async def reap_expired(self) -> int:
-        return len(await self.store.reap_expired())
+        expired = await self.store.reap_expired()
+        self._forget_expired(expired)
+        return len(expired)

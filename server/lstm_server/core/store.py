@@ -109,3 +109,13 @@ class SessionStore(Protocol):
     async def close(self) -> None:
         """Persist what must survive a restart, if the store does so, and release connections."""
         ...
+
+
+def record_bytes(record: SessionRecord) -> int:
+    """What a session holds in memory: its arrays and a fixed allowance for the rest."""
+    held = record.state.h.nbytes + record.state.c.nbytes
+    for step in record.kept_steps():
+        held += step.hidden_sequence.nbytes
+        if step.state is not None:
+            held += step.state.h.nbytes + step.state.c.nbytes
+    return held + 1024

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lstm_server.core.errors import LimitExceeded, SessionNotFound, StoreSetupError
-from lstm_server.core.store import SessionRecord
+from lstm_server.core.store import SessionRecord, record_bytes
 from lstm_server.sessions.snapshot import check_writable, consume, read_snapshot, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -196,16 +196,6 @@ class MemorySessionStore:
 
 def _pin(record: SessionRecord) -> tuple[str, int]:
     return (record.model_name, record.version_number)
-
-
-def record_bytes(record: SessionRecord) -> int:
-    """What a session holds in memory: its arrays and a fixed allowance for the rest."""
-    held = record.state.h.nbytes + record.state.c.nbytes
-    for step in record.kept_steps():
-        held += step.hidden_sequence.nbytes
-        if step.state is not None:
-            held += step.state.h.nbytes + step.state.c.nbytes
-    return held + 1024
 
 
 def too_many_sessions(max_sessions: int) -> LimitExceeded:
