@@ -29,6 +29,7 @@ from lstm_server.core.repository import (
 from lstm_server.core.scheduler import Runtime
 from lstm_server.core.sessions import SessionService
 from lstm_server.core.store import SessionStore
+from lstm_server.core.types import Limits
 from lstm_server.metrics import Metrics
 from lstm_server.process import (
     ensure_free,
@@ -95,11 +96,36 @@ def _tokens(settings: Settings) -> list[tuple[bytes, str]] | None:
         raise ConfigError(f"cannot use --auth-tokens-file: {exc}") from exc
 
 
-def policies(settings: Settings, metrics: Metrics, tracing: Tracing | None = None) -> Chain:
+def limits_of(settings: Settings, tokens: list[tuple[bytes, str]] | None) -> Limits:
+    """The limits the server enforces: the settings', with the fair share of each
+    per-principal cap left at 0 when tokens name two or more principals (``--fair-share``)."""
+    limits = settings.limits
+    if tokens is None or not settings.fair_share:
+        return limits
+    shared = limits.shared_by(len({name for _, name in tokens}))
+    if shared != limits:
+        log.info(
+            "fair share of each principal: %d sessions, %d calls in flight, %d bytes of session "
+            "memory (0: no cap)",
+            shared.max_sessions_per_principal,
+            shared.max_concurrent_rpcs_per_principal,
+            shared.session_memory_per_principal,
+        )
+    return shared
+
+
+def policies(
+    settings: Settings,
+    metrics: Metrics,
+    tracing: Tracing | None = None,
+    tokens: list[tuple[bytes, str]] | None = None,
+    limits: Limits | None = None,
+) -> Chain:
     """The one chain every door runs (gRPC services and HTTP routes alike), outermost first:
     trace, log and observe every call, cap health watches, authenticate, cap concurrency (one
     count for every door). Resolved once per method; errors are mapped by the door, from the one
     table."""
+    limits = limits or settings.limits
     chain: list[Policy] = []
     if tracing is not None:
         chain.append(TracingPolicy(tracing))
@@ -109,13 +135,12 @@ def policies(settings: Settings, metrics: Metrics, tracing: Tracing | None = Non
     chain.append(ObservingPolicy(metrics))
     if settings.max_health_watches:
         chain.append(HealthWatchLimitPolicy(settings.max_health_watches))
-    tokens = _tokens(settings)
     if tokens is not None:
         chain.append(AuthPolicy(tokens))
-    if settings.max_concurrent_rpcs or settings.max_concurrent_rpcs_per_principal:
+    if limits.max_concurrent_rpcs or limits.max_concurrent_rpcs_per_principal:
         chain.append(
             ConcurrencyLimitPolicy(
-                settings.max_concurrent_rpcs, settings.max_concurrent_rpcs_per_principal
+                limits.max_concurrent_rpcs, limits.max_concurrent_rpcs_per_principal
             )
         )
     return Chain(chain)
@@ -196,6 +221,8 @@ class LstmServer:
         self.settings = settings
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self.tracing = tracing if tracing is not None else Tracing.from_environment()
+        self.tokens = _tokens(settings)
+        self.limits = limits_of(settings, self.tokens)
         opened = (
             store
             if store is not None
@@ -203,7 +230,8 @@ class LstmServer:
                 settings.session_store,
                 timeout=settings.store_timeout,
                 snapshot=settings.session_snapshot,
-                memory_budget=settings.session_memory_budget,
+                memory_budget=self.limits.session_memory_budget,
+                owner_memory_budget=self.limits.session_memory_per_principal,
                 on_end=self.metrics.session_ended,
             )
         )
@@ -221,7 +249,7 @@ class LstmServer:
         self.models = ModelRegistry(
             repository_of(settings, runtime),
             loader,
-            settings.limits,
+            self.limits,
             scheduling=SchedulerSettings(
                 max_batch_rows=settings.max_batch_rows,
                 batching=settings.batching,
@@ -264,7 +292,7 @@ class LstmServer:
             server_version=package_version(),
             observer=self.metrics,
         )
-        self.chain = policies(settings, self.metrics, self.tracing)
+        self.chain = policies(settings, self.metrics, self.tracing, self.tokens, self.limits)
         registrar = PolicyRegistrar(self._server, self.chain, self.metrics)
         registrar.add_generic_rpc_handlers(
             (method_handlers(self.servicer), oip_grpc.method_handlers(oip_servicer))
@@ -315,17 +343,17 @@ class LstmServer:
         except RepositoryError as error:
             raise ConfigError(str(error)) from None
         log.info("%d start-up objects left out of garbage collection", freeze_startup_objects())
-        self.metrics.set_limits(s.limits.exported())
+        self.metrics.set_limits(self.limits.exported())
         self.sessions = SessionService(
             self.store,
             self.models,
-            s.limits,
+            self.limits,
             reap_interval=s.reap_interval,
             observer=self.metrics,
         )
         await self.sessions.start()
         inference = InferenceService(
-            self.models, s.limits, stream_chunk_timesteps=s.stream_chunk_timesteps
+            self.models, self.limits, stream_chunk_timesteps=s.stream_chunk_timesteps
         )
         self.servicer.services = Services(inference, self.sessions)
         self.port = self._bind()

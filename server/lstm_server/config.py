@@ -64,6 +64,8 @@ class Settings:
     max_response_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int = 1024
     max_concurrent_rpcs_per_principal: int = 0
+    session_memory_per_principal: int = 0
+    fair_share: bool = True
     max_health_watches: int = 100
     max_http_connections: int = 256
     max_http_connections_per_peer: int = 64
@@ -94,6 +96,9 @@ class Settings:
             max_concurrent_rpcs=self.max_concurrent_rpcs,
             max_concurrent_rpcs_per_principal=self.max_concurrent_rpcs_per_principal,
             session_memory_budget=self.session_memory_budget
+            if self.session_store == "memory"
+            else 0,
+            session_memory_per_principal=self.session_memory_per_principal
             if self.session_store == "memory"
             else 0,
         )
@@ -157,13 +162,19 @@ HELP: dict[str, str] = {
     "session_store": "where sessions live: memory, or redis://HOST:PORT/DB shared by replicas",
     "store_timeout": "seconds a session store operation may take before it fails",
     "max_sessions": "most live sessions (0: no cap)",
-    "max_sessions_per_principal": "most live sessions of one principal (0: no cap)",
+    "max_sessions_per_principal": "most live sessions of one principal (0: no cap, or the fair "
+    "share)",
     "session_memory_budget": "bytes the memory store may hold for sessions, replay data included "
     "(0: no budget; Redis: use its maxmemory)",
     "max_message_bytes": "largest request message accepted (RESOURCE_EXHAUSTED beyond)",
     "max_response_bytes": "largest reply; larger ones are refused before running (0: no limit)",
     "max_concurrent_rpcs": "calls in flight at once before RESOURCE_EXHAUSTED (0: no cap)",
-    "max_concurrent_rpcs_per_principal": "calls of one principal in flight at once (0: no cap)",
+    "max_concurrent_rpcs_per_principal": "calls of one principal in flight at once (0: no cap, "
+    "or the fair share)",
+    "session_memory_per_principal": "bytes of session memory one principal may hold (memory "
+    "store; 0: no cap, or the fair share)",
+    "fair_share": "with tokens of two or more principals, per-principal caps left at 0 become "
+    "an equal share of the server's: sessions, calls in flight, session memory",
     "max_health_watches": "open grpc.health.v1 Watch streams (0: no cap)",
     "max_http_connections": "open HTTP connections; past it new ones are closed at once (at most "
     "a quarter of the open-file limit, whatever is asked)",
@@ -316,6 +327,7 @@ def load_settings(
         "session_memory_budget",
         "max_concurrent_rpcs",
         "max_concurrent_rpcs_per_principal",
+        "session_memory_per_principal",
         "max_health_watches",
         "max_http_connections",
         "max_http_connections_per_peer",

@@ -76,6 +76,43 @@ def test_one_principal_cannot_take_every_session(tokens: Path) -> None:
         server.stop()
 
 
+def test_with_tokens_each_principal_gets_a_fair_share_by_default(tokens: Path) -> None:
+    """Two principals, no per-principal caps set: each may hold half of the sessions and half
+    of the session memory, so one cannot lock the other out; ``--no-fair-share`` turns it off."""
+    budget = 16 * 1024  # 4 units: a session holds about 1 KiB
+    server = ThreadedServer(
+        settings(auth_tokens_file=tokens, max_sessions=8, units=4, session_memory_budget=budget)
+    )
+    try:
+        with (
+            LstmClient(server.target, token="alice-token") as alice,
+            LstmClient(server.target, token="bob-token") as bob,
+        ):
+            limits = alice.metadata().limits
+            assert limits["max_sessions_per_principal"] == 4
+            assert limits["session_memory_per_principal"] == budget // 2
+            assert limits["max_concurrent_rpcs_per_principal"] == 512
+            mine = [alice.session() for _ in range(4)]
+            with pytest.raises(LstmError) as capped:
+                alice.session()
+            assert capped.value.metadata["limit"] == "max_sessions_per_principal"
+            with pytest.raises(LstmError) as full:  # 5 KB of outputs kept: past alice's half
+                mine[0].step(np.zeros((300, 1)))
+            assert full.value.metadata["limit"] == "session_memory_per_principal"
+            theirs = bob.session()
+            assert theirs.step(np.zeros((300, 1))).step_number == 1  # bob's half is his
+    finally:
+        server.stop()
+    unshared = ThreadedServer(settings(auth_tokens_file=tokens, max_sessions=8, fair_share=False))
+    try:
+        with LstmClient(unshared.target, token="alice-token") as alice:
+            assert alice.metadata().limits["max_sessions_per_principal"] == 0
+            held = [alice.session() for _ in range(8)]
+            assert len(held) == 8
+    finally:
+        unshared.stop()
+
+
 class HeldRuntime:
     """The real runtime behind a gate the test opens: calls stay in flight until then."""
 

@@ -124,7 +124,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelVersionStatus, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_timesteps", "max_batch_size", "max_sessions", "default_session_ttl_seconds", "max_session_ttl_seconds", "max_message_bytes", "max_concurrent_rpcs", "max_response_bytes", "max_sessions_per_principal", "max_concurrent_rpcs_per_principal", "session_memory_budget")
+    __slots__ = ("max_timesteps", "max_batch_size", "max_sessions", "default_session_ttl_seconds", "max_session_ttl_seconds", "max_message_bytes", "max_concurrent_rpcs", "max_response_bytes", "max_sessions_per_principal", "max_concurrent_rpcs_per_principal", "session_memory_budget", "session_memory_per_principal")
     MAX_TIMESTEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class ServerLimits(_message.Message):
     MAX_SESSIONS_PER_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENT_RPCS_PER_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     SESSION_MEMORY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SESSION_MEMORY_PER_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     max_timesteps: int
     max_batch_size: int
     max_sessions: int
@@ -147,7 +148,8 @@ class ServerLimits(_message.Message):
     max_sessions_per_principal: int
     max_concurrent_rpcs_per_principal: int
     session_memory_budget: int
-    def __init__(self, max_timesteps: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_sessions: _Optional[int] = ..., default_session_ttl_seconds: _Optional[int] = ..., max_session_ttl_seconds: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_concurrent_rpcs: _Optional[int] = ..., max_response_bytes: _Optional[int] = ..., max_sessions_per_principal: _Optional[int] = ..., max_concurrent_rpcs_per_principal: _Optional[int] = ..., session_memory_budget: _Optional[int] = ...) -> None: ...
+    session_memory_per_principal: int
+    def __init__(self, max_timesteps: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_sessions: _Optional[int] = ..., default_session_ttl_seconds: _Optional[int] = ..., max_session_ttl_seconds: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_concurrent_rpcs: _Optional[int] = ..., max_response_bytes: _Optional[int] = ..., max_sessions_per_principal: _Optional[int] = ..., max_concurrent_rpcs_per_principal: _Optional[int] = ..., session_memory_budget: _Optional[int] = ..., session_memory_per_principal: _Optional[int] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
     __slots__ = ("name", "version", "input_features", "units", "dtype", "return_sequences", "return_state", "activation", "recurrent_activation", "use_bias", "limits", "vocabulary_size", "layers", "output_size", "has_output_layers", "lstm_layers", "version_number")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -128,10 +128,32 @@ class Limits:
     max_concurrent_rpcs: int = 1024
     max_concurrent_rpcs_per_principal: int = 0
     session_memory_budget: int = 0
+    session_memory_per_principal: int = 0
 
     def exported(self) -> dict[str, int]:
         """Every limit by its name (the flag's, with underscores)."""
         return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+    def shared_by(self, principals: int) -> Limits:
+        """These limits with each per-principal cap left at 0 (none) set to a fair share among
+        ``principals`` (two or more): an equal part of the server's own cap, so that no one
+        principal can take every session, call or byte of session memory."""
+        if principals < 2:
+            return self
+
+        def share(total: int, given: int) -> int:
+            return given if given or not total else max(1, total // principals)
+
+        return replace(
+            self,
+            max_sessions_per_principal=share(self.max_sessions, self.max_sessions_per_principal),
+            max_concurrent_rpcs_per_principal=share(
+                self.max_concurrent_rpcs, self.max_concurrent_rpcs_per_principal
+            ),
+            session_memory_per_principal=share(
+                self.session_memory_budget, self.session_memory_per_principal
+            ),
+        )
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,17 @@ def open_store(
     timeout: float = 1.0,
     snapshot: Path | None = None,
     memory_budget: int = 0,
+    owner_memory_budget: int = 0,
     on_end: Callable[[str], None] | None = None,
 ) -> SessionStore:
     """``memory`` (the embedded default) or ``redis://HOST:PORT/DB`` (shared by replicas)."""
     if url == "memory":
-        return MemorySessionStore(snapshot=snapshot, max_bytes=memory_budget, on_end=on_end)
+        return MemorySessionStore(
+            snapshot=snapshot,
+            max_bytes=memory_budget,
+            max_owner_bytes=owner_memory_budget,
+            on_end=on_end,
+        )
     if url.startswith(("redis://", "rediss://", "unix://")):
         from lstm_server.sessions.redis import RedisSessionStore
 

@@ -35,6 +35,7 @@ class MemorySessionStore:
         *,
         snapshot: Path | None = None,
         max_bytes: int = 0,
+        max_owner_bytes: int = 0,
         clock: Callable[[], float] = time.time,
         on_end: Callable[[str], None] | None = None,
     ) -> None:
@@ -44,7 +45,9 @@ class MemorySessionStore:
         self._owners: Counter[str] = Counter()
         self._pinned: Counter[tuple[str, int]] = Counter()
         self._bytes = 0
+        self._owner_bytes: Counter[str] = Counter()
         self.max_bytes = max_bytes
+        self.max_owner_bytes = max_owner_bytes
         self._snapshot = snapshot
         self._opened = False
         self._clock = clock
@@ -84,13 +87,18 @@ class MemorySessionStore:
             self._pinned[_pin(record)] += 1
         else:
             self._bytes -= record_bytes(old)
+            self._owner_bytes[old.owner] -= record_bytes(old)
         self._bytes += record_bytes(record)
+        self._owner_bytes[record.owner] += record_bytes(record)
         self._records[record.session_id] = record
 
     def _end(self, session_id: str, reason: str) -> None:
         record = self._records.pop(session_id, None)
         if record is not None:
             self._bytes -= record_bytes(record)
+            self._owner_bytes[record.owner] -= record_bytes(record)
+            if not self._owner_bytes[record.owner]:
+                del self._owner_bytes[record.owner]
             self._owners[record.owner] -= 1
             if not self._owners[record.owner]:
                 del self._owners[record.owner]
@@ -117,15 +125,22 @@ class MemorySessionStore:
             return too_many_sessions(max_sessions)
         if max_owner_sessions and self._owners[record.owner] >= max_owner_sessions:
             return too_many_owner_sessions(record.owner, max_owner_sessions)
-        return self._over_budget(grows)
+        return self._over_budget(record.owner, grows)
 
-    def _over_budget(self, grows: int) -> LimitExceeded | None:
+    def _over_budget(self, owner: str, grows: int) -> LimitExceeded | None:
         if self.max_bytes and self._bytes + grows > self.max_bytes:
             return LimitExceeded(
                 f"the sessions held would exceed the memory budget of {self.max_bytes} bytes "
                 "(session_memory_budget)",
                 limit="session_memory_budget",
                 value=self.max_bytes,
+            )
+        if self.max_owner_bytes and self._owner_bytes[owner] + grows > self.max_owner_bytes:
+            return LimitExceeded(
+                f"{owner_name(owner)} would hold more than its share of the session memory, "
+                f"{self.max_owner_bytes} bytes (session_memory_per_principal)",
+                limit="session_memory_per_principal",
+                value=self.max_owner_bytes,
             )
         return None
 
@@ -150,7 +165,7 @@ class MemorySessionStore:
         current = self._live(record.session_id)
         if current is None or current.revision != expected_revision:
             return False
-        refusal = self._over_budget(record_bytes(record) - record_bytes(current))
+        refusal = self._over_budget(record.owner, record_bytes(record) - record_bytes(current))
         if refusal is not None:
             raise refusal
         self._put(record)

@@ -102,6 +102,7 @@ def metadata_out(info: ModelInfo, limits: Limits) -> pb.ModelMetadata:
             max_sessions_per_principal=limits.max_sessions_per_principal,
             max_concurrent_rpcs_per_principal=limits.max_concurrent_rpcs_per_principal,
             session_memory_budget=limits.session_memory_budget,
+            session_memory_per_principal=limits.session_memory_per_principal,
         ),
     )
 
