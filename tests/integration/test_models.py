@@ -4,7 +4,9 @@ models refused for their layers are in test_model_zoo)."""
 
 from __future__ import annotations
 
+import io
 import subprocess
+import zipfile
 from pathlib import Path
 
 import keras
@@ -105,7 +107,45 @@ def test_stateful_layer_is_served_stateless(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first.sequence, again.sequence)
 
 
+def _rewritten(path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    """A saved tutorial-size model, its archive rewritten: ``change(members)`` edits the
+    members (name -> bytes) before they are written back."""
+    model = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(3, return_sequences=True)])
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    change(members)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _inflating_config(members: dict[str, bytes]) -> None:
+    members["config.json"] = members["config.json"] + b" " * (64 * 1024 * 1024)
+
+
+def _huge_features(members: dict[str, bytes]) -> None:
+    config = members["config.json"].decode()
+    members["config.json"] = config.replace("null, 2]", f"null, {10**12}]").encode()
+
+
+def _huge_weights(members: dict[str, bytes]) -> None:
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as weights:  # declared 64 GiB, stored in a few bytes
+        weights.create_dataset("bomb", shape=(2**20, 2**14), dtype="f4", chunks=(1024, 1024))
+    [name] = [n for n in members if n.endswith(".h5")]
+    members[name] = buffer.getvalue()
+
+
 REFUSED = {
+    "inflating config": (
+        lambda p: _rewritten(p, _inflating_config),
+        "config.json inflates",
+    ),
+    "10^12 input features": (lambda p: _rewritten(p, _huge_features), "input is declared"),
+    "weights declared huge": (lambda p: _rewritten(p, _huge_weights), "weights declare"),
     "gru": (lambda p: _functional(p, lambda: keras.layers.GRU(2)), "is a GRU"),
     "backwards": (
         lambda p: _functional(p, lambda: keras.layers.LSTM(2, go_backwards=True)),
@@ -119,16 +159,16 @@ REFUSED = {
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_unservable_models_are_refused_with_the_reason(tmp_path: Path, case: str) -> None:
     make, reason = REFUSED[case]
-    path = tmp_path / f"{case}.keras"
+    path = tmp_path / f"{''.join(c if c.isalnum() else '-' for c in case)}.keras"
     make(path)
     with pytest.raises(ModelLoadError, match=reason):
         load_chain(path)
 
 
-@pytest.mark.parametrize("case", ["corrupt", "missing"])
+@pytest.mark.parametrize("case", ["corrupt", "missing", "10^12 input features"])
 def test_server_exits_nonzero_naming_the_problem(tmp_path: Path, case: str) -> None:
     make, reason = REFUSED[case]
-    path = tmp_path / f"{case}.keras"
+    path = tmp_path / f"{''.join(c if c.isalnum() else '-' for c in case)}.keras"
     make(path)
     done = subprocess.run(
         server_command("--port", "0", "--model", str(path)),

@@ -9,8 +9,6 @@ take several inputs) is refused here, at start-up, naming the layer and why.
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import keras
 
 from lstm_server.core.errors import ModelLoadError
+from lstm_server.runtime.archive import check_archive, check_h5, refuse
 
 # Token ids travel through the core as float32, exact up to 2**24.
 MAX_VOCABULARY = 1 << 24
@@ -103,7 +102,11 @@ def load_chain(path: Path) -> Chain:
         raise ModelLoadError(f"{path} is a directory, not a .keras or .h5 model file")
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
-    _refuse_code_layers(path)
+    config = check_archive(path)
+    if config is not None:
+        _refuse_code_layers(path, config)
+    elif path.suffix == ".h5":
+        check_h5(path)
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files.
@@ -155,14 +158,9 @@ def _checked(
     return chain
 
 
-def _refuse_code_layers(path: Path) -> None:
+def _refuse_code_layers(path: Path, config: dict[str, Any]) -> None:
     """Refuse ``Lambda`` layers by name before Keras reads the file (which would run or refuse
     their code without saying which layer it is)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError):
-        return  # not a .keras archive: load_model says why
     stack = [config]
     while stack:
         item = stack.pop()
@@ -177,10 +175,6 @@ def _refuse_code_layers(path: Path) -> None:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-
-
-def refuse(path: Path, reason: str) -> None:
-    raise ModelLoadError(f"model {path} cannot be served: {reason}")
 
 
 def _named(layer: keras.layers.Layer) -> str:
