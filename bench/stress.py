@@ -30,34 +30,75 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 MODEL = ("--features", "32", "--units", "128")
 
-# Sent by the flood process: 4 MiB of empty sequences, and a legal 3.6 MB request whose reply
-# (about 14 MB) is under the default --max-response-bytes.
+# Sent by the flood process: 4 MiB of empty sequences; a legal 3.6 MB request whose reply (about
+# 14 MB) is under the default --max-response-bytes, through each door (lstm.v1 Predict, Open
+# Inference ModelInfer, HTTP infer with binary tensors); 4 MiB of 480-deep nested groups; and
+# HTTP connections that never send a request (reopened as the server closes them).
 FLOOD_SCRIPT = """
-import sys, time, threading, grpc, numpy as np
+import json, socket, sys, time, threading, urllib.request, grpc, numpy as np
 from lstm_client.v1 import lstm_service_pb2 as pb
-target, seconds, kinds = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
+from tritonclient.grpc import service_pb2
+target, seconds, kinds, http = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(","), sys.argv[4]
 flood = b"\\x0a\\x00" * 2_097_120
 x = np.random.default_rng(0).uniform(-1, 1, (3, 9_300, 32)).astype(np.float32)
 large = pb.PredictRequest(
     sequences=[pb.Sequence(timesteps=[pb.Vector(values=r) for r in s.tolist()]) for s in x]
 ).SerializeToString()
+infer = service_pb2.ModelInferRequest(model_name="default-lstm")
+infer.inputs.add(name="x", datatype="FP32", shape=x.shape)
+infer.raw_input_contents.append(x.tobytes())
+infer = infer.SerializeToString()
+group = bytes([(15 << 3) | 3]) * 480 + bytes([(15 << 3) | 4]) * 480
+groups = group * (4 * 2**20 // len(group) - 1)
+header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+    "parameters": {"binary_data_size": x.nbytes}}],
+    "parameters": {"binary_data_output": True}}).encode()
 end = time.monotonic() + seconds
-counts = {"flood": 0, "large": 0}
-def send(kind, payload):
+counts = {}
+def unary(kind, method, payload):
     options = [("grpc.max_receive_message_length", 64 * 2**20)]
     with grpc.insecure_channel(target, options=options) as channel:
-        call = channel.unary_unary("/lstm.v1.LstmService/Predict")
+        call = channel.unary_unary(method)
         while time.monotonic() < end:
             try:
                 call(payload, timeout=60)
             except grpc.RpcError:
                 pass
-            counts[kind] += 1
-payloads = {"flood": flood, "large": large}
-threads = [threading.Thread(target=send, args=(k, payloads[k])) for k in kinds for _ in range(2)]
+            counts[kind] = counts.get(kind, 0) + 1
+def http_large(kind):
+    url = f"http://127.0.0.1:{http}/v2/models/default-lstm/infer"
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    while time.monotonic() < end:
+        request = urllib.request.Request(url, header + x.tobytes(), headers, method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=60).read()
+        except OSError:
+            pass
+        counts[kind] = counts.get(kind, 0) + 1
+def slow(kind):
+    held = []
+    while time.monotonic() < end:
+        try:
+            held.append(socket.create_connection(("127.0.0.1", int(http)), timeout=1))
+            counts[kind] = counts.get(kind, 0) + 1
+        except OSError:
+            time.sleep(0.01)
+        if len(held) > 2000:
+            held.pop(0).close()
+    for s in held:
+        s.close()
+jobs = {
+    "flood": lambda k: unary(k, "/lstm.v1.LstmService/Predict", flood),
+    "large": lambda k: unary(k, "/lstm.v1.LstmService/Predict", large),
+    "oip_large": lambda k: unary(k, "/inference.GRPCInferenceService/ModelInfer", infer),
+    "http_large": http_large,
+    "groups": lambda k: unary(k, "/lstm.v1.LstmService/Predict", groups),
+    "slow_http": slow,
+}
+threads = [threading.Thread(target=jobs[k], args=(k,)) for k in kinds for _ in range(2)]
 for t in threads: t.start()
 for t in threads: t.join()
-print(counts["flood"], counts["large"])
+print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 """
 
 
@@ -120,13 +161,13 @@ def _rss_mb(metrics_url: str) -> float:
     return float("nan")
 
 
-def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str, str, int]:
     ports = directory / "ports.json"
     metrics_port = _free_port()
     server = subprocess.Popen(
         [
             sys.executable, "-m", "lstm_server", *MODEL, "--host", "127.0.0.1", "--port", "0",
-            "--http-port", "off",
+            "--http-port", "0",
             "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
             "--port-file", str(ports),
         ],
@@ -138,8 +179,13 @@ def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str, str]:
         if server.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError((directory / "server.log").read_text())
         time.sleep(0.1)
-    port = json.loads(ports.read_text())["port"]
-    return server, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+    bound = json.loads(ports.read_text())
+    return (
+        server,
+        f"127.0.0.1:{bound['port']}",
+        f"http://127.0.0.1:{metrics_port}",
+        bound["http_port"],
+    )
 
 
 def _free_port() -> int:
@@ -177,7 +223,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per phase")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
-        server, target, base_url = start_server(Path(temp))
+        server, target, base_url, http_port = start_server(Path(temp))
         try:
             rows = [phase("idle", target, base_url, args.seconds, None)]
             bench = [
@@ -192,8 +238,13 @@ def main() -> None:
                 ("flood", "floods: 4 MiB requests of 2 million empty sequences, 2 senders"),
                 ("large", "large legal requests: 3.6 MB in, 14 MB out, 2 senders"),
                 ("flood,large", "both at once, 4 senders"),
+                ("oip_large", "large legal ModelInfer (Open Inference gRPC), 2 senders"),
+                ("http_large", "large legal HTTP infer (binary tensors), 2 senders"),
+                ("groups", "4 MiB requests of 480-deep nested groups, 2 senders"),
+                ("slow_http", "HTTP connections that never send a request, 2 openers"),
             ):
-                load = [sys.executable, "-c", FLOOD_SCRIPT, target, str(args.seconds + 1), kinds]
+                load = [sys.executable, "-c", FLOOD_SCRIPT, target, str(args.seconds + 1), kinds,
+                        str(http_port)]  # fmt: skip
                 rows.append(phase(name, target, base_url, args.seconds, load))
                 rss[f"after {kinds}"] = _rss_mb(f"{base_url}/metrics")
         finally:
