@@ -284,6 +284,10 @@ class LstmServer:
                 # traffic and sessions with the first.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
+                # Without BDP probing, a stream's receive window stays at HTTP/2's initial one:
+                # a client that sends and never reads its replies holds about 6 MB of the
+                # server's memory per stream instead of 77 MB (the README has the figures).
+                ("grpc.http2.bdp_probe", int(settings.http2_bdp_probe)),
             ],
         )
         oip_servicer = oip_grpc.InferenceServicer(

@@ -67,6 +67,7 @@ class Settings:
     session_memory_per_principal: int = 0
     fair_share: bool = True
     max_health_watches: int = 100
+    http2_bdp_probe: bool = False
     max_http_connections: int = 256
     max_http_connections_per_peer: int = 64
     http_idle_timeout: float = 15.0
@@ -176,6 +177,9 @@ HELP: dict[str, str] = {
     "fair_share": "with tokens of two or more principals, per-principal caps left at 0 become "
     "an equal share of the server's: sessions, calls in flight, session memory",
     "max_health_watches": "open grpc.health.v1 Watch streams (0: no cap)",
+    "http2_bdp_probe": "let gRPC grow each stream's HTTP/2 window with the link's bandwidth-delay "
+    "product (faster large messages over long links; a client that never reads then holds tens "
+    "of MB per stream)",
     "max_http_connections": "open HTTP connections; past it new ones are closed at once (at most "
     "a quarter of the open-file limit, whatever is asked)",
     "max_http_connections_per_peer": "open HTTP connections from one address (0: no cap)",
