@@ -288,6 +288,12 @@ class LstmServer:
                 # a client that sends and never reads its replies holds about 6 MB of the
                 # server's memory per stream instead of 77 MB (the README has the figures).
                 ("grpc.http2.bdp_probe", int(settings.http2_bdp_probe)),
+                # Connections past it are closed by gRPC as they come: a flood of them cannot
+                # take the descriptors the HTTP and metrics ports need.
+                (
+                    "grpc.max_allowed_incoming_connections",
+                    within_open_files(settings.max_grpc_connections, 0.5, "--max-grpc-connections"),
+                ),
             ],
         )
         oip_servicer = oip_grpc.InferenceServicer(
@@ -384,7 +390,8 @@ class LstmServer:
             idle_timeout=s.http_idle_timeout,
             body_timeout=s.http_body_timeout,
             caps=ConnectionCaps(
-                within_open_files(s.max_http_connections), s.max_http_connections_per_peer
+                within_open_files(s.max_http_connections, 0.25, "--max-http-connections"),
+                s.max_http_connections_per_peer,
             ),
         )
         context = None

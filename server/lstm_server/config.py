@@ -68,6 +68,7 @@ class Settings:
     fair_share: bool = True
     max_health_watches: int = 100
     http2_bdp_probe: bool = False
+    max_grpc_connections: int = 4096
     max_http_connections: int = 256
     max_http_connections_per_peer: int = 64
     http_idle_timeout: float = 15.0
@@ -180,6 +181,8 @@ HELP: dict[str, str] = {
     "http2_bdp_probe": "let gRPC grow each stream's HTTP/2 window with the link's bandwidth-delay "
     "product (faster large messages over long links; a client that never reads then holds tens "
     "of MB per stream)",
+    "max_grpc_connections": "open gRPC connections; past it new ones are closed (at most half "
+    "the open-file limit, whatever is asked)",
     "max_http_connections": "open HTTP connections; past it new ones are closed at once (at most "
     "a quarter of the open-file limit, whatever is asked)",
     "max_http_connections_per_peer": "open HTTP connections from one address (0: no cap)",
@@ -333,6 +336,7 @@ def load_settings(
         "max_concurrent_rpcs_per_principal",
         "session_memory_per_principal",
         "max_health_watches",
+        "max_grpc_connections",
         "max_http_connections",
         "max_http_connections_per_peer",
     ):

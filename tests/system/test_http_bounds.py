@@ -1,7 +1,7 @@
-"""The HTTP door bounded, on a real server run under a low open-file limit: connections past the
-caps are closed at once, connections that never finish a request are cut after the idle timeout,
-a body that does not arrive is 408, and meanwhile gRPC, its health checks and /healthz answer and
-the log stays small."""
+"""The doors' connections bounded, on a real server run under a low open-file limit: connections
+past the caps are closed at once (HTTP and gRPC), connections that never finish a request are cut
+after the idle timeout, a body that does not arrive is 408, and meanwhile gRPC, its health checks
+and /healthz answer and the log stays small."""
 
 from __future__ import annotations
 
@@ -63,8 +63,39 @@ def _grpc_healthy(target: str) -> bool:
 
 
 def test_the_caps_follow_the_open_file_limit(bounded: ServerProcess) -> None:
-    """1,000 asked, a quarter of 512 granted, and the log says so."""
-    assert "--max-http-connections 1000 lowered to 128" in bounded.log()
+    """1,000 HTTP connections asked, a quarter of 512 granted; 4,096 gRPC ones by default, half
+    of 512 granted; and the log says so."""
+    log = bounded.log()
+    assert "--max-http-connections 1000 lowered to 128" in log
+    assert "--max-grpc-connections 4096 lowered to 256" in log
+
+
+def test_grpc_connections_past_the_cap_are_closed_and_the_other_ports_answer(
+    bounded: ServerProcess,
+) -> None:
+    held = [_connect(bounded.port) for _ in range(320)]
+    try:
+        time.sleep(1)
+        closed = sum(_closed_by_server(s, 0.2) for s in held)
+        assert closed >= 320 - 256
+        health = bounded.metrics_url.replace("/metrics", "/healthz")
+        assert urllib.request.urlopen(health, timeout=2).status == 200
+        url = f"http://127.0.0.1:{bounded.ports['http_port']}/v2/health/live"
+        assert json.loads(urllib.request.urlopen(url, timeout=5).read()) == {"live": True}
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while not _grpc_healthy_or_false(bounded.target):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def _grpc_healthy_or_false(target: str) -> bool:
+    try:
+        return _grpc_healthy(target)
+    except grpc.RpcError:
+        return False
 
 
 def test_idle_connections_past_the_caps_are_closed_at_once_and_the_rest_cut_when_idle(

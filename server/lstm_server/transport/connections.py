@@ -1,4 +1,6 @@
-"""Bounds on the HTTP door's connections, below what a request can see: at most ``total`` open at
+"""Bounds on the doors' connections, below what a request can see. gRPC's are capped by gRPC
+itself (``grpc.max_allowed_incoming_connections``, within half the open-file limit); the HTTP
+door's here: at most ``total`` open at
 once and ``per_peer`` from one address; past either, a new connection is closed as soon as it is
 accepted, so idle or slow connections (which need no token) cannot take the file descriptors that
 gRPC, health checks and metrics need. The time a connection may sit without a whole request
@@ -17,9 +19,9 @@ from typing import Any, cast
 log = logging.getLogger(__name__)
 
 
-def within_open_files(limit: int, share: float = 0.25) -> int:
+def within_open_files(limit: int, share: float, flag: str) -> int:
     """``limit`` (0: none), lowered to ``share`` of the process's open-file limit: the rest is
-    left for gRPC, health, metrics, the model's files and the session store."""
+    left for the other ports, the model's files and the session store."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return limit
@@ -27,9 +29,11 @@ def within_open_files(limit: int, share: float = 0.25) -> int:
     if limit == 0 or limit > room:
         if limit:
             log.warning(
-                "--max-http-connections %d lowered to %d: a quarter of the open-file limit (%d)",
+                "%s %d lowered to %d: %d%% of the open-file limit (%d)",
+                flag,
                 limit,
                 room,
+                round(share * 100),
                 soft,
             )
         return room
