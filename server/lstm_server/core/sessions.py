@@ -689,6 +689,9 @@ class SessionService:
 
     def _keep_ended(self, session_id: str, kept: tuple[str, int, str, StepOutcome]) -> None:
         """Keep the reply of a sequence's last request, within a count and a size."""
+        replaced = self._ended.pop(session_id, None)
+        if replaced is not None:
+            self._ended_bytes -= replaced[3].sequence.nbytes
         self._ended[session_id] = kept
         self._ended_bytes += kept[3].sequence.nbytes
         while len(self._ended) > _ENDED_REPLIES or self._ended_bytes > _ENDED_BYTES:

@@ -9,12 +9,11 @@ checks it serves, for long.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf import message_factory
@@ -39,13 +38,11 @@ from lstm_server.transport.calls import GRPC
 from lstm_server.transport.errors import rpc_status
 from lstm_server.transport.limits import check_reply_bytes
 from lstm_server.transport.observation import StepObserver, timed_step
+from lstm_server.transport.off_loop import OFF_LOOP_BYTES, converted
 from lstm_server.transport.read_ahead import read_ahead
 from lstm_server.transport.traced import RpcTracer
 
 T = TypeVar("T")
-# Requests and replies larger than this are converted on a worker thread: converting them takes
-# milliseconds that the event loop would otherwise spend not answering anyone.
-OFF_LOOP_BYTES = 64 * 1024
 # Methods whose handlers take and return bytes (see the module docstring).
 RAW_METHODS = ("Predict", "PredictStream", "Step", "StreamSession")
 
@@ -73,11 +70,6 @@ def deadline_of(context: Context) -> float | None:
     """The call's deadline as a ``time.monotonic()`` instant, or None."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
-
-
-async def converted(large: bool, convert: Callable[..., T], *args: Any) -> T:
-    """``convert(*args)``, on a worker thread when the work is ``large``."""
-    return await asyncio.to_thread(convert, *args) if large else convert(*args)
 
 
 async def _read(read: Callable[[bytes, Limits], T], data: bytes, limits: Limits) -> T:

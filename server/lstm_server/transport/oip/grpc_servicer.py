@@ -19,6 +19,7 @@ from lstm_server.transport import handlers
 from lstm_server.transport.auth import principal
 from lstm_server.transport.calls import GRPC
 from lstm_server.transport.observation import StepObserver
+from lstm_server.transport.off_loop import OFF_LOOP_BYTES, converted
 from lstm_server.transport.oip import messages as oip
 from lstm_server.transport.oip.extensions import model_config, model_statistics
 from lstm_server.transport.oip.model import EXTENSIONS, OpenInference
@@ -34,7 +35,7 @@ from lstm_server.transport.oip.tensors import (
     from_values,
     typed_field,
 )
-from lstm_server.transport.servicer import OFF_LOOP_BYTES, converted, deadline_of
+from lstm_server.transport.servicer import deadline_of
 from lstm_server.transport.wire import length_delimited
 
 _FP32_FIELD = oip.InferTensorContents.DESCRIPTOR.fields_by_name["fp32_contents"].number

@@ -34,6 +34,7 @@ from lstm_server.core.errors import (
 from lstm_server.transport.auth import principal
 from lstm_server.transport.calls import HTTP, Call, Chain, Method
 from lstm_server.transport.connections import ConnectionCaps
+from lstm_server.transport.off_loop import OFF_LOOP_BYTES, converted
 from lstm_server.transport.oip.extensions import model_config, model_statistics
 from lstm_server.transport.oip.grpc_servicer import triton_state
 from lstm_server.transport.oip.model import EXTENSIONS, ModelMetadata, OpenInference
@@ -44,7 +45,6 @@ from lstm_server.transport.oip.tensors import (
     from_raw,
     from_values,
 )
-from lstm_server.transport.servicer import OFF_LOOP_BYTES, converted
 from lstm_server.transport.status import CODE_OF_HTTP, Status, http_status, status_of
 
 log = logging.getLogger(__name__)
