@@ -285,8 +285,8 @@ class LstmServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 # Without BDP probing, a stream's receive window stays at HTTP/2's initial one:
-                # a client that sends and never reads its replies holds about 6 MB of the
-                # server's memory per stream instead of 77 MB (the README has the figures).
+                # a client that sends and never reads its replies held 5-7 MB of the server's
+                # memory per stream here instead of 15-92 MB (the README has the figures).
                 ("grpc.http2.bdp_probe", int(settings.http2_bdp_probe)),
                 # Connections past it are closed by gRPC as they come: a flood of them cannot
                 # take the descriptors the HTTP and metrics ports need.
