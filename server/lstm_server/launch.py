@@ -16,6 +16,7 @@ SERVER_MODULES = (
     "redis",
     "pythonjsonlogger",
     "aiohttp",
+    "orjson",
 )
 
 
