@@ -15,14 +15,11 @@ from lstm_server.transport.status import status_code
 
 
 class CallObserver(Protocol):
-    """Told of every call's start and end (``lstm_server.metrics.Metrics``), and of every
-    request refused in-band on a stream that goes on (its status's reason)."""
+    """Told of every call's start and end (``lstm_server.metrics.Metrics``)."""
 
     def call_started(self, call: Call) -> None: ...
 
     def call_ended(self, call: Call) -> None: ...
-
-    def refused(self, protocol: str, reason: str) -> None: ...
 
 
 class StepObserver(Protocol):
