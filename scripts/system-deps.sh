@@ -5,6 +5,7 @@ set -euo pipefail
 packages=()
 command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || packages+=(redis-tools)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || packages+=(nginx)
 
 if [ ${#packages[@]} -eq 0 ]; then

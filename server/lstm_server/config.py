@@ -161,7 +161,9 @@ HELP: dict[str, str] = {
     "compute_chunk_timesteps": "most timesteps in one compiled model call (a power of two)",
     "max_timesteps": "most timesteps per sequence in Predict or per session step",
     "max_batch_size": "most sequences per Predict request",
-    "session_store": "where sessions live: memory, or redis://HOST:PORT/DB shared by replicas",
+    "session_store": "where sessions live: memory; redis://HOST:PORT/DB (one Redis shared by "
+    "replicas); redis+cluster://HOST:PORT,HOST:PORT (a Redis Cluster, by seed nodes; "
+    "?confirm=N: replicas that must have a write before it is acknowledged, default 1)",
     "store_timeout": "seconds a session store operation may take before it fails",
     "max_sessions": "most live sessions (0: no cap)",
     "max_sessions_per_principal": "most live sessions of one principal (0: no cap, or the fair "

@@ -13,12 +13,14 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from lstm_client import LstmClient, LstmError
 from lstm_server.config import Settings, env_name
 
 from tests.helpers import ROOT, scrape, system_binary
+from tests.reference import NumpyLstm
 from tests.servers import ThreadedServer, free_port, settings
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -66,6 +68,40 @@ def test_replica_settings_are_real_and_agree_with_defaults() -> None:
         assert any(env["LSTM_COMPILE_CACHE"].startswith(m + "/") for m in mounts)
     assert f"{DEFAULTS.port}:{DEFAULTS.port}" in COMPOSE["services"]["nginx"]["ports"]
     assert f"{DEFAULTS.http_port}:{DEFAULTS.http_port}" in COMPOSE["services"]["nginx"]["ports"]
+
+
+def test_replicas_serve_the_mounted_model_repository_and_publish_their_metrics() -> None:
+    """The replicas serve ./deploy/models (mounted read-only), not the built-in default; each
+    publishes its metrics port on the host. A real server serves that repository, with the
+    numbers of an independent numpy LSTM on the model's weights."""
+    published = set()
+    for name in REPLICAS:
+        service = COMPOSE["services"][name]
+        env = service["environment"]
+        mounts = dict(v.split(":")[:2] for v in service["volumes"])
+        assert mounts["./deploy/models"] == env["LSTM_MODEL_REPOSITORY"]
+        assert f"./deploy/models:{env['LSTM_MODEL_REPOSITORY']}:ro" in service["volumes"]
+        assert env["LSTM_MODEL_CONTROL_MODE"] == "poll"
+        (port,) = service["ports"]
+        host, container = port.split(":")
+        assert int(container) == DEFAULTS.metrics_port
+        published.add(int(host))
+    assert len(published) == len(REPLICAS)
+    repository = ROOT / "deploy" / "models"
+    server = ThreadedServer(settings(model_repository=repository))
+    try:
+        with LstmClient(server.target) as client:
+            (listed,) = client.list_models(ready=True)
+            x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+            result = client.predict(x)
+        name = listed.name
+        reference = NumpyLstm.from_saved_model(repository / name / "1" / "model.keras")
+        seq, h, c = reference.run(x)
+        np.testing.assert_allclose(result.sequence, seq, atol=1e-5)
+        np.testing.assert_allclose(result.h, h, atol=1e-5)
+        np.testing.assert_allclose(result.c, c, atol=1e-5)
+    finally:
+        server.stop()
 
 
 def test_nginx_balances_every_replica() -> None:

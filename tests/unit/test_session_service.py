@@ -367,6 +367,57 @@ async def test_a_step_whose_write_was_not_confirmed_is_read_back(
     assert counts.stepped == 1  # counted once, by the replica that wrote it
 
 
+class UnconfirmedStore(MemorySessionStore):
+    """Holds what it is given but cannot vouch it survives (a cluster whose replica lags),
+    until ``confirming``."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock=clock)
+        self.confirming = False
+        self.confirmed: list[str] = []
+
+    async def confirm(self, session_id: str) -> None:
+        if not self.confirming:
+            raise StoreUnavailable("the session store could not confirm the write; retry")
+        self.confirmed.append(session_id)
+
+
+async def test_a_repeated_or_read_back_step_is_acknowledged_only_once_the_store_confirms_it(
+    clock: Clock, counts: Counts, rng
+) -> None:
+    """A retried step answered from its kept reply, and a write read back after its reply was
+    lost, are acknowledged only once the store vouches for them: until then UNAVAILABLE, so the
+    caller retries, and nothing is applied twice."""
+    store = UnconfirmedStore(clock)
+    service = await service_on(store, clock, counts)
+    session = await service.create(None)
+    sid = session.session_id
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+    first = await service.step(sid, ragged(x[:1]), 1)  # a plain write needs no confirm
+    with pytest.raises(StoreUnavailable):
+        await service.step(sid, ragged(x[:1]), 1)  # the retry's replay is not vouched for
+    store.confirming = True
+    again = await service.step(sid, ragged(x[:1]), 1)
+    assert again.replayed
+    np.testing.assert_allclose(again.sequence, first.sequence)
+    assert store.confirmed == [sid]
+    assert (await service.get(sid)).step_count == 1
+
+    lost = FlakyStore(clock, "lost")
+    lost_confirms: list[str] = []
+
+    async def confirm(session_id: str) -> None:
+        lost_confirms.append(session_id)
+        raise StoreUnavailable("the session store could not confirm the write; retry")
+
+    lost.confirm = confirm  # type: ignore[method-assign]
+    other = await service_on(lost, clock, counts)
+    sid = (await other.create(None)).session_id
+    with pytest.raises(StoreUnavailable):
+        await other.step(sid, ragged(x[:1]), 1)  # written, read back, not vouched for
+    assert lost_confirms == [sid]
+
+
 async def test_writers_that_keep_conflicting_get_a_retryable_error(
     clock: Clock, counts: Counts, rng
 ) -> None:

@@ -10,12 +10,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from lstm_server.core.errors import LimitExceeded, SessionNotFound
+from lstm_server.core.errors import LimitExceeded, SessionNotFound, StoreUnavailable
 from lstm_server.core.store import AppliedStep, SessionRecord, SessionStore
 from lstm_server.core.types import State
 from lstm_server.sessions import MemorySessionStore
 from lstm_server.sessions.redis import RedisSessionStore
+from lstm_server.sessions.redis_cluster import RedisClusterSessionStore
 
+from tests.redis_cluster import RedisClusterNodes
 from tests.redis_server import RedisServer
 
 
@@ -26,14 +28,29 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.system)])
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.system),
+        pytest.param("redis-cluster", marks=pytest.mark.system),
+    ]
+)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
     made: SessionStore
+    prefix = f"test-{uuid.uuid4().hex}:"
     if request.param == "memory":
         made = MemorySessionStore()
+    elif request.param == "redis":
+        made = RedisSessionStore(request.getfixturevalue("redis_server").url, prefix=prefix)
     else:
-        server = request.getfixturevalue("redis_server")
-        made = RedisSessionStore(server.url, prefix=f"test-{uuid.uuid4().hex}:")
+        made = RedisClusterSessionStore(request.getfixturevalue("redis_cluster").url, prefix=prefix)
     await made.open()
     yield made
     await made.close()
@@ -184,6 +201,29 @@ async def test_cap_reaps_expired_first_and_never_evicts_live(store: SessionStore
     assert (await store.get("live")).session_id == "live"
 
 
+async def test_a_session_kept_alive_by_steps_counts_until_it_expires(store: SessionStore) -> None:
+    """Steps move a session's expiry past the one it was created with: it stays counted (for
+    the caps and its model version) and is not reaped until its last step's TTL passes."""
+    created = replace(record("a", ttl=1.0), model_name="enc", version_number=1)
+    await store.create(created, max_sessions=1, max_owner_sessions=1)
+    await asyncio.sleep(0.6)
+    stepped = replace(created, revision=1, step_count=1, expires_at=time.time() + 1.0)
+    assert await store.compare_and_set(stepped, expected_revision=0)
+    await asyncio.sleep(0.6)  # past the first expiry, not the stepped one
+    assert await store.reap_expired() == []
+    assert await store.count() == 1
+    assert await store.count_pinned("enc", 1) == 1
+    with pytest.raises(LimitExceeded, match="maximum of 1"):
+        await store.create(record("b"), max_sessions=1)
+    with pytest.raises(LimitExceeded, match="principal 'alice'"):
+        await store.create(record("b"), max_sessions=0, max_owner_sessions=1)
+    assert (await store.get("a")).step_count == 1
+    await asyncio.sleep(0.6)
+    assert await store.reap_expired() == ["a"]
+    assert await store.count() == 0
+    await store.create(record("b"), max_sessions=1, max_owner_sessions=1)
+
+
 async def test_reap_expired_returns_ids(store: SessionStore) -> None:
     await store.create(record("short", ttl=0.2), max_sessions=0)
     await store.create(record("long"), max_sessions=0)
@@ -221,16 +261,52 @@ async def test_owner_cap_counts_live_sessions_of_that_owner(store: SessionStore)
 
 
 @pytest.mark.system
-async def test_more_operations_at_once_than_redis_connections_wait_for_one(redis_server) -> None:
-    """Beyond its pool's connections, the Redis store queues operations (a burst of session
-    streams opening at once), never failing them as unavailable."""
-    store = RedisSessionStore(
-        redis_server.url, prefix=f"test-{uuid.uuid4().hex}:", max_connections=2
-    )
+@pytest.mark.parametrize("kind", ["redis", "redis-cluster"])
+async def test_more_operations_at_once_than_redis_connections_wait_for_one(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """Beyond its connections, a Redis store queues operations (a burst of session streams
+    opening at once), never failing them as unavailable."""
+    prefix = f"test-{uuid.uuid4().hex}:"
+    store: SessionStore
+    if kind == "redis":
+        url = request.getfixturevalue("redis_server").url
+        store = RedisSessionStore(url, prefix=prefix, max_connections=2)
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+        store = RedisClusterSessionStore(url, prefix=prefix, max_connections=2)
     await store.open()
     try:
         await asyncio.gather(*(store.create(record(f"s{i}"), max_sessions=0) for i in range(40)))
         got = await asyncio.gather(*(store.get(f"s{i}") for i in range(40)))
         assert [r.session_id for r in got] == [f"s{i}" for i in range(40)]
+    finally:
+        await store.close()
+
+
+@pytest.mark.system
+async def test_a_cluster_write_is_acknowledged_only_once_a_replica_has_it(
+    redis_cluster: RedisClusterNodes,
+) -> None:
+    """With the replica of a session's primary paused, a step's write is made but not
+    acknowledged (UNAVAILABLE: retry); once the replica catches up, the store vouches for it."""
+    prefix = f"test-{uuid.uuid4().hex}:"
+    store = RedisClusterSessionStore(redis_cluster.url, prefix=prefix)
+    await store.open()
+    try:
+        await store.create(record("a"), max_sessions=0)
+        current = await store.get("a")
+        key = f"{prefix}session:{{a}}"
+        replica = redis_cluster.replica_of(
+            redis_cluster.primary_of_slot(redis_cluster.keyslot(key))
+        )
+        redis_cluster.pause(replica)
+        try:
+            with pytest.raises(StoreUnavailable, match="could not confirm the write on a replica"):
+                await store.compare_and_set(replace(current, revision=1), expected_revision=0)
+        finally:
+            redis_cluster.resume(replica)
+        await store.confirm("a")
+        assert (await store.get("a")).revision == 1  # made, and now on the replica too
     finally:
         await store.close()

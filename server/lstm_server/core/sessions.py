@@ -392,6 +392,9 @@ class SessionService:
             self._check_model(record, served.info)
             replay = self._replay(record, step_number, digest, served.info)
             if replay is not None:
+                # Acknowledged before, maybe by a write whose confirmation was lost: the store
+                # vouches for it before it is acknowledged again.
+                await self.store.confirm(session_id)
                 self._stepped(record, served.info, replayed=True)
                 return replay
             applied = record.step_count + 1
@@ -488,6 +491,7 @@ class SessionService:
             if last is None or last.write_id != updated.last_step.write_id:
                 raise
             log.info("a step's write was made although the store did not confirm it in time")
+            await self.store.confirm(updated.session_id)
             return True
 
     @staticmethod

@@ -89,6 +89,13 @@ class SessionStore(Protocol):
         """Close a session; False if there was no live one."""
         ...
 
+    async def confirm(self, session_id: str) -> None:
+        """Return once what the store holds of the session will survive the loss of the node
+        holding it (for a reply repeated from a kept step, or a write whose confirmation was
+        lost); raise ``StoreUnavailable`` when that cannot be said in time. A store without
+        replicas returns at once."""
+        ...
+
     async def reap_expired(self) -> list[str]:
         """Remove expired records now; return their ids."""
         ...

@@ -1,4 +1,5 @@
-"""Session store adapters: in memory (the embedded default) and Redis (shared by replicas).
+"""Session store adapters: in memory (the embedded default), Redis and Redis Cluster (shared
+by replicas).
 
 They implement ``lstm_server.core.store.SessionStore``; core owns that contract.
 """
@@ -28,7 +29,8 @@ def open_store(
     owner_memory_budget: int = 0,
     on_end: Callable[[str], None] | None = None,
 ) -> SessionStore:
-    """``memory`` (the embedded default) or ``redis://HOST:PORT/DB`` (shared by replicas)."""
+    """``memory`` (the embedded default), ``redis://HOST:PORT/DB`` (one Redis shared by
+    replicas) or ``redis+cluster://HOST:PORT,HOST:PORT`` (a Redis Cluster, by its seeds)."""
     if url == "memory":
         return MemorySessionStore(
             snapshot=snapshot,
@@ -36,6 +38,15 @@ def open_store(
             max_owner_bytes=owner_memory_budget,
             on_end=on_end,
         )
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        from lstm_server.sessions.redis_cluster import RedisClusterSessionStore
+
+        try:
+            return RedisClusterSessionStore(url, timeout=timeout, on_end=on_end)
+        except ValueError as exc:
+            raise StoreSetupError(
+                f"cannot use --session-store {redacted(url)}: {redacted(str(exc))}"
+            ) from None
     if url.startswith(("redis://", "rediss://", "unix://")):
         from lstm_server.sessions.redis import RedisSessionStore
 
@@ -46,5 +57,6 @@ def open_store(
                 f"cannot use --session-store {redacted(url)}: {redacted(str(exc))}"
             ) from None
     raise StoreSetupError(
-        f"unknown session store {redacted(url)}: use 'memory' or 'redis://HOST:PORT/DB'"
+        f"unknown session store {redacted(url)}: use 'memory', 'redis://HOST:PORT/DB' or "
+        "'redis+cluster://HOST:PORT,HOST:PORT'"
     )

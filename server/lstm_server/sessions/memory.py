@@ -184,6 +184,9 @@ class MemorySessionStore:
             self._end(sid, "expired")
         return expired
 
+    async def confirm(self, session_id: str) -> None:
+        """Nothing to wait for: the records are this process's."""
+
     async def count(self) -> int:
         return len(self._records)
 

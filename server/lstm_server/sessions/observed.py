@@ -69,6 +69,9 @@ class ObservedStore:
     async def delete(self, session_id: str) -> bool:
         return await self._timed("delete", lambda: self.store.delete(session_id))
 
+    async def confirm(self, session_id: str) -> None:
+        await self._timed("confirm", lambda: self.store.confirm(session_id))
+
     async def reap_expired(self) -> list[str]:
         return await self._timed("reap_expired", self.store.reap_expired)
 

@@ -324,6 +324,9 @@ class RedisSessionStore:
             self._report(1, "closed")
         return bool(deleted)
 
+    async def confirm(self, session_id: str) -> None:
+        """Nothing to wait for: one Redis, whose replicas (if any) this store does not know."""
+
     async def reap_expired(self) -> list[str]:
         ids = await self._do(
             self._reap(keys=[self._index], args=[self._clock(), TOMBSTONE_SECONDS, self._prefix])
