@@ -223,6 +223,8 @@ async def test_steps_exactly_once_while_a_primary_fails_over(tmp_path: Path, rng
         assert_each_step_once(reference, inputs, outputs, sessions)
         await probe_client.close()
         nodes.wait_ok()
+        for server in servers:  # the dead node is still known to their clients: not asked
+            wait_health(server.target, SERVING)
 
         # A replica starts with a dead seed first: the next seed answers.
         dead_first = f"redis+cluster://127.0.0.1:{victim},127.0.0.1:{nodes.alive()[0]}"

@@ -104,7 +104,8 @@ return 1
 _REAP_ALL = _REAP + "return reap(KEYS[1], ARGV[3], ARGV[1])"
 
 
-def _encode(record: SessionRecord) -> list[Any]:
+def hash_fields(record: SessionRecord) -> list[Any]:
+    """The record as the field/value pairs of its Redis hash (numbers and bytes, no pickle)."""
     fields: dict[str, Any] = {
         "h": record.state.h.astype(np.float32).tobytes(),
         "c": record.state.c.astype(np.float32).tobytes(),
@@ -160,7 +161,8 @@ def _unpacked(blob: bytes, state_size: int) -> tuple[AppliedStep, ...]:
     return tuple(steps)
 
 
-def _decode(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
+def record_of_hash(session_id: str, raw: dict[bytes, bytes]) -> SessionRecord:
+    """The record a Redis hash written from ``hash_fields`` holds."""
     f = {k.decode(): v for k, v in raw.items()}
     last = None
     if b"last_step" in raw:
@@ -273,7 +275,7 @@ class RedisSessionStore:
                     ttl_ms,
                     record.expires_at,
                     max_owner_sessions,
-                    *_encode(record),
+                    *hash_fields(record),
                 ],
             )
         )
@@ -290,7 +292,7 @@ class RedisSessionStore:
             raw, reason, expiry = await self._do(pipe.execute())
         now = self._clock()
         if raw:
-            record = _decode(session_id, raw)
+            record = record_of_hash(session_id, raw)
             if record.expires_at > now:
                 return record
         if raw or (expiry is not None and expiry <= now):
@@ -307,7 +309,7 @@ class RedisSessionStore:
                     record.session_id,
                     ttl_ms,
                     record.expires_at,
-                    *_encode(record),
+                    *hash_fields(record),
                 ],
             )
         )

@@ -44,7 +44,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from lstm_server.core.errors import SessionNotFound, StoreSetupError, StoreUnavailable
 from lstm_server.core.store import SessionRecord
 from lstm_server.sessions.memory import too_many_owner_sessions, too_many_sessions
-from lstm_server.sessions.redis import TOMBSTONE_SECONDS, _decode, _encode
+from lstm_server.sessions.redis import TOMBSTONE_SECONDS, hash_fields, record_of_hash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -363,7 +363,7 @@ class RedisClusterSessionStore:
             pipe.sadd(self._indexes, owner_index, pinned)
             await self._do(pipe.execute())
         key = self._key(record.session_id)
-        args = [*self._expiry_args(record), *_encode(record)]
+        args = [*self._expiry_args(record), *hash_fields(record)]
         await self._written(key, self._create, [key, self._tombstone(record.session_id)], args)
 
     async def get(self, session_id: str) -> SessionRecord:
@@ -372,7 +372,7 @@ class RedisClusterSessionStore:
             pipe.get(self._tombstone(session_id))
             raw, reason = await self._do(pipe.execute())
         if raw:
-            record = _decode(session_id, raw)
+            record = record_of_hash(session_id, raw)
             if record.expires_at > self._clock():
                 return record
             reason = b"expired"  # Redis will drop it; its TTL has not fired yet
@@ -380,7 +380,7 @@ class RedisClusterSessionStore:
 
     async def compare_and_set(self, record: SessionRecord, *, expected_revision: int) -> bool:
         key = self._key(record.session_id)
-        args = [expected_revision, *self._expiry_args(record), *_encode(record)]
+        args = [expected_revision, *self._expiry_args(record), *hash_fields(record)]
         keys = [key, self._tombstone(record.session_id)]
         return bool(await self._written(key, self._cas, keys, args))
 
@@ -427,12 +427,17 @@ class RedisClusterSessionStore:
         return int(await self._do(self._redis.zcard(key)))
 
     async def ping(self) -> bool:
-        """Whether the cluster says every slot is served (``cluster_state:ok``)."""
-        try:
-            info = await self._do(self._redis.cluster_info(target_nodes=RedisCluster.RANDOM))
-        except StoreUnavailable:
-            return False
-        return info.get("cluster_state") == "ok"
+        """Whether the cluster says every slot is served (``cluster_state:ok``), as the first
+        node that answers sees it (a dead node the client still knows is skipped)."""
+        nodes = self._redis.get_primaries() + self._redis.get_replicas()
+        async with self._slots:
+            for node in nodes:
+                try:
+                    info = await self._redis.cluster_info(target_nodes=node)
+                except FAILURES:
+                    continue
+                return info.get("cluster_state") == "ok"
+        return False
 
     async def close(self) -> None:
         await self._redis.aclose()
