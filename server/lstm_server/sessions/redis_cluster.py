@@ -11,14 +11,14 @@ one slot and every write to a session is one atomic script on one primary):
   expiry a session had when it was created. A step does not touch them, so steps scale with
   the primaries; the score is a lower bound of the true expiry, and an entry whose score has
   passed is checked against its session (re-scored if it lives, dropped if it does not) before
-  anything is counted;
+  a cap refuses and before anything is counted;
 - ``{prefix}indexes``: the names of the owner and pinned sets, for the reaper.
 
 Caps hold across slots: creating a session first admits its id into ``sessions`` and into its
-owner's set, each with one atomic script that checks the cap (after the stale entries were
-checked), then writes the session. An admission whose session is never written (a crash in
-between) counts against the cap until its score passes, never for more than the session's TTL,
-so the caps can refuse early for that long but are never exceeded.
+owner's set, each with one atomic script that checks the cap (both in one round trip), then
+writes the session; a refusal takes the id out again. An admission whose session is never
+written (a crash in between) counts against the cap until its score passes, never for more
+than the session's TTL, so the caps can refuse early for that long but are never exceeded.
 
 A write to a session is confirmed only once a replica of its primary has it (``WAIT``), when
 the primary has replicas: a step the client saw acknowledged survives a failover. A step whose
@@ -224,6 +224,11 @@ class RedisClusterSessionStore:
                 f"no seed node of the session store's cluster answered ({seeds}): "
                 f"{type(exc).__name__}"
             ) from None
+        try:  # now rather than on each primary's first call (a primary that missed it gets it then)
+            for script in (self._admit, self._create, self._cas, self._delete, self._touch):
+                await self._redis.script_load(script.script)
+        except FAILURES as exc:
+            log.warning("could not load the store's scripts on every primary: %s", exc)
 
     def _key(self, session_id: str) -> str:
         return f"{self._prefix}session:{{{session_id}}}"
@@ -290,16 +295,23 @@ class RedisClusterSessionStore:
     async def _confirmed(
         self, node: ClusterNode, script: Any, keys: list[str], args: list[Any], replicas: int
     ) -> list[Any]:
+        def commands(pipe: Any) -> None:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", replicas, self._wait_ms, target_nodes=node)
+
+        return await self._pipelined(commands, script)
+
+    async def _pipelined(self, commands: Callable[[Any], None], script: Any) -> list[Any]:
+        """``commands`` in one cluster pipeline (one round trip to each node they name); a
+        primary that has not seen ``script`` yet (new, or just promoted) is given it, once."""
         for attempt in (1, 2):
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                    pipe.execute_command("WAIT", replicas, self._wait_ms, target_nodes=node)
+                    commands(pipe)
                     return await pipe.execute()
             except NoScriptError:
                 if attempt == 2:
                     raise
-                # A primary that has not seen the script (new, or just promoted): load it.
                 await self._redis.script_load(script.script)
         raise AssertionError("unreachable")
 
@@ -347,24 +359,48 @@ class RedisClusterSessionStore:
         self, record: SessionRecord, *, max_sessions: int, max_owner_sessions: int = 0
     ) -> None:
         owner_index = self._owner_key(record.owner)
-        pinned = self._pinned_key(record.model_name, record.version_number)
-        if max_sessions > 0:
-            await self._resolve(self._index)
-        if max_owner_sessions > 0:
-            await self._resolve(owner_index)
-        entry: list[Any] = [record.session_id, record.expires_at]
-        if not await self._do(self._admit(keys=[self._index], args=[max_sessions, *entry])):
-            raise too_many_sessions(max_sessions)
-        if not await self._do(self._admit(keys=[owner_index], args=[max_owner_sessions, *entry])):
-            await self._do(self._redis.zrem(self._index, record.session_id))
-            raise too_many_owner_sessions(record.owner, max_owner_sessions)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(pinned, {record.session_id: record.expires_at})
-            pipe.sadd(self._indexes, owner_index, pinned)
-            await self._do(pipe.execute())
+        for attempt in (1, 2):
+            admitted = await self._do(
+                self._admitted(record, owner_index, max_sessions, max_owner_sessions)
+            )
+            if all(admitted):
+                break
+            await self._do(self._withdrawn(record, owner_index))
+            # Entries of sessions that ended may fill an index: check them, then try again.
+            refused = [
+                i for i, ok in zip((self._index, owner_index), admitted, strict=True) if not ok
+            ]
+            if attempt == 2 or not any([await self._resolve(i) for i in refused]):
+                if not admitted[0]:
+                    raise too_many_sessions(max_sessions)
+                raise too_many_owner_sessions(record.owner, max_owner_sessions)
         key = self._key(record.session_id)
         args = [*self._expiry_args(record), *hash_fields(record)]
         await self._written(key, self._create, [key, self._tombstone(record.session_id)], args)
+
+    async def _admitted(
+        self, record: SessionRecord, owner_index: str, max_sessions: int, max_owner: int
+    ) -> tuple[bool, bool]:
+        """Admit the id into the global and the owner's index (each an atomic check of its
+        cap) and enter it in its model version's index, in one round trip."""
+        pinned = self._pinned_key(record.model_name, record.version_number)
+        entry = (record.session_id, record.expires_at)
+
+        def commands(pipe: Any) -> None:
+            pipe.execute_command("EVALSHA", self._admit.sha, 1, self._index, max_sessions, *entry)
+            pipe.execute_command("EVALSHA", self._admit.sha, 1, owner_index, max_owner, *entry)
+            pipe.zadd(pinned, {record.session_id: record.expires_at})
+            pipe.sadd(self._indexes, owner_index, pinned)
+
+        in_global, in_owner, *_ = await self._pipelined(commands, self._admit)
+        return bool(in_global), bool(in_owner)
+
+    async def _withdrawn(self, record: SessionRecord, owner_index: str) -> None:
+        pinned = self._pinned_key(record.model_name, record.version_number)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for index in (self._index, owner_index, pinned):
+                pipe.zrem(index, record.session_id)
+            await pipe.execute()
 
     async def get(self, session_id: str) -> SessionRecord:
         async with self._redis.pipeline(transaction=False) as pipe:
