@@ -224,6 +224,21 @@ async def test_a_session_kept_alive_by_steps_counts_until_it_expires(store: Sess
     await store.create(record("b"), max_sessions=1, max_owner_sessions=1)
 
 
+async def test_a_session_moved_to_another_version_stops_holding_its_old_one(
+    store: SessionStore,
+) -> None:
+    """A session reset onto a newer version (a compare-and-set with the new version) no longer
+    keeps its old version loaded, at the latest once the expiry it was created with passes."""
+    created = replace(record("a", ttl=1.0), model_name="enc", version_number=1)
+    await store.create(created, max_sessions=0)
+    await asyncio.sleep(0.5)
+    moved = replace(created, revision=1, version_number=2, expires_at=time.time() + 1.0)
+    assert await store.compare_and_set(moved, expected_revision=0)
+    await asyncio.sleep(0.7)
+    assert await store.count_pinned("enc", 1) == 0
+    assert (await store.get("a")).version_number == 2
+
+
 async def test_reap_expired_returns_ids(store: SessionStore) -> None:
     await store.create(record("short", ttl=0.2), max_sessions=0)
     await store.create(record("long"), max_sessions=0)

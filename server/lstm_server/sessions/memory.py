@@ -88,9 +88,17 @@ class MemorySessionStore:
         else:
             self._bytes -= record_bytes(old)
             self._owner_bytes[old.owner] -= record_bytes(old)
+            if _pin(old) != _pin(record):  # reset onto another version: it holds that one now
+                self._unpin(old)
+                self._pinned[_pin(record)] += 1
         self._bytes += record_bytes(record)
         self._owner_bytes[record.owner] += record_bytes(record)
         self._records[record.session_id] = record
+
+    def _unpin(self, record: SessionRecord) -> None:
+        self._pinned[_pin(record)] -= 1
+        if not self._pinned[_pin(record)]:
+            del self._pinned[_pin(record)]
 
     def _end(self, session_id: str, reason: str) -> None:
         record = self._records.pop(session_id, None)
@@ -102,9 +110,7 @@ class MemorySessionStore:
             self._owners[record.owner] -= 1
             if not self._owners[record.owner]:
                 del self._owners[record.owner]
-            self._pinned[_pin(record)] -= 1
-            if not self._pinned[_pin(record)]:
-                del self._pinned[_pin(record)]
+            self._unpin(record)
         self._ended[session_id] = reason
         if self._on_end is not None:
             self._on_end(reason)

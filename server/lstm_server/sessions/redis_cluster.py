@@ -52,6 +52,8 @@ T = TypeVar("T")
 FAILURES = (RedisError, RedisClusterException)
 SCHEMES = ("redis+cluster://", "rediss+cluster://")
 TOPOLOGY_SECONDS = 1.0
+# The session hash's fields that say which indexes it belongs in.
+FIELDS_OF_INDEXES = ("expires_at", "owner", "model_name", "version_number")
 
 # KEYS: an index. ARGV: cap (0: none), id, score. Returns 1 (admitted) or 0 (the cap is reached).
 _ADMIT = """
@@ -242,6 +244,13 @@ class RedisClusterSessionStore:
     def _pinned_key(self, model_name: str, version_number: int | str) -> str:
         return f"{self._prefix}pinned:{model_name}/{version_number}"
 
+    def _indexes_of(self, fields: list[Any]) -> set[str]:
+        """The indexes a session with these ``FIELDS_OF_INDEXES`` belongs in now (a session
+        moved to another model version belongs in that version's index only)."""
+        _, owner, model_name, version = (_text(f) if f is not None else "" for f in fields)
+        pinned = self._pinned_key(model_name, version or 0)
+        return {self._index, self._owner_key(owner), pinned}
+
     async def _do(self, operation: Awaitable[T]) -> T:
         try:
             # Beyond ``max_connections`` operations at once, wait (up to the timeout) for one
@@ -335,7 +344,7 @@ class RedisClusterSessionStore:
 
     async def _resolve(self, index: str) -> list[str]:
         """Check the index's entries whose score has passed against their sessions: re-score
-        those that live, drop those that do not; return the dropped ids."""
+        those that live and still belong in it, drop the others; return the dropped ids."""
         now = self._clock()
         found: list[Any] = await self._do(self._redis.zrangebyscore(index, "-inf", now))
         stale = [_text(i) for i in found]
@@ -343,10 +352,16 @@ class RedisClusterSessionStore:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for session_id in stale:
-                pipe.hget(self._key(session_id), "expires_at")
-            expiries = await self._do(pipe.execute())
-        gone = [i for i, e in zip(stale, expiries, strict=True) if e is None or float(e) <= now]
-        live = {i: float(e) for i, e in zip(stale, expiries, strict=True) if i not in gone}
+                pipe.hmget(self._key(session_id), FIELDS_OF_INDEXES)
+            held = await self._do(pipe.execute())
+        live = {
+            session_id: float(fields[0])
+            for session_id, fields in zip(stale, held, strict=True)
+            if fields[0] is not None
+            and float(fields[0]) > now
+            and index in self._indexes_of(fields)
+        }
+        gone = [session_id for session_id in stale if session_id not in live]
         async with self._redis.pipeline(transaction=False) as pipe:
             if gone:
                 pipe.zrem(index, *gone)
