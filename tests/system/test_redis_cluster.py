@@ -187,7 +187,7 @@ async def test_steps_exactly_once_while_a_primary_fails_over(tmp_path: Path, rng
     the client saw acknowledged is stored, none twice; steps in flight are retried by the SDK.
     A step sent with no retries meanwhile is refused UNAVAILABLE with its reason. Then a
     replica starts with the dead node first among its seeds; with a whole shard gone,
-    readiness says NOT_SERVING."""
+    readiness says NOT_SERVING, also for a replica that starts then."""
     nodes = RedisClusterNodes(tmp_path)
     servers = replicas(2, nodes.url, tmp_path)
     reference = NumpyLstm.from_saved_model(tmp_path / "model.keras")
@@ -243,6 +243,19 @@ async def test_steps_exactly_once_while_a_primary_fails_over(tmp_path: Path, rng
         for server in servers:
             wait_health(server.target, NOT_SERVING)
             assert health(server.target, "liveness") == SERVING
+        # A replica that starts now, with slots not covered, starts and says NOT_SERVING.
+        (tmp_path / "uncovered").mkdir()
+        alive = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in nodes.alive())
+        uncovered = ServerProcess(
+            [*MODEL, "--session-store", alive, "--health-interval", "0.2"],
+            log_dir=tmp_path / "uncovered",
+            wait=False,
+        )
+        servers.append(uncovered)
+        wait_health(uncovered.target, NOT_SERVING, timeout=60)
+        await asyncio.sleep(2)  # ten readiness checks later, still
+        assert health(uncovered.target) == NOT_SERVING
+        assert health(uncovered.target, "liveness") == SERVING
     finally:
         for server in servers:
             server.stop()

@@ -224,8 +224,12 @@ class SessionService:
         self._ended_bytes = 0
 
     async def start(self) -> None:
-        """Report the live count and start sweeping expired sessions."""
-        await self._count()
+        """Report the live count and start sweeping expired sessions. A store that cannot be
+        reached yet is not fatal: readiness reports it, and the sweeps count again."""
+        try:
+            await self._count()
+        except ServingError as error:
+            log.warning("cannot count the live sessions yet: %s", error.message)
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="session-reaper")
 
     async def stop(self) -> None:

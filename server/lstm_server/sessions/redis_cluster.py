@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -196,7 +197,7 @@ class RedisClusterSessionStore:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        self._seeds = address.seeds
+        self._address = address
         self._timeout = timeout
         self._slots = asyncio.Semaphore(max_connections)
         self._confirm = address.replicas_to_confirm
@@ -216,17 +217,52 @@ class RedisClusterSessionStore:
         self._touch = self._redis.register_script(_TOUCH)
 
     async def open(self) -> None:
-        """Learn the cluster's slot map from the first seed that answers; none answering is a
-        setup error. Slots not covered yet are not: readiness reports them."""
+        """Learn the cluster's slot map from the first seed that answers. No seed answering is
+        a setup error; seeds that answer for a cluster that cannot be read whole (a shard down)
+        are not: the server starts, readiness says NOT_SERVING until the map can be read."""
         try:
             await self._redis.initialize()
         except FAILURES as exc:
-            seeds = ", ".join(f"{host}:{port}" for host, port in self._seeds)
-            raise StoreSetupError(
-                f"no seed node of the session store's cluster answered ({seeds}): "
-                f"{type(exc).__name__}"
-            ) from None
-        try:  # now rather than on each primary's first call (a primary that missed it gets it then)
+            if not await self._a_seed_answers():
+                seeds = ", ".join(f"{host}:{port}" for host, port in self._address.seeds)
+                raise StoreSetupError(
+                    f"no seed node of the session store's cluster answered ({seeds}): "
+                    f"{type(exc).__name__}"
+                ) from None
+            log.warning(
+                "the session store's cluster answers but cannot be read whole (%s: %s); "
+                "not ready until it can",
+                type(exc).__name__,
+                exc,
+            )
+            return
+        await self._load_scripts()
+
+    async def _a_seed_answers(self) -> bool:
+        address = self._address
+        for host, port in address.seeds:
+            seed = Redis(
+                host=host,
+                port=port,
+                username=address.username,
+                password=address.password,
+                ssl=address.tls,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+            )
+            try:
+                if await seed.ping():
+                    return True
+            except FAILURES:
+                continue
+            finally:
+                await seed.aclose()
+        return False
+
+    async def _load_scripts(self) -> None:
+        """Now rather than on each primary's first call (a primary that missed them gets
+        them then)."""
+        try:
             for script in (self._admit, self._create, self._cas, self._delete, self._touch):
                 await self._redis.script_load(script.script)
         except FAILURES as exc:
@@ -479,10 +515,17 @@ class RedisClusterSessionStore:
 
     async def ping(self) -> bool:
         """Whether the cluster says every slot is served (``cluster_state:ok``), as the first
-        node that answers sees it (a dead node the client still knows is skipped)."""
-        nodes = self._redis.get_primaries() + self._redis.get_replicas()
+        node that answers sees it (a dead node the client still knows is skipped); a cluster
+        not read whole yet is read first."""
         async with self._slots:
-            for node in nodes:
+            if not self._redis.get_primaries():
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await self._redis.initialize()
+                except (*FAILURES, TimeoutError):
+                    return False
+                await self._load_scripts()
+            for node in self._redis.get_primaries() + self._redis.get_replicas():
                 try:
                     info = await self._redis.cluster_info(target_nodes=node)
                 except FAILURES:
