@@ -223,3 +223,25 @@ class ServerProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+# The model replicas in the scale-out tests serve (small: their numbers are the point).
+REPLICA_MODEL = ("--features", "4", "--units", "8", "--seed", "3")
+
+
+def replicas(count: int, store_url: str, directory: Path) -> list[ServerProcess]:
+    """``count`` replicas of ``REPLICA_MODEL`` sharing the session store at ``store_url``,
+    started at once (each imports TensorFlow), then waited for. The first saves the model it
+    serves to ``directory/model.keras``, for the reference."""
+    started = [
+        ServerProcess(
+            [*REPLICA_MODEL, "--session-store", store_url, "--health-interval", "0.2"]
+            + (["--save-model", str(directory / "model.keras")] if i == 0 else []),
+            log_dir=directory,
+            wait=False,
+        )
+        for i in range(count)
+    ]
+    for server in started:
+        server.wait_serving()
+    return started

@@ -19,29 +19,13 @@ from lstm_client.aio import AsyncSession
 
 from tests.redis_cluster import RedisClusterNodes
 from tests.reference import NumpyLstm
-from tests.servers import ServerProcess, free_port, server_command
+from tests.servers import REPLICA_MODEL, ServerProcess, free_port, replicas, server_command
 
 LOCAL_PORTS = ("--host", "127.0.0.1", "--port", "0", "--metrics-port", "off", "--http-port", "off")
 TOL = 1e-5
-MODEL = ("--features", "4", "--units", "8", "--seed", "3")
+MODEL = REPLICA_MODEL
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def replicas(count: int, store_url: str, directory: Path) -> list[ServerProcess]:
-    """``count`` replicas on the cluster, started at once; the first saves its model."""
-    started = [
-        ServerProcess(
-            [*MODEL, "--session-store", store_url, "--health-interval", "0.2"]
-            + (["--save-model", str(directory / "model.keras")] if i == 0 else []),
-            log_dir=directory,
-            wait=False,
-        )
-        for i in range(count)
-    ]
-    for server in started:
-        server.wait_serving()
-    return started
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +74,22 @@ async def run_sessions(
     finally:
         for client in clients:
             await client.close()
+
+
+async def stepping_sessions(
+    nodes: RedisClusterNodes, servers: list[ServerProcess], rng: np.random.Generator
+) -> tuple[list[np.ndarray], asyncio.Task, dict[int, list[str]], int]:
+    """24 sessions stepping 60 times each in the background, once they are live: their inputs,
+    the task, the session keys each primary holds, and the primary holding the most."""
+    inputs = [rng.normal(size=(60, 4)).astype(np.float32) for _ in range(24)]
+    started = asyncio.Event()
+    stepping = asyncio.create_task(
+        run_sessions([s.target for s in servers], inputs, started=started)
+    )
+    await started.wait()
+    await asyncio.sleep(0.3)
+    held = {p: nodes.keys(p, "lstm:session:*") for p in nodes.primaries()}
+    return inputs, stepping, held, max(held, key=lambda p: len(held[p]))
 
 
 def assert_each_step_once(
@@ -143,16 +143,7 @@ async def test_a_slot_holding_live_sessions_moves_while_they_step(fleet, rng) ->
     """``redis-cli --cluster reshard`` moves slots holding live sessions from one primary to
     another while steps are in flight (MOVED and ASK followed): nothing lost, nothing twice."""
     nodes, servers, reference = fleet
-    inputs = [rng.normal(size=(60, 4)).astype(np.float32) for _ in range(24)]
-    started = asyncio.Event()
-    stepping = asyncio.create_task(
-        run_sessions([s.target for s in servers], inputs, started=started)
-    )
-    await started.wait()
-    await asyncio.sleep(0.3)
-    # The sessions are live now; which primary holds them is read off their slots.
-    held = {p: nodes.keys(p, "lstm:session:*") for p in nodes.primaries()}
-    source = max(held, key=lambda p: len(held[p]))
+    inputs, stepping, held, source = await stepping_sessions(nodes, servers, rng)
     target = next(p for p in held if p != source)
     low = min(int(r.split("-")[0]) for r in _slot_ranges(nodes, source))
     slots = sorted(nodes.keyslot(k) for k in held[source])
@@ -192,15 +183,7 @@ async def test_steps_exactly_once_while_a_primary_fails_over(tmp_path: Path, rng
     servers = replicas(2, nodes.url, tmp_path)
     reference = NumpyLstm.from_saved_model(tmp_path / "model.keras")
     try:
-        inputs = [rng.normal(size=(60, 4)).astype(np.float32) for _ in range(24)]
-        started = asyncio.Event()
-        stepping = asyncio.create_task(
-            run_sessions([s.target for s in servers], inputs, started=started)
-        )
-        await started.wait()
-        await asyncio.sleep(0.3)
-        held = {p: nodes.keys(p, "lstm:session:*") for p in nodes.primaries()}
-        victim = max(held, key=lambda p: len(held[p]))
+        inputs, stepping, held, victim = await stepping_sessions(nodes, servers, rng)
         probe_client = AsyncLstmClient(servers[0].target, timeout=10, retries=0)
         probe = await probe_client.session()
         while nodes.primary_of_slot(nodes.keyslot(session_key(probe.session_id))) != victim:

@@ -22,28 +22,10 @@ from tests.helpers import seq_msg
 from tests.nginx_server import NginxServer
 from tests.redis_server import RedisServer
 from tests.reference import NumpyLstm
-from tests.servers import ServerProcess
+from tests.servers import REPLICA_MODEL, ServerProcess, replicas
 
 TOL = 1e-5
-MODEL = ("--features", "4", "--units", "8", "--seed", "3")
-
-
-def replicas(count: int, redis_url: str, directory: Path) -> list[ServerProcess]:
-    """Start ``count`` replicas at once (each imports TensorFlow), then wait for all.
-
-    The first saves the model it serves to ``directory/model.keras``, for the reference."""
-    started = [
-        ServerProcess(
-            [*MODEL, "--session-store", redis_url, "--health-interval", "0.2"]
-            + (["--save-model", str(directory / "model.keras")] if i == 0 else []),
-            log_dir=directory,
-            wait=False,
-        )
-        for i in range(count)
-    ]
-    for server in started:
-        server.wait_serving()
-    return started
+MODEL = REPLICA_MODEL
 
 
 @pytest.fixture(scope="module")

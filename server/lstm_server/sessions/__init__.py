@@ -38,25 +38,23 @@ def open_store(
             max_owner_bytes=owner_memory_budget,
             on_end=on_end,
         )
+    make: Callable[..., SessionStore]
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         from lstm_server.sessions.redis_cluster import RedisClusterSessionStore
 
-        try:
-            return RedisClusterSessionStore(url, timeout=timeout, on_end=on_end)
-        except ValueError as exc:
-            raise StoreSetupError(
-                f"cannot use --session-store {redacted(url)}: {redacted(str(exc))}"
-            ) from None
-    if url.startswith(("redis://", "rediss://", "unix://")):
+        make = RedisClusterSessionStore
+    elif url.startswith(("redis://", "rediss://", "unix://")):
         from lstm_server.sessions.redis import RedisSessionStore
 
-        try:
-            return RedisSessionStore(url, timeout=timeout, on_end=on_end)
-        except ValueError as exc:
-            raise StoreSetupError(
-                f"cannot use --session-store {redacted(url)}: {redacted(str(exc))}"
-            ) from None
-    raise StoreSetupError(
-        f"unknown session store {redacted(url)}: use 'memory', 'redis://HOST:PORT/DB' or "
-        "'redis+cluster://HOST:PORT,HOST:PORT'"
-    )
+        make = RedisSessionStore
+    else:
+        raise StoreSetupError(
+            f"unknown session store {redacted(url)}: use 'memory', 'redis://HOST:PORT/DB' or "
+            "'redis+cluster://HOST:PORT,HOST:PORT'"
+        )
+    try:
+        return make(url, timeout=timeout, on_end=on_end)
+    except ValueError as exc:
+        raise StoreSetupError(
+            f"cannot use --session-store {redacted(url)}: {redacted(str(exc))}"
+        ) from None

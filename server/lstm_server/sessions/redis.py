@@ -72,12 +72,19 @@ return 1
 """
 )
 
-# KEYS: session hash, index, owner's index, model version's index. ARGV: expected revision, id,
-# ttl ms, expires_at, field/value pairs.
-_COMPARE_AND_SET = """
+# A compare-and-set's first lines, in both Redis stores: refuse a stale revision, then drop the
+# kept steps' fields (``hash_fields`` writes them again when the record has them).
+CHECK_REVISION_AND_DROP_STEPS = """
 if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'last_step', 'last_digest', 'last_hidden', 'last_shape', 'last_write',
   'earlier')
+"""
+
+# KEYS: session hash, index, owner's index, model version's index. ARGV: expected revision, id,
+# ttl ms, expires_at, field/value pairs.
+_COMPARE_AND_SET = (
+    CHECK_REVISION_AND_DROP_STEPS
+    + """
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
@@ -85,6 +92,7 @@ redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[2])
 redis.call('ZADD', KEYS[4], 'XX', ARGV[4], ARGV[2])
 return 1
 """
+)
 
 # KEYS: session hash, index, tombstone. ARGV: id, tombstone seconds, prefix.
 _DELETE = """

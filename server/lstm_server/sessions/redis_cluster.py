@@ -45,7 +45,12 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from lstm_server.core.errors import SessionNotFound, StoreSetupError, StoreUnavailable
 from lstm_server.core.store import SessionRecord
 from lstm_server.sessions.memory import too_many_owner_sessions, too_many_sessions
-from lstm_server.sessions.redis import TOMBSTONE_SECONDS, hash_fields, record_of_hash
+from lstm_server.sessions.redis import (
+    CHECK_REVISION_AND_DROP_STEPS,
+    TOMBSTONE_SECONDS,
+    hash_fields,
+    record_of_hash,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,15 +80,15 @@ return 1
 """
 
 # KEYS: session hash, tombstone. ARGV: expected revision, ttl ms, tombstone ms, field/value pairs.
-_COMPARE_AND_SET = """
-if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], 'last_step', 'last_digest', 'last_hidden', 'last_shape', 'last_write',
-  'earlier')
+_COMPARE_AND_SET = (
+    CHECK_REVISION_AND_DROP_STEPS
+    + """
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], 'expired', 'PX', ARGV[3])
 return 1
 """
+)
 
 # KEYS: tombstone. A write that changes nothing but is replicated (the tombstone's expiry, set
 # to what it is): ``WAIT`` after it waits for every earlier write of the primary.
