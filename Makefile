@@ -60,10 +60,11 @@ test: $(STAMP) $(PROTO_STAMP) $(FLOORS_STAMP) $(DEPLOY_STAMP) $(NODE_STAMP) syst
 test-fast: $(STAMP)
 	$(BIN)/pytest tests/unit -m unit $(PYTEST_ARGS)
 
-## bench: the benchmark, then the model repository's, the front door's and the Redis
-## Cluster's; writes bench/results/ and the README's tables
+## bench: the benchmark, then the first minute's, the model repository's, the front door's and
+## the Redis Cluster's; writes bench/results/ and the README's tables
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python bench/first_minute.py $(FIRST_MINUTE_ARGS)
 	$(BIN)/python bench/repository.py $(REPOSITORY_ARGS)
 	$(BIN)/python bench/front_door.py $(FRONT_DOOR_ARGS)
 	$(BIN)/python bench/redis_cluster.py $(REDIS_CLUSTER_ARGS)

@@ -12,6 +12,7 @@ from typing import Any
 
 from lstm_server.core.repository import RepositoryError, check_model_name
 from lstm_server.core.types import Limits
+from lstm_server.runtime.compile_cache import default_directory
 from lstm_server.runtime.options import RuntimeOptions
 
 
@@ -47,7 +48,8 @@ class Settings:
     tls_client_ca: Path | None = None
     auth_tokens_file: Path | None = None
     xla: bool = True
-    compile_cache: Path | None = None
+    compile_cache: str = "default"
+    compile_cache_max_bytes: int = 512 * 2**20
     fast_path: bool = True
     batching: bool = True
     max_batch_rows: int = 64
@@ -106,6 +108,15 @@ class Settings:
         )
 
     @property
+    def compile_cache_directory(self) -> Path | None:
+        """Where the compile cache is (None: off)."""
+        if self.compile_cache.strip().lower() == "off":
+            return None
+        if self.compile_cache.strip().lower() in {"", "default"}:
+            return default_directory()
+        return Path(self.compile_cache)
+
+    @property
     def runtime(self) -> RuntimeOptions:
         return RuntimeOptions(
             model=self.model,
@@ -116,7 +127,8 @@ class Settings:
             chunk_timesteps=self.compute_chunk_timesteps,
             max_rows=self.max_batch_rows,
             xla=self.xla,
-            compile_cache=self.compile_cache,
+            compile_cache=self.compile_cache_directory,
+            compile_cache_max_bytes=self.compile_cache_max_bytes,
             fast_path=self.fast_path,
         )
 
@@ -153,7 +165,11 @@ HELP: dict[str, str] = {
     "tls_client_ca": "PEM CA bundle: require client certificates it signed (mutual TLS)",
     "auth_tokens_file": "file of 'principal token' lines: require an authorization Bearer token",
     "xla": "compile the model with XLA",
-    "compile_cache": "directory where XLA keeps compiled shapes across restarts (default: none)",
+    "compile_cache": "directory where XLA keeps compiled shapes across restarts, shared safely "
+    "by the servers that use it; 'default' is $XDG_CACHE_HOME/lstm-serving/xla (or "
+    "~/.cache/lstm-serving/xla), 'off' keeps none",
+    "compile_cache_max_bytes": "bytes the compile cache may hold; past them its oldest entries "
+    "are removed at start",
     "fast_path": "run small work (single steps, tiny models) on the exact numpy path",
     "batching": "batch queued work from concurrent calls into one model call",
     "max_batch_rows": "most sequences in one model call",

@@ -1,12 +1,14 @@
-"""The background compiler: shapes calls meet are compiled at once, others ahead of traffic at
-the lowest CPU priority, each shape once."""
+"""The background compiler: shapes calls meet with no compiled form are compiled at once, the
+others when the server is idle (or has been busy past their patience), each shape once."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 
+import lstm_server.runtime.compiler as compiler_module
 import pytest
 from lstm_server.runtime.compiler import Compiled, Compiler, Priority, Shape
 
@@ -85,3 +87,56 @@ def test_compiling_ahead_runs_at_the_lowest_priority(compiler: Compiler) -> None
     assert compiler.drain(Priority.AHEAD, 30)
     assert seen["xla-compile-ahead"] == 19
     assert seen["xla-compile"] == os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_shapes_that_only_make_calls_faster_wait_for_an_idle_moment() -> None:
+    busy = threading.Event()
+    busy.set()
+    made = Compiler(idle=lambda: 0.0 if busy.is_set() else 10.0)
+    try:
+        compile = Recorder()
+        shapes = Compiled(made, compile)
+        shapes.ready((8, 128), priority=Priority.AHEAD)
+        shapes.ready((1, 100), priority=Priority.SOON)
+        shapes.ready((1, 128))  # no compiled form: at once, busy or not
+        assert made.drain(Priority.NOW, 30)
+        time.sleep(0.5)  # busy: nothing else is compiled
+        assert compile.compiled == [((1, 128), "xla-compile")]
+        busy.clear()  # idle: the shape calls met goes before the one they have not
+        deadline = time.monotonic() + 30
+        while len(compile.compiled) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [shape for shape, _ in compile.compiled] == [(1, 128), (1, 100), (8, 128)]
+        assert {thread for _, thread in compile.compiled[1:]} == {"xla-compile-ahead"}
+    finally:
+        made.close()
+
+
+def test_a_server_that_is_never_idle_compiles_them_after_their_patience(monkeypatch) -> None:
+    monkeypatch.setitem(compiler_module.PATIENCE, Priority.SOON, 0.3)
+    made = Compiler(idle=lambda: 0.0)  # always busy
+    try:
+        compile = Recorder()
+        shapes = Compiled(made, compile)
+        began = time.monotonic()
+        shapes.ready((1, 100), priority=Priority.SOON)
+        shapes.ready((8, 128), priority=Priority.AHEAD)  # waits a minute: not in this test
+        deadline = began + 30
+        while not compile.compiled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert compile.compiled == [((1, 100), "xla-compile-ahead")]
+        assert time.monotonic() - began >= 0.3
+    finally:
+        made.close()
+
+
+def test_draining_compiles_what_waits_for_idle_at_once() -> None:
+    made = Compiler(idle=lambda: 0.0)
+    try:
+        compile = Recorder()
+        shapes = Compiled(made, compile)
+        shapes.ready((8, 128), priority=Priority.AHEAD)
+        assert made.drain(Priority.AHEAD, 30)
+        assert compile.compiled == [((8, 128), "xla-compile-ahead")]
+    finally:
+        made.close()

@@ -1,14 +1,18 @@
-"""Compiling shapes in the background, most wanted first.
+"""Compiling shapes in the background, most wanted first, out of the way of calls.
 
-XLA compiles once per concrete shape (tenths of a second each). Calls never wait for it: a shape
-not compiled yet runs on a slower function that takes any shape while a thread compiles it.
-Shapes that calls are meeting now are compiled at once; shapes compiled ahead of traffic only
-take what CPU serving leaves.
+XLA compiles once per concrete shape (tenths of a second each, on TensorFlow's own threads at
+the process's normal priority). Calls never wait for it: a shape not compiled yet runs on a
+slower function that takes any shape while a thread compiles it. Shapes that calls are meeting
+now and have no compiled form at all are compiled at once. Shapes that only make calls faster
+(a faster form of a shape traffic meets, or shapes traffic has not met yet) wait until the
+server has been idle for a moment, or, when it never is, until they have waited long enough:
+compiling them in the middle of traffic takes the cores calls are using.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -21,13 +25,21 @@ log = logging.getLogger(__name__)
 
 Shape = tuple[int, int]  # (rows, timesteps)
 
+IDLE_SECONDS = 0.25  # with no call for this long, the background compiles
+
 
 class Priority(IntEnum):
-    """NOW: a call met the shape, and runs slower until it is compiled. AHEAD: with the CPU
-    serving leaves, for a shape traffic has not met yet or a faster form of one compiled."""
+    """NOW: a call met the shape, and runs on the uncompiled function until it is compiled.
+    SOON: a call met the shape, and runs on a slower compiled form meanwhile. AHEAD: a shape
+    traffic has not met yet."""
 
     NOW = 0
-    AHEAD = 1
+    SOON = 1
+    AHEAD = 2
+
+
+# How long a SOON or AHEAD shape waits for an idle moment before it is compiled anyway.
+PATIENCE = {Priority.SOON: 5.0, Priority.AHEAD: 60.0}
 
 
 class Compiled:
@@ -64,6 +76,10 @@ class Compiled:
             self._compiler.submit(lambda: self.compile_now(shape), priority)
         return False
 
+    def has(self, shape: Shape) -> bool:
+        """Whether ``shape`` is compiled (without having it compiled)."""
+        return shape in self._ready
+
     def compile_now(self, shape: Shape) -> None:
         """Compile ``shape`` on the calling thread (once)."""
         if shape not in self._ready:
@@ -88,11 +104,14 @@ class _Worker:
     def submit(self, job: Callable[[], None]) -> None:
         self._jobs.put(job)
 
+    def _next(self) -> Callable[[], None] | None:
+        return self._jobs.get()
+
     def _work(self) -> None:
         if self._niceness:
             with contextlib.suppress(OSError, AttributeError):  # not Linux: normal priority
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._niceness)
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next()) is not None:
             try:
                 job()
             except Exception:  # a shape that fails to compile keeps running on the fallback
@@ -112,26 +131,82 @@ class _Worker:
         self._thread.join()
 
 
-class Compiler:
-    """Two threads: one compiles the shapes calls meet, at once; the other compiles shapes ahead
-    of traffic at the lowest CPU priority, so that it takes only cycles serving leaves idle (a
-    new server compiling its batch buckets answers as fast as an idle one)."""
+class _Waiting(_Worker):
+    """A worker whose jobs wait for an idle moment (``idle()``: seconds since the last call)
+    or for their priority's patience, SOON ones first; jobs of equal priority in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, niceness: int, idle: Callable[[], float]) -> None:
+        self._idle = idle
+        self._order = itertools.count()
+        self._queue: queue.PriorityQueue[tuple[int, int, float, Callable[[], None] | None]] = (
+            queue.PriorityQueue()
+        )
+        self._bypass = threading.Event()
+        super().__init__(name, niceness)
+
+    def submit(self, job: Callable[[], None], priority: Priority = Priority.AHEAD) -> None:
+        self._queue.put((priority, next(self._order), time.monotonic(), job))
+
+    def _next(self) -> Callable[[], None] | None:
+        while True:  # the most urgent job, once it may run
+            priority, order, queued, job = self._queue.get()
+            if job is None or self._may_run(Priority(priority), queued):
+                return job
+            self._queue.put((priority, order, queued, job))
+            self._bypass.wait(0.05)
+
+    def _may_run(self, priority: Priority, queued: float) -> bool:
+        return (
+            self._bypass.is_set()
+            or priority is Priority.NOW
+            or self._idle() >= IDLE_SECONDS
+            or time.monotonic() >= queued + PATIENCE[priority]
+        )
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until what is queued so far is done, compiling it without waiting for idle."""
+        done = threading.Event()
+        self._bypass.set()
+        try:
+            self._queue.put((Priority.AHEAD, next(self._order), 0.0, done.set))
+            return done.wait(timeout)
+        finally:
+            self._bypass.clear()
+
+    def close(self, *, drop: bool) -> None:
+        self._bypass.set()
+        if drop:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+        self._queue.put((Priority.NOW, -1, 0.0, None))
+        self._thread.join()
+
+
+class Compiler:
+    """Two threads: one compiles the shapes calls meet with no compiled form, at once; the
+    other compiles the rest when the server is idle (``idle()``: seconds since its last call)
+    or once they have waited their priority's patience, at the lowest CPU priority."""
+
+    def __init__(self, idle: Callable[[], float] | None = None) -> None:
         self._now = _Worker("xla-compile", 0)
-        self._ahead = _Worker("xla-compile-ahead", 19)
+        self._later = _Waiting("xla-compile-ahead", 19, idle or (lambda: float("inf")))
 
     def submit(self, job: Callable[[], None], priority: Priority) -> None:
-        (self._now if priority is Priority.NOW else self._ahead).submit(job)
+        if priority is Priority.NOW:
+            self._now.submit(job)
+        else:
+            self._later.submit(job, priority)
 
     def drain(self, priority: Priority, timeout: float) -> bool:
-        """Wait until every compilation of ``priority`` or a higher one queued so far is done."""
+        """Wait until every compilation of ``priority`` or a more urgent one queued so far is
+        done (those that wait for idle are compiled without waiting)."""
         began = time.monotonic()
-        if priority is Priority.AHEAD and not self._ahead.drain(timeout):
+        if priority is not Priority.NOW and not self._later.drain(timeout):
             return False
         return self._now.drain(max(0.0, timeout - (time.monotonic() - began)))
 
     def close(self) -> None:
         """Stop: compilations under way finish, queued ones are dropped."""
-        self._ahead.close(drop=True)
+        self._later.close(drop=True)
         self._now.close(drop=True)

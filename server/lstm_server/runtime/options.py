@@ -20,4 +20,5 @@ class RuntimeOptions:
     max_rows: int = 64
     xla: bool = True
     compile_cache: Path | None = None  # XLA's persistent cache of compiled shapes
+    compile_cache_max_bytes: int = 512 * 2**20
     fast_path: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -22,6 +23,7 @@ import tensorflow as tf
 from lstm_server.core.repository import ModelSource
 from lstm_server.core.types import Array, ModelInfo
 from lstm_server.runtime.chain import Chain, load_chain
+from lstm_server.runtime.compile_cache import CompileCache
 from lstm_server.runtime.compiler import Compiled, Compiler, Priority, Shape
 from lstm_server.runtime.keras_model import (
     chain_info,
@@ -33,6 +35,7 @@ from lstm_server.runtime.keras_model import (
 )
 from lstm_server.runtime.numpy_chain import NumpyChain
 from lstm_server.runtime.options import RuntimeOptions
+from lstm_server.runtime.portable import PortableFunction, canonical_library
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +199,16 @@ def _make_programs(
     return _Programs(graph, compiled, exact)
 
 
+def _portable(function: Any, kind: str) -> ConcreteFunction:
+    """``function`` (weights as its first argument, a list) called by its content's name."""
+    portable = PortableFunction(canonical_library(function, kind))
+
+    def call(weights: list[tf.Tensor], *tensors: tf.Tensor) -> list[tf.Tensor]:
+        return list(portable(*weights, *tensors))
+
+    return call
+
+
 def _programs(
     chain: Chain, info: ModelInfo, lstms: list[keras.layers.LSTM], xla: bool
 ) -> _Programs:
@@ -210,6 +223,13 @@ def _programs(
                 # A layer read a variable outside the weights passed in: this chain's own.
                 log.info("the model's function keeps its weights: not shared across versions")
                 return found
+            # Compiled by their content's name: the compile cache finds what other processes,
+            # and this one's earlier starts, compiled for them (runtime/portable.py).
+            found = replace(
+                found,
+                xla=None if found.xla is None else _portable(found.xla, "masked"),
+                exact=None if found.exact is None else _portable(found.exact, "exact"),
+            )
             _PROGRAMS[key] = found
         return found
 
@@ -260,7 +280,10 @@ class TfLstmRuntime:
         # Shapes not compiled yet run on the plain graph function, which takes any shape, while
         # the compiler's thread compiles them (runtime/compiler.py).
         self._graph: ConcreteFunction = partial(programs.graph, weights)
-        self._compiler = Compiler()
+        self._last_call = time.monotonic()
+        self._compiler = Compiler(idle=self._idle_seconds)
+        self.compilations = 0  # shapes this runtime compiled, and how many the cache held
+        self.from_cache = 0
         self._xla: ConcreteFunction | None = None
         self._buckets: Compiled | None = None
         if programs.xla is not None:
@@ -286,11 +309,13 @@ class TfLstmRuntime:
     ) -> tuple[Array, Array, Array]:
         """The exact numpy path, for work ``runs_inline`` accepted."""
         assert self.fast is not None, "run_inline is only for work runs_inline accepted"
+        self._last_call = time.monotonic()
         return self.fast.run(x, lengths, h0, c0)
 
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
         """Run B right-padded sequences x (B, T, input_width) of the given lengths from states
         (B, state_size) through TensorFlow, for any size of work."""
+        self._last_call = time.monotonic()
         rows, steps = x.shape[0], x.shape[1]
         if rows <= self.max_rows and steps <= self.chunk_timesteps and lengths.max() == steps:
             return self._call(x, lengths, h0, c0)  # one call: nothing to split or carry
@@ -331,11 +356,39 @@ class TfLstmRuntime:
             s, h, c = _called(self._exact, xp, hp, cp)
             return s[:rows], h[:rows], c[:rows]
         padded_span = _next_power_of_two(span)
+        function = self._function_for((padded_rows, padded_span))
+        if function is self._graph and (piece := self._compiled_rows(padded_rows, padded_span)):
+            # Not compiled for this many rows yet: in pieces of rows that are, not uncompiled.
+            parts = [
+                self._call(
+                    x[i : i + piece],
+                    lengths[i : i + piece],
+                    h0[i : i + piece],
+                    c0[i : i + piece],
+                    exact=False,
+                )
+                for i in range(0, rows, piece)
+            ]
+            return tuple(np.concatenate(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
         xp = np.zeros((padded_rows, padded_span, features), np.float32)
         xp[:rows, :span] = x
         mask = np.arange(padded_span)[None, :] < np.pad(lengths, (0, padded_rows - rows))[:, None]
-        s, h, c = _called(self._function_for((padded_rows, padded_span)), xp, mask, hp, cp)
+        s, h, c = _called(function, xp, mask, hp, cp)
         return s[:rows, :span], h[:rows], c[:rows]
+
+    def _compiled_rows(self, rows: int, span: int) -> int:
+        """The most rows fewer than ``rows`` the masked function is compiled for at ``span``
+        (0: none)."""
+        if self._buckets is None:
+            return 0
+        fewer = rows // 2
+        while fewer and not self._buckets.has((fewer, span)):
+            fewer //= 2
+        return fewer
+
+    def _idle_seconds(self) -> float:
+        """Seconds since the last call ran (the background compiles when it is idle)."""
+        return time.monotonic() - self._last_call
 
     def _function_for(self, shape: Shape) -> ConcreteFunction:
         if self._xla is None or self._buckets is None:
@@ -344,27 +397,34 @@ class TfLstmRuntime:
 
     def _exact_ready(self, shape: Shape) -> bool:
         """Whether the unmasked function is compiled for ``shape``. If not, it is compiled in
-        the background (up to ``max_exact_shapes`` of them) with the CPU serving leaves: the
-        masked bucket, compiled already, serves meanwhile, so a new server under load does not
-        share its cores with compilations that only make it faster."""
+        the background (up to ``max_exact_shapes`` of them) at the next idle moment, or after a
+        few seconds of traffic without one: the masked bucket, compiled already, serves
+        meanwhile, so a new server under load does not share its cores with compilations that
+        only make it faster."""
         return self._exact_shapes is not None and self._exact_shapes.ready(
-            shape, priority=Priority.AHEAD
+            shape, priority=Priority.SOON
         )
 
     def _compile_exact(self, shape: Shape) -> None:
-        assert self._exact is not None
-        rows, span = shape
-        state = np.zeros((rows, self.info.state_size), np.float32)
-        _called(
-            self._exact, np.zeros((rows, span, self.info.input_width), np.float32), state, state
-        )
-
-    def _compile(self, shape: Shape) -> None:
-        assert self._xla is not None
+        exact = self._exact
+        assert exact is not None
         rows, span = shape
         state = np.zeros((rows, self.info.state_size), np.float32)
         x = np.zeros((rows, span, self.info.input_width), np.float32)
-        _called(self._xla, x, np.ones((rows, span), bool), state, state)
+        self._count(_compiled_into_cache(lambda: _called(exact, x, state, state)))
+
+    def _compile(self, shape: Shape) -> None:
+        masked = self._xla
+        assert masked is not None
+        rows, span = shape
+        state = np.zeros((rows, self.info.state_size), np.float32)
+        x = np.zeros((rows, span, self.info.input_width), np.float32)
+        mask = np.ones((rows, span), bool)
+        self._count(_compiled_into_cache(lambda: _called(masked, x, mask, state, state)))
+
+    def _count(self, from_cache: bool) -> None:
+        self.compilations += 1
+        self.from_cache += from_cache
 
     def close(self) -> None:
         """Stop the background compiler; a compilation under way finishes first."""
@@ -418,16 +478,21 @@ class TfLstmRuntime:
         elapsed = time.perf_counter() - began
         ahead = len(shapes) - len(now)
         log.info(
-            "compiled %d shapes in %.2f s; %d more ahead of traffic",
-            len({(1, 1), *now}),
+            "compiled %d shapes in %.2f s (%d found in the compile cache); %d more ahead of "
+            "traffic, when the server is idle",
+            self.compilations,
             elapsed,
+            self.from_cache,
             ahead,
         )
         self._compiler.submit(
             lambda: log.info(
-                "compiled the %d shapes ahead of traffic in %.1f s",
+                "compiled the %d shapes ahead of traffic %.1f s after start; %d of the %d "
+                "compilations so far found in the compile cache",
                 ahead,
-                time.perf_counter() - began - elapsed,
+                time.perf_counter() - began,
+                self.from_cache,
+                self.compilations,
             ),
             Priority.AHEAD,
         )
@@ -466,24 +531,52 @@ class TfLstmRuntime:
         )
 
 
-def use_compile_cache(directory: Path) -> None:
-    """Have XLA keep what it compiles in ``directory`` and load it from there on the next start
-    (its persistent cache, keyed by the compiled program: a changed model never hits an old
-    entry). TensorFlow reads ``TF_XLA_FLAGS`` when it first compiles."""
-    flag = f"--tf_xla_persistent_cache_directory={directory}"
-    flags = os.environ.get("TF_XLA_FLAGS", "")
-    if flag in flags.split():
-        return  # set by an earlier load (every model version of the server shares it)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.environ["TF_XLA_FLAGS"] = f"{flags} {flag}".strip()
-    log.info("XLA compile cache in %s", directory)
+# The compile cache this process uses (opened by the first load), and what its compilations
+# found there: TensorFlow reads TF_XLA_FLAGS once, so every model of the process shares it.
+_CACHE: CompileCache | None = None
+_CACHE_LOCK = threading.Lock()
+
+
+def use_compile_cache(directory: Path, max_bytes: int) -> None:
+    """Have XLA keep what it compiles in ``directory`` (shared, see ``compile_cache.py``) and
+    load it from there: keyed by the compiled program, so a changed model never hits an old
+    entry. A directory that cannot be used is logged and left out."""
+    global _CACHE
+    with _CACHE_LOCK:
+        if _CACHE is not None:
+            return
+        cache = CompileCache(directory, max_bytes)
+        try:
+            cache.open()
+        except OSError as error:
+            log.warning("no compile cache: %s cannot be used (%s)", directory, error)
+            return
+        flags = os.environ.get("TF_XLA_FLAGS", "")
+        os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={cache.private}"
+        atexit.register(cache.close)
+        _CACHE = cache
+        log.info("XLA compile cache in %s (at most %d bytes)", directory, max_bytes)
+
+
+def _compiled_into_cache(compile: Callable[[], object]) -> bool:
+    """Run ``compile`` (one shape's first call), publishing what it wrote to the cache; whether
+    XLA found the program in the cache (nothing written)."""
+    cache = _CACHE
+    if cache is None:
+        compile()
+        return False
+    with _CACHE_LOCK:
+        cache.refresh()
+    compile()
+    with _CACHE_LOCK:
+        return not cache.publish()
 
 
 def load_runtime(options: RuntimeOptions, source: ModelSource | None = None) -> TfLstmRuntime:
     """Load a version of a model (``source``; by default the one ``options`` names: the user's
     model file, or the seeded default), optionally save it, and compile it."""
-    if options.compile_cache is not None:
-        use_compile_cache(options.compile_cache)
+    if options.compile_cache is not None and options.xla:
+        use_compile_cache(options.compile_cache, options.compile_cache_max_bytes)
     path = options.model if source is None else source.path
     if path is not None:
         chain = load_chain(path)
