@@ -78,3 +78,21 @@ def test_the_default_directory_is_per_user(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_directory() == tmp_path / "home" / ".cache" / "lstm-serving" / "xla"
+
+
+def test_the_shapes_calls_met_are_kept_for_the_next_servers(tmp_path: Path) -> None:
+    first, second = CompileCache(tmp_path, 2**20), CompileCache(tmp_path, 2**20)
+    first.open()
+    second.open()
+    try:
+        assert first.shapes_met("lstm_exact_ab_0") == []
+        first.record_met("lstm_exact_ab_0", (1, 100))
+        second.record_met("lstm_exact_ab_0", (8, 100))
+        first.record_met("lstm_exact_ab_0", (1, 100))  # once
+        assert second.shapes_met("lstm_exact_ab_0") == [(1, 100), (8, 100)]
+        assert first.shapes_met("lstm_masked_ab_0") == []
+        (tmp_path / "shapes" / "lstm_masked_ab_0.json").write_text("{not json")
+        assert first.shapes_met("lstm_masked_ab_0") == []  # unreadable: nothing met
+    finally:
+        first.close()
+        second.close()

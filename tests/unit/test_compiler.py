@@ -140,3 +140,24 @@ def test_draining_compiles_what_waits_for_idle_at_once() -> None:
         assert compile.compiled == [((8, 128), "xla-compile-ahead")]
     finally:
         made.close()
+
+
+def test_the_shapes_calls_meet_are_told_once_and_not_those_compiled_ahead(
+    compiler: Compiler,
+) -> None:
+    met: list[tuple[Shape, str]] = []
+    shapes = Compiled(
+        compiler, Recorder(), met=lambda shape: met.append((shape, threading.current_thread().name))
+    )
+    shapes.ready((4, 128), priority=Priority.AHEAD)
+    shapes.ready((8, 128), priority=Priority.AHEAD)
+    shapes.ready((1, 100), priority=Priority.SOON)
+    shapes.ready((2, 128))
+    shapes.ready((2, 128))
+    shapes.ready((8, 128))  # queued ahead of traffic, then met
+    assert compiler.drain(Priority.AHEAD, 30)
+    assert sorted(met) == [
+        ((1, 100), "xla-compile"),
+        ((2, 128), "xla-compile"),
+        ((8, 128), "xla-compile"),
+    ]

@@ -6,12 +6,14 @@ each server points TensorFlow at a directory of its own, inside the shared one, 
 links to the shared entries; what it compiles is published to the shared directory under a
 temporary name and renamed into place, so that readers only ever see whole entries. The shared
 directory is bounded: past ``max_bytes``, its oldest entries are removed when a server starts.
-No TensorFlow here.
+Beside the entries, the cache keeps the shapes calls met for each program, so that the next
+server compiles (loads, mostly) those before it serves. No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_SUFFIX = ".pb"  # XLA's entries: xla_compile_cache__<signature>__<program>__<device>.pb
 PRIVATE_PREFIX = ".server-"
+SHAPES = "shapes"  # per program, the shapes calls met: compiled by the next start before serving
 STALE_SECONDS = 3600.0  # a server's own directory left behind by a crash, removed after this
 
 
@@ -90,6 +93,29 @@ class CompileCache:
                 with contextlib.suppress(OSError):
                     temporary.unlink()
         return written
+
+    def shapes_met(self, program: str) -> list[tuple[int, int]]:
+        """The shapes calls met for ``program`` (a portable function's name) on any server."""
+        try:
+            recorded = json.loads((self.directory / SHAPES / f"{program}.json").read_text())
+            return [(int(rows), int(span)) for rows, span in recorded["shapes"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+    def record_met(self, program: str, shape: tuple[int, int]) -> None:
+        """Add ``shape`` to what calls met for ``program``, for the next servers to compile
+        before they serve (replaced whole: a reader sees the old list or the new one)."""
+        met = self.shapes_met(program)
+        if shape in met:
+            return
+        folder = self.directory / SHAPES
+        try:
+            folder.mkdir(exist_ok=True)
+            temporary = folder / f".{program}.{os.getpid()}.tmp"
+            temporary.write_text(json.dumps({"shapes": [*met, shape]}))
+            os.replace(temporary, folder / f"{program}.json")
+        except OSError as error:
+            log.warning("could not record the shapes calls met: %s", error)
 
     def prune(self) -> int:
         """Remove the oldest entries until the shared ones fit ``max_bytes``; bytes removed."""

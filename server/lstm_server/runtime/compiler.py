@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from enum import IntEnum
+from functools import partial
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class Compiled:
 
     ``compile(shape)`` runs the function once on that shape; at most ``limit`` shapes are ever
     compiled or queued (None: no limit). ``ready``: the set of shapes compiled so far, when
-    the function's compiled programs are shared with others that may have compiled some."""
+    the function's compiled programs are shared with others that may have compiled some.
+    ``met(shape)``: called on the compiler's thread for each shape a call meets first."""
 
     def __init__(
         self,
@@ -56,12 +58,14 @@ class Compiled:
         limit: int | None = None,
         *,
         ready: set[Shape] | None = None,
+        met: Callable[[Shape], None] | None = None,
     ) -> None:
         self._compiler = compiler
         self._compile = compile
         self._limit = limit
         self._ready: set[Shape] = set() if ready is None else ready
         self._queued: dict[Shape, Priority] = {}
+        self._met = met  # told, on the compiler's thread, of each shape a call met first
 
     def ready(self, shape: Shape, *, priority: Priority = Priority.NOW) -> bool:
         """Whether ``shape`` is compiled; if not, have it compiled with ``priority`` (sooner, if
@@ -71,6 +75,9 @@ class Compiled:
         queued = self._queued.get(shape)
         if queued is None and self._limit is not None and len(self._queued) >= self._limit:
             return False
+        first_met = priority is not Priority.AHEAD and queued in (None, Priority.AHEAD)
+        if first_met and self._met is not None:
+            self._compiler.submit(partial(self._met, shape), Priority.NOW)
         if queued is None or priority < queued:
             self._queued[shape] = priority
             self._compiler.submit(lambda: self.compile_now(shape), priority)

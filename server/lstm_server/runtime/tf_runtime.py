@@ -152,6 +152,7 @@ class _Programs:
     exact: ConcreteFunction | None
     buckets: set[Shape] = field(default_factory=set)
     exact_shapes: set[Shape] = field(default_factory=set)
+    names: dict[str, str] = field(default_factory=dict)  # portable functions' names, by kind
 
 
 # The programs of each architecture served since start, shared by its versions. TensorFlow
@@ -199,9 +200,8 @@ def _make_programs(
     return _Programs(graph, compiled, exact)
 
 
-def _portable(function: Any, kind: str) -> ConcreteFunction:
-    """``function`` (weights as its first argument, a list) called by its content's name."""
-    portable = PortableFunction(canonical_library(function, kind))
+def _bound(portable: PortableFunction) -> ConcreteFunction:
+    """``portable`` called as the traced function is: weights as its first argument, a list."""
 
     def call(weights: list[tf.Tensor], *tensors: tf.Tensor) -> list[tf.Tensor]:
         return list(portable(*weights, *tensors))
@@ -225,11 +225,16 @@ def _programs(
                 return found
             # Compiled by their content's name: the compile cache finds what other processes,
             # and this one's earlier starts, compiled for them (runtime/portable.py).
-            found = replace(
-                found,
-                xla=None if found.xla is None else _portable(found.xla, "masked"),
-                exact=None if found.exact is None else _portable(found.exact, "exact"),
-            )
+            names = {}
+            if found.xla is not None:
+                masked = PortableFunction(canonical_library(found.xla, "masked"))
+                found = replace(found, xla=_bound(masked))
+                names["masked"] = masked.name
+            if found.exact is not None:
+                exact = PortableFunction(canonical_library(found.exact, "exact"))
+                found = replace(found, exact=_bound(exact))
+                names["exact"] = exact.name
+            found = replace(found, names=names)
             _PROGRAMS[key] = found
         return found
 
@@ -286,16 +291,26 @@ class TfLstmRuntime:
         self.from_cache = 0
         self._xla: ConcreteFunction | None = None
         self._buckets: Compiled | None = None
+        self._names = programs.names
         if programs.xla is not None:
             self._xla = partial(programs.xla, weights)
-            self._buckets = Compiled(self._compiler, self._compile, ready=programs.buckets)
+            self._buckets = Compiled(
+                self._compiler,
+                self._compile,
+                ready=programs.buckets,
+                met=partial(_record_met, programs.names.get("masked")),
+            )
         # Unmasked, exact shapes (XLA only; not for models that mask their own content).
         self._exact: ConcreteFunction | None = None
         self._exact_shapes: Compiled | None = None
         if programs.exact is not None:
             self._exact = partial(programs.exact, weights)
             self._exact_shapes = Compiled(
-                self._compiler, self._compile_exact, max_exact_shapes, ready=programs.exact_shapes
+                self._compiler,
+                self._compile_exact,
+                max_exact_shapes,
+                ready=programs.exact_shapes,
+                met=partial(_record_met, programs.names.get("exact")),
             )
 
     def runs_inline(self, rows: int, timesteps: int) -> bool:
@@ -456,8 +471,10 @@ class TfLstmRuntime:
     def warm_up(self) -> float:
         """Compile what a call may meet first, then queue the rest to compile in the background.
 
-        Before serving: the one-step bucket (which calibration measures), then every bucket of
-        one row that TensorFlow runs rather than numpy. In the background, ahead of traffic:
+        Before serving: the one-step bucket (which calibration measures), every bucket of one
+        row that TensorFlow runs rather than numpy, then the shapes calls met on earlier
+        servers (kept with the compile cache), until ``WARM_START_SECONDS`` after warm-up
+        began. In the background, when the server is idle:
         every batch bucket TensorFlow runs, so that a new server is soon as fast as a warm one
         on batched traffic too (a call that meets a shape first still moves it ahead)."""
         began = time.perf_counter()
@@ -473,16 +490,18 @@ class TfLstmRuntime:
         now = [shape for shape in shapes if shape[0] == 1]
         for shape in now:
             self._buckets.compile_now(shape)
+        met = self._compile_met(began + WARM_START_SECONDS)
         for shape in shapes:
             self._buckets.ready(shape, priority=Priority.AHEAD)
         elapsed = time.perf_counter() - began
         ahead = len(shapes) - len(now)
         log.info(
-            "compiled %d shapes in %.2f s (%d found in the compile cache); %d more ahead of "
-            "traffic, when the server is idle",
+            "compiled %d shapes in %.2f s (%d found in the compile cache, %d that calls met "
+            "before); %d more ahead of traffic, when the server is idle",
             self.compilations,
             elapsed,
             self.from_cache,
+            met,
             ahead,
         )
         self._compiler.submit(
@@ -497,6 +516,26 @@ class TfLstmRuntime:
             Priority.AHEAD,
         )
         return elapsed
+
+    def _compile_met(self, until: float) -> int:
+        """Compile the shapes calls met on earlier servers (from the compile cache, mostly),
+        most rows first, until ``until`` (``time.perf_counter``); how many."""
+        cache = _CACHE
+        if cache is None:
+            return 0
+        todo: list[tuple[int, Shape, Compiled]] = []
+        for kind, shapes in (("exact", self._exact_shapes), ("masked", self._buckets)):
+            name = self._names.get(kind)
+            if shapes is not None and name is not None:
+                todo += [(-shape[0], shape, shapes) for shape in cache.shapes_met(name)]
+        done = 0
+        for _, shape, shapes in sorted(todo, key=lambda item: item[:2]):
+            if time.perf_counter() >= until:
+                break
+            if not shapes.has(shape):
+                shapes.compile_now(shape)
+                done += 1
+        return done
 
     def calibrate(self) -> None:
         """Measure what decides between the paths: numpy per timestep, TensorFlow per call."""
@@ -535,6 +574,9 @@ class TfLstmRuntime:
 # found there: TensorFlow reads TF_XLA_FLAGS once, so every model of the process shares it.
 _CACHE: CompileCache | None = None
 _CACHE_LOCK = threading.Lock()
+# Seconds from the start of warm-up within which the shapes calls met on earlier servers are
+# compiled before serving (from the cache: about 0.15 s each).
+WARM_START_SECONDS = 3.0
 
 
 def use_compile_cache(directory: Path, max_bytes: int) -> None:
@@ -556,6 +598,12 @@ def use_compile_cache(directory: Path, max_bytes: int) -> None:
         atexit.register(cache.close)
         _CACHE = cache
         log.info("XLA compile cache in %s (at most %d bytes)", directory, max_bytes)
+
+
+def _record_met(program: str | None, shape: Shape) -> None:
+    """Keep, in the compile cache, that a call met ``shape`` of ``program``."""
+    if _CACHE is not None and program is not None:
+        _CACHE.record_met(program, shape)
 
 
 def _compiled_into_cache(compile: Callable[[], object]) -> bool:
