@@ -40,7 +40,7 @@ class Priority(IntEnum):
 
 
 # How long a SOON or AHEAD shape waits for an idle moment before it is compiled anyway.
-PATIENCE = {Priority.SOON: 5.0, Priority.AHEAD: 60.0}
+PATIENCE = {Priority.SOON: 2.0, Priority.AHEAD: 60.0}
 
 
 class Compiled:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,9 @@ from lstm_server.runtime.options import RuntimeOptions
 from lstm_server.runtime.portable import PortableFunction, canonical_library
 
 log = logging.getLogger(__name__)
+
+if "matplotlib" in sys.modules and sys.modules["matplotlib"] is None:
+    del sys.modules["matplotlib"]  # Keras is in without it (runtime/__init__.py)
 
 
 def _next_power_of_two(n: int) -> int:
@@ -519,17 +523,18 @@ class TfLstmRuntime:
 
     def _compile_met(self, until: float) -> int:
         """Compile the shapes calls met on earlier servers (from the compile cache, mostly),
-        most rows first, until ``until`` (``time.perf_counter``); how many."""
+        the unmasked ones first, each kind in the order calls first met them, until ``until``
+        (``time.perf_counter``); how many."""
         cache = _CACHE
         if cache is None:
             return 0
-        todo: list[tuple[int, Shape, Compiled]] = []
+        todo: list[tuple[Shape, Compiled]] = []
         for kind, shapes in (("exact", self._exact_shapes), ("masked", self._buckets)):
             name = self._names.get(kind)
             if shapes is not None and name is not None:
-                todo += [(-shape[0], shape, shapes) for shape in cache.shapes_met(name)]
+                todo += [(shape, shapes) for shape in cache.shapes_met(name)]
         done = 0
-        for _, shape, shapes in sorted(todo, key=lambda item: item[:2]):
+        for shape, shapes in todo:
             if time.perf_counter() >= until:
                 break
             if not shapes.has(shape):
