@@ -78,16 +78,30 @@ def window(server: Process, method: str, request: bytes) -> dict[str, float]:
     }
 
 
+def resident_mb(server: Process) -> float:
+    """The server's resident memory (Linux /proc, the same for every server)."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
 def measure_one(server: Process, method: str, request: bytes) -> dict:
-    """The first minute and the settled figures of a server just started."""
+    """The first minute and the settled figures of a server just started, and its resident
+    memory once settled."""
     try:
         time.sleep(1.0)
         first = window(server, method, request)
         settle = server.settle()
         settled = window(server, method, request)
+        rss = resident_mb(server)
     finally:
         server.stop()
-    return {"startup_s": server.startup, "settle_s": settle, "first": first, "settled": settled}
+    return {
+        "startup_s": server.startup,
+        "settle_s": settle,
+        "first": first,
+        "settled": settled,
+        "rss_mb": rss,
+    }
 
 
 def measure(rounds: int, with_peer: bool) -> dict:
@@ -142,6 +156,38 @@ def markdown(data: dict) -> str:
             return f"{_median(per_round):.2f}x ({spread})"
 
         ratios.append(f"| {name} | {ratio('p50_ms')} | {ratio('p99_ms')} | {ratio('rps_at_64')} |")
+    peer = data["servers"].get("KServe")
+    if peer:
+        ratios += [
+            "",
+            "| server | against KServe: p50 @1 settled | req/s @64 settled | resident memory |",
+        ]
+        ratios.append("| --- | --- | --- | --- |")
+        for name, runs in data["servers"].items():
+            if name == "KServe":
+                continue
+
+            def against(key: str, runs: list[dict] = runs) -> str:
+                rounds = [
+                    mine["settled"][key] / theirs["settled"][key]
+                    for mine, theirs in zip(runs, peer, strict=False)
+                ]
+                return f"{_median(rounds):.2f}x"
+
+            memory = [
+                mine["rss_mb"] / theirs["rss_mb"]
+                for mine, theirs in zip(runs, peer, strict=False)
+                if "rss_mb" in mine and "rss_mb" in theirs
+            ]
+            rss = (
+                f"{_median([r['rss_mb'] for r in runs]):.0f} MB, {_median(memory):.2f}x"
+                if memory
+                else ""
+            )
+            ratios.append(f"| {name} | {against('p50_ms')} | {against('rps_at_64')} | {rss} |")
+        kserve_rss = [r["rss_mb"] for r in peer if "rss_mb" in r]
+        if kserve_rss:
+            ratios.append(f"| KServe | 1x | 1x | {_median(kserve_rss):.0f} MB |")
     return (
         "\n".join(lines)
         + "\n\n"

@@ -1,5 +1,6 @@
 """The compile cache: on by default, shared by servers through whole entries only, and found by
-a restarted server (programs are named by their content, not by the process that traced them)."""
+a restarted server (programs are named by their content, not by the process that traced them),
+which compiles the shapes calls met before it serves."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from lstm_client import LstmClient
 from tests.reference import NumpyLstm
 from tests.servers import ServerProcess
 
+WARMED = re.compile(r"(\d+) that calls met before\)")
 AHEAD_DONE = re.compile(r"(\d+) of the (\d+) compilations so far found in the compile cache")
 
 
@@ -46,14 +48,19 @@ def test_a_restarted_server_finds_its_compiled_shapes_in_the_cache(tmp_path: Pat
     entries = _entries(cache)
     assert entries, "nothing was published to the compile cache"
     # Nothing half-written or private is left: each server's own directory goes with it.
-    assert [p.name for p in cache.iterdir() if not p.name.endswith(".pb")] == []
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".pb")] == ["shapes"]
+    met = {p.name.split("_")[1]: p.read_text() for p in (cache / "shapes").glob("*.json")}
+    assert "[4, 40]" in met["exact"]  # the batch, padded to 4 rows, ran unmasked
     second = ServerProcess(args, log_dir=tmp_path)
     try:
         with LstmClient(second.target, timeout=60) as client:
             after = client.predict(x)
         found, compiled = _ahead_done(second)
+        warmed = WARMED.search(second.log())
     finally:
         second.stop()
+    assert warmed is not None
+    assert int(warmed.group(1)) >= 1  # the shapes calls met, compiled before serving
     # XLA lowers some programs in one of two equivalent forms at random, so a restart finds
     # most of them, not always all; the cache gathers both forms over starts.
     assert found > 0, f"none of {compiled} compilations found in the cache"

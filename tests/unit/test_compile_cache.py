@@ -28,16 +28,18 @@ def test_what_a_server_compiles_reaches_the_others_whole(tmp_path: Path) -> None
     assert second.refresh() == 1  # linked into the other server's own directory
     assert (second.private / ENTRY).read_bytes() == b"x" * 1000
     assert first.publish() == []  # published once
-    _write(second, ENTRY.replace("__2__", "__3__"), 10)
-    (second.private / ENTRY).unlink()
-    _write(second, ENTRY, 5)  # the same program, compiled again elsewhere: the first stays
-    assert second.publish() == [ENTRY.replace("__2__", "__3__")]
-    assert (tmp_path / ENTRY).read_bytes() == b"x" * 1000
-    first.close()
-    second.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [ENTRY, ENTRY.replace("__2__", "__3__")]
-    )
+    assert second.publish() == []  # linked, not written: not its own
+    third = CompileCache(tmp_path, 2**20)
+    third.open()
+    other = ENTRY.replace("__2__", "__3__")
+    _write(first, other, 10)
+    _write(third, other, 5)  # the same program, compiled by two servers at once
+    assert first.publish() == [other]
+    assert third.publish() == [other]  # its own compilation, though the first one stays
+    assert (tmp_path / other).read_bytes() == b"x" * 10
+    for cache in (first, second, third):
+        cache.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ENTRY, other])
 
 
 def test_the_shared_directory_keeps_its_newest_entries_within_the_bound(tmp_path: Path) -> None:

@@ -72,22 +72,23 @@ class CompileCache:
         for name in _entries(self.directory).keys() - have:
             with contextlib.suppress(FileNotFoundError, FileExistsError):
                 os.link(self.directory / name, self.private / name)
+                self._published.add(name)  # not this server's to publish
                 linked += 1
-        self._published |= have
         return linked
 
     def publish(self) -> list[str]:
-        """Publish the entries this server wrote since the last call; their names."""
+        """Publish the entries this server wrote since the last call; their names (those
+        another server published meanwhile are left as they are)."""
         written = []
         for name in _entries(self.private).keys() - self._published:
             self._published.add(name)
+            written.append(name)
             if (self.directory / name).exists():
-                continue  # another server published the same program
+                continue  # another server published the same program meanwhile
             temporary = self.directory / f".{name}.{os.getpid()}.tmp"
             try:
                 os.link(self.private / name, temporary)
                 os.replace(temporary, self.directory / name)
-                written.append(name)
             except OSError as error:
                 log.warning("could not publish compiled shape %s: %s", name, error)
                 with contextlib.suppress(OSError):

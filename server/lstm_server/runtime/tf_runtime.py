@@ -613,15 +613,15 @@ def _record_met(program: str | None, shape: Shape) -> None:
 
 def _compiled_into_cache(compile: Callable[[], object]) -> bool:
     """Run ``compile`` (one shape's first call), publishing what it wrote to the cache; whether
-    XLA found the program in the cache (nothing written)."""
+    XLA found the program in the cache (it wrote nothing). Compilations that use the cache take
+    turns, so that what a compilation wrote is known to be its own."""
     cache = _CACHE
     if cache is None:
         compile()
         return False
-    with _CACHE_LOCK:
+    with _CACHE_LOCK:  # one compilation at a time: what it wrote is its own
         cache.refresh()
-    compile()
-    with _CACHE_LOCK:
+        compile()
         return not cache.publish()
 
 
