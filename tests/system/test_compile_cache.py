@@ -4,6 +4,7 @@ which compiles the shapes calls met before it serves."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -49,8 +50,11 @@ def test_a_restarted_server_finds_its_compiled_shapes_in_the_cache(tmp_path: Pat
     assert entries, "nothing was published to the compile cache"
     # Nothing half-written or private is left: each server's own directory goes with it.
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".pb")] == ["shapes"]
-    met = {p.name.split("_")[1]: p.read_text() for p in (cache / "shapes").glob("*.json")}
-    assert "[4, 40]" in met["exact"]  # the batch, padded to 4 rows, ran unmasked
+    met = {p.name.split("_")[1]: p for p in (cache / "shapes").glob("*.json")}
+    assert [4, 40] in json.loads(met["exact"].read_text())["shapes"]  # the batch, 4 rows, unmasked
+    # What the next server reads is checked: shapes it could never meet are not compiled.
+    recorded = json.loads(met["exact"].read_text())
+    met["exact"].write_text(json.dumps({"shapes": [[0, 5], [4096, 4096], *recorded["shapes"]]}))
     second = ServerProcess(args, log_dir=tmp_path)
     try:
         with LstmClient(second.target, timeout=60) as client:

@@ -537,7 +537,9 @@ class TfLstmRuntime:
         for shape, shapes in todo:
             if time.perf_counter() >= until:
                 break
-            if not shapes.has(shape):
+            rows, span = shape  # a shape this runtime could meet, nothing larger
+            fits = 1 <= rows <= self.max_rows and 1 <= span <= self.chunk_timesteps
+            if fits and not shapes.has(shape):
                 shapes.compile_now(shape)
                 done += 1
         return done
