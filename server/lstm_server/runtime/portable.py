@@ -40,6 +40,14 @@ def _rename(attr: attr_value_pb2.AttrValue, names: dict[str, str]) -> None:
             f.name = names.get(f.name, f.name)
 
 
+def _rename_calls(definition: function_pb2.FunctionDef, names: dict[str, str]) -> None:
+    """Rename the functions ``definition`` calls, by op type or through attributes."""
+    for node in definition.node_def:
+        node.op = names.get(node.op, node.op)
+        for attr in node.attr.values():
+            _rename(attr, names)
+
+
 def _number_inputs(definition: function_pb2.FunctionDef) -> None:
     """Names a function's inputs by position: some are named after the counter of the trace
     (``while_cond_429___redundant_placeholder0``)."""
@@ -74,6 +82,7 @@ def canonical_library(function: tf.types.experimental.ConcreteFunction, kind: st
             continue
         order.append(name)
         for node in by_name[name].node_def:
+            pending.append(node.op)  # a function called as an op type, if it is one
             for key in sorted(node.attr):
                 pending.extend(_referenced(node.attr[key]))
     copies = [function_pb2.FunctionDef.FromString(by_name[n].SerializeToString()) for n in order]
@@ -81,9 +90,7 @@ def canonical_library(function: tf.types.experimental.ConcreteFunction, kind: st
     for copy in copies:  # the digest must not depend on the names the trace gave
         copy.signature.name = ""
         _number_inputs(copy)
-        for node in copy.node_def:
-            for attr in node.attr.values():
-                _rename(attr, numbered)
+        _rename_calls(copy, numbered)
     digest = hashlib.sha256()
     for copy in copies:
         content = function_pb2.FunctionDef.FromString(copy.SerializeToString())
@@ -93,9 +100,7 @@ def canonical_library(function: tf.types.experimental.ConcreteFunction, kind: st
     final = {f"__{i}__": f"{prefix}_{i}" for i in range(len(order))}
     for i, copy in enumerate(copies):
         copy.signature.name = f"{prefix}_{i}"
-        for node in copy.node_def:
-            for attr in node.attr.values():
-                _rename(attr, final)
+        _rename_calls(copy, final)
     return Library(function=copies)
 
 
