@@ -193,7 +193,9 @@ class _Waiting(_Worker):
 class Compiler:
     """Two threads: one compiles the shapes calls meet with no compiled form, at once; the
     other compiles the rest when the server is idle (``idle()``: seconds since its last call)
-    or once they have waited their priority's patience, at the lowest CPU priority."""
+    or once they have waited their priority's patience. That thread runs at the lowest CPU
+    priority, but XLA compiles on TensorFlow's own threads at normal priority: waiting for an
+    idle moment is what keeps its compilations out of the way of calls."""
 
     def __init__(self, idle: Callable[[], float] | None = None) -> None:
         self._now = _Worker("xla-compile", 0)
