@@ -330,6 +330,7 @@ def load_settings(
         "max_batch_size",
         "session_ttl",
         "max_session_ttl",
+        "compile_cache_max_bytes",
     )
     for name in positive:
         if getattr(settings, name) < 1:

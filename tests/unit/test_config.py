@@ -40,6 +40,19 @@ def test_port_zero_is_a_free_port_for_every_port_and_off_is_its_own_word() -> No
     assert load_settings([], environ={}).http_port == 8080
 
 
+def test_the_compile_cache_is_per_user_by_default_and_off_is_its_own_word(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    default = load_settings([], environ={}).runtime.compile_cache
+    assert default == tmp_path / "lstm-serving" / "xla"
+    assert load_settings(["--compile-cache", "off"], environ={}).runtime.compile_cache is None
+    given = load_settings([], environ={"LSTM_COMPILE_CACHE": str(tmp_path / "xla")})
+    assert given.runtime.compile_cache == tmp_path / "xla"
+    sized = load_settings(["--compile-cache-max-bytes", "1000"], environ={})
+    assert sized.runtime.compile_cache_max_bytes == 1000
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "words"),
     [
@@ -50,6 +63,7 @@ def test_port_zero_is_a_free_port_for_every_port_and_off_is_its_own_word() -> No
         (["--http-port", "none"], {}, "not a port number or 'off'"),
         (["--port", "off"], {}, "invalid int value"),  # the gRPC port is never off
         (["--session-ttl", "100", "--max-session-ttl", "10"], {}, "cannot exceed"),
+        (["--compile-cache-max-bytes", "0"], {}, "--compile-cache-max-bytes must be at least 1"),
     ],
 )
 def test_bad_settings_exit_with_a_message(argv, env, words, capsys) -> None:
