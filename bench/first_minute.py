@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from run import (
     _unary,
     infer_requests,
     kserve_peer,
+    lstm_command,
     run,
 )
 
@@ -42,26 +42,7 @@ FAST_SECONDS = 6.0  # at 64 in flight
 
 def lstm_server(cache: Path) -> Process:
     """An lstm-server on the 32x128 model, its compile cache in ``cache``; not settled."""
-    return Process(
-        [
-            sys.executable,
-            "-m",
-            "lstm_server",
-            *BIG,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            "{metrics}",
-            "--http-port",
-            "off",
-            "--compile-cache",
-            str(cache),
-        ]
-    )
+    return Process(lstm_command(*BIG, "--compile-cache", str(cache)))
 
 
 def window(server: Process, method: str, request: bytes) -> dict[str, float]:

@@ -143,28 +143,31 @@ class Process:
         self.process.wait(timeout=30)
 
 
+def lstm_command(*args: str) -> list[str]:
+    """The command of an lstm-server on loopback and the ports ``Process`` picks (no HTTP door
+    unless ``args`` asks for one)."""
+    return [
+        sys.executable,
+        "-m",
+        "lstm_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        "{metrics}",
+        *(() if "--http-port" in args else ("--http-port", "off")),
+        *args,
+    ]
+
+
 def lstm_server(*args: str, env: dict[str, str] | None = None) -> Process:
     """A server, started once the ones before it are idle, and left when it is idle in turn: its
     start is measured on an otherwise idle machine, and no measurement meets its background
     compilation."""
-    server = Process(
-        [
-            sys.executable,
-            "-m",
-            "lstm_server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            "{metrics}",
-            *(() if "--http-port" in args else ("--http-port", "off")),
-            *args,
-        ],
-        env=env,
-    )
+    server = Process(lstm_command(*args), env=env)
     server.settled = server.startup + server.settle()
     return server
 
