@@ -120,11 +120,12 @@ def policies(
     tracing: Tracing | None = None,
     tokens: list[tuple[bytes, str]] | None = None,
     limits: Limits | None = None,
+    concurrency: ConcurrencyLimitPolicy | None = None,
 ) -> Chain:
     """The one chain every door runs (gRPC services and HTTP routes alike), outermost first:
     trace, log and observe every call, cap health watches, authenticate, cap concurrency (one
-    count for every door). Resolved once per method; errors are mapped by the door, from the one
-    table."""
+    count for every door; ``concurrency``, if given, is the policy that counts, with or without
+    caps). Resolved once per method; errors are mapped by the door, from the one table."""
     limits = limits or settings.limits
     chain: list[Policy] = []
     if tracing is not None:
@@ -137,7 +138,9 @@ def policies(
         chain.append(HealthWatchLimitPolicy(settings.max_health_watches))
     if tokens is not None:
         chain.append(AuthPolicy(tokens))
-    if limits.max_concurrent_rpcs or limits.max_concurrent_rpcs_per_principal:
+    if concurrency is not None:
+        chain.append(concurrency)
+    elif limits.max_concurrent_rpcs or limits.max_concurrent_rpcs_per_principal:
         chain.append(
             ConcurrencyLimitPolicy(
                 limits.max_concurrent_rpcs, limits.max_concurrent_rpcs_per_principal
@@ -246,6 +249,12 @@ class LstmServer:
             TensorFlowLoader(settings.runtime) if runtime is None else GivenRuntime(runtime)
         )
         self._strict = settings.model_repository is None  # one model: it must load
+        # Counts the calls that serve models on every door, capped or not: a brief model call
+        # of the only one runs on the event loop (the scheduler's ``lone``).
+        self.concurrency = ConcurrencyLimitPolicy(
+            self.limits.max_concurrent_rpcs, self.limits.max_concurrent_rpcs_per_principal
+        )
+        concurrency = self.concurrency
         self.models = ModelRegistry(
             repository_of(settings, runtime),
             loader,
@@ -255,6 +264,7 @@ class LstmServer:
                 batching=settings.batching,
                 observer=self.metrics.observe_batch,
                 tracer=self.tracing,
+                lone=lambda: concurrency.in_flight <= 1,
             ),
             mode=ControlMode(settings.model_control_mode),
             default_model=settings.default_model,
@@ -302,7 +312,9 @@ class LstmServer:
             server_version=package_version(),
             observer=self.metrics,
         )
-        self.chain = policies(settings, self.metrics, self.tracing, self.tokens, self.limits)
+        self.chain = policies(
+            settings, self.metrics, self.tracing, self.tokens, self.limits, self.concurrency
+        )
         registrar = PolicyRegistrar(self._server, self.chain, self.metrics)
         registrar.add_generic_rpc_handlers(
             (method_handlers(self.servicer), oip_grpc.method_handlers(oip_servicer))

@@ -12,12 +12,13 @@ from lstm_server import logs
 from lstm_server.app import LstmServer
 from lstm_server.config import ConfigError, Settings, load_settings
 from lstm_server.core.errors import ModelLoadError, StoreSetupError
-from lstm_server.process import return_large_buffers_to_the_system
+from lstm_server.process import one_blas_thread, return_large_buffers_to_the_system
 
 log = logging.getLogger("lstm_server")
 
 
 async def serve(settings: Settings) -> None:
+    one_blas_thread()
     server = LstmServer(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

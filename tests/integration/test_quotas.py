@@ -124,6 +124,9 @@ class HeldRuntime:
     def runs_inline(self, rows: int, timesteps: int) -> bool:
         return False
 
+    def runs_briefly(self, rows: int, timesteps: int) -> bool:
+        return False  # held calls stay on the worker's thread, not the event loop
+
     def run(self, x, lengths, h0, c0):  # type: ignore[no-untyped-def]
         self.gate.wait(timeout=30)
         return self._runtime.run(x, lengths, h0, c0)

@@ -65,6 +65,24 @@ def test_calibration_sends_single_steps_to_numpy_and_long_work_to_tensorflow(
     assert not runtime.runs_inline(64, 10_000)
 
 
+def test_work_is_brief_once_a_run_of_its_shape_took_under_the_bound(
+    tmp_path: Path, rng, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lstm_server.runtime import tf_runtime
+
+    runtime = _runtime(tmp_path, "tanh", "sigmoid")
+    assert not runtime.runs_briefly(3, 12)  # never run: nothing says how long it takes
+    x = rng.normal(size=(3, 12, 8)).astype(np.float32)
+    state = np.zeros((3, 16), np.float32)
+    runtime.run(x, np.array([12, 12, 12]), state, state)
+    monkeypatch.setattr(tf_runtime, "BRIEF_SECONDS", 60.0)
+    assert runtime.runs_briefly(3, 12)
+    assert runtime.runs_briefly(4, 12)  # the same bucket of rows
+    assert not runtime.runs_briefly(3, 11)
+    monkeypatch.setattr(tf_runtime, "BRIEF_SECONDS", 0.0)
+    assert not runtime.runs_briefly(3, 12)
+
+
 def test_rows_of_one_length_run_unmasked_at_it_once_compiled_and_equal_the_reference(
     tmp_path: Path, rng
 ) -> None:

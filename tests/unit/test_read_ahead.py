@@ -75,3 +75,15 @@ async def test_closing_stops_the_reader() -> None:
     await ahead.aclose()
     await settle()
     assert len(asyncio.all_tasks()) == before - 1  # the reader task is gone
+
+
+async def test_with_a_count_of_one_nothing_is_read_ahead() -> None:
+    source = Source([b"a", b"b", b"c"], error=ConnectionError("the call broke"))
+    ahead = read_ahead(aiter(source), count=1, budget_bytes=1 << 20)
+    async with contextlib.aclosing(ahead):
+        assert await anext(ahead) == b"a"
+        await settle()
+        assert source.taken == 1  # only what was handed out
+        assert [await anext(ahead), await anext(ahead)] == [b"b", b"c"]
+        with pytest.raises(ConnectionError, match="the call broke"):
+            await anext(ahead)

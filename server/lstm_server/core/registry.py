@@ -122,6 +122,7 @@ class SchedulerSettings:
     batching: bool = True
     observer: Callable[[ModelInfo, BatchObservation], None] | None = None
     tracer: BatchTracer | None = None
+    lone: Callable[[], bool] | None = None  # the server serves one call only (BatchScheduler)
 
 
 class ServedModel:
@@ -719,6 +720,7 @@ class ModelRegistry:
             batching=bool(settings.get("batching", s.batching)),
             observer=observe,
             tracer=s.tracer,
+            lone=s.lone,
         )
         scheduler.start()
         served = ServedModel(source, info, limits, scheduler, statistics)

@@ -6,7 +6,11 @@ whatever is queued as a single batch as soon as the runtime is free, with no fix
 requests and sessions batch together and still get exactly what they would get alone.
 
 Work the runtime can do in microseconds without TensorFlow (``runs_inline``) runs on the event
-loop instead of the worker thread; when nothing is queued it skips the queue altogether.
+loop instead of the worker thread. When nothing is queued it skips the queue: such work that
+arrives within one turn of the event loop (the steps of many session streams, say) is gathered
+and run as one batch at the end of that turn. A brief TensorFlow call of the only call the server
+is serving runs on the event loop too: the hand-off to the worker's thread and back costs more
+than it saves when nothing could batch with it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from lstm_server.core.types import Array, ModelInfo, Row, RowResult, State
 
 log = logging.getLogger(__name__)
 
+# How long one run on the worker's thread that saw no other call arrive lets the brief runs of
+# lone calls take the event loop instead (see ``BatchScheduler._quiet``).
+QUIET_SECONDS = 0.05
+
 
 class Runtime(Protocol):
     """A stateless model: right-padded x (B, T, input_width) with lengths (B,) and states
@@ -46,6 +54,11 @@ class Runtime(Protocol):
         self, x: Array, lengths: Array, h0: Array, c0: Array
     ) -> tuple[Array, Array, Array]:
         """The cheap path, for work ``runs_inline`` accepted."""
+        ...
+
+    def runs_briefly(self, rows: int, timesteps: int) -> bool:
+        """True for compiled TensorFlow work that took under a few milliseconds the last time
+        work of its shape ran: ``run`` may then be called on the event loop."""
         ...
 
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
@@ -106,18 +119,24 @@ class BatchScheduler:
         batching: bool = True,
         observer: Callable[[BatchObservation], None] | None = None,
         tracer: BatchTracer | None = None,
+        lone: Callable[[], bool] | None = None,
     ) -> None:
+        """``lone``: whether the server is serving one call only (the caller's); brief work of
+        such a call runs on the event loop instead of the worker's thread."""
         self.runtime = runtime
         self.max_batch_rows = max_batch_rows
         self.batching = batching
         self._observer = observer
         self._tracer = tracer
+        self._lone = lone
+        self._quiet_at: float | None = None  # when a run on the worker's thread last saw none
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstm-runtime")
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self._busy = False
+        self._gathered: list[_Pending] = []
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="lstm-batcher")
@@ -135,24 +154,91 @@ class BatchScheduler:
         if self._closed:
             raise ModelNotReady("the server is shutting down", reason="SHUTTING_DOWN")
         if not self._busy and not self._queue:
+            inline = self.runtime.runs_inline(len(rows), _timesteps(rows))
+            if inline and self.batching:
+                return await self._gather(rows, deadline)
             # Nothing to batch with: run it now, skipping the queue and the worker's turn.
-            return await self._run_alone(rows)
+            return await self._run_alone(rows, inline)
+        pending = self._pending(rows, deadline)
+        self._queue.append(pending)
+        self._wakeup.set()
+        return await pending.future
+
+    def _pending(self, rows: Sequence[Row], deadline: float | None) -> _Pending:
         future: asyncio.Future[list[RowResult]] = asyncio.get_running_loop().create_future()
         pending = _Pending(rows, future, time.monotonic(), deadline)
         if self._tracer is not None:
             pending.trace, pending.queued_at = self._tracer.capture(), time.time()
-        self._queue.append(pending)
-        self._wakeup.set()
-        return await future
+        return pending
 
-    async def _run_alone(self, rows: Sequence[Row]) -> list[RowResult]:
-        """Rows of a request that found the runtime idle: microseconds of numpy work run here,
-        the rest on the runtime's thread; requests that come meanwhile queue for the worker."""
+    async def _gather(self, rows: Sequence[Row], deadline: float | None) -> list[RowResult]:
+        """Numpy-sized rows join the ones gathered in this turn of the event loop; the first
+        asks for them all to run once the turn's other ready callbacks have had theirs."""
+        pending = self._pending(rows, deadline)
+        if not self._gathered:
+            asyncio.get_running_loop().call_soon(self._run_gathered)
+        self._gathered.append(pending)
+        return await pending.future
+
+    def _run_gathered(self) -> None:
+        """Run what this turn gathered in numpy batches, each as large as numpy still does
+        faster than one TensorFlow call; if TensorFlow work started meanwhile, queue it all to
+        run with the worker's next batch."""
+        batch, self._gathered = [item for item in self._gathered if not item.future.done()], []
+        if self._busy or self._queue:
+            self._queue.extend(batch)
+            self._wakeup.set()
+            return
+        part: list[_Pending] = []
+        rows = timesteps = 0
+        for item in batch:
+            longest = max(timesteps, _timesteps(item.rows))
+            if part and not self.runtime.runs_inline(rows + len(item.rows), longest):
+                self._run_inline(part)
+                part, rows, longest = [], 0, _timesteps(item.rows)
+            part.append(item)
+            rows, timesteps = rows + len(item.rows), longest
+        if part:
+            self._run_inline(part)
+
+    def _run_inline(self, batch: list[_Pending]) -> None:
+        """One numpy batch of gathered requests, run here on the event loop."""
+        rows = [row for item in batch for row in item.rows]
+        started, wall = time.monotonic(), time.time()
+        try:
+            results = _run_rows(self.runtime.run_inline, rows)
+        except Exception as exc:
+            log.exception("model execution failed")
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        ended = time.time()
+        self._observe(rows, [started - item.enqueued for item in batch], started)
+        self._resolve(batch, results)
+        if self._tracer is not None:
+            traces = [item.trace for item in batch]
+            queued = [item.queued_at for item in batch]
+            self._trace_later(asyncio.get_running_loop(), traces, queued, wall, ended, len(rows))
+
+    async def _run_alone(self, rows: Sequence[Row], inline: bool) -> list[RowResult]:
+        """Rows of a request that found the runtime idle: microseconds of numpy work, and brief
+        compiled work of the server's only call, run here; the rest on the runtime's thread,
+        and requests that come meanwhile queue for the worker."""
         loop = asyncio.get_running_loop()
         started, wall = time.monotonic(), time.time()
         self._busy = True
         try:
-            results = await self._compute(loop, rows)
+            if inline:
+                results = _run_rows(self.runtime.run_inline, rows)
+            elif self._quiet(started) and self.runtime.runs_briefly(len(rows), _timesteps(rows)):
+                results = _run_rows(self.runtime.run, rows)  # nothing to wait for or batch with
+            else:
+                results = await loop.run_in_executor(
+                    self._executor, _run_rows, self.runtime.run, rows
+                )
+                # Whether calls came while it ran, now that the loop was free to take them.
+                quiet = self._lone is not None and self._lone() and not self._queue
+                self._quiet_at = time.monotonic() if quiet else None
         except Exception:
             log.exception("model execution failed")
             raise
@@ -176,12 +262,25 @@ class BatchScheduler:
                 if not batch:
                     continue
                 self._busy = True
+                self._quiet_at = None  # calls queued: the server is not serving one alone
                 try:
                     await self._execute(loop, batch)
                 finally:
                     self._busy = False
             if self._closed and not self._queue:
                 return
+
+    def _quiet(self, now: float) -> bool:
+        """Whether the server serves this call only and the last call to run on the worker's
+        thread, within ``QUIET_SECONDS``, saw no other arrive while it ran. A call run on the
+        event loop keeps the loop from taking new calls, so they cannot be seen meanwhile: the
+        worker's runs are the probes, and under load each of them sees the others."""
+        return (
+            self._quiet_at is not None
+            and now - self._quiet_at < QUIET_SECONDS
+            and self._lone is not None
+            and self._lone()
+        )
 
     def _take_batch(self) -> list[_Pending]:
         """Take queued requests in order up to the row limit; drop cancelled and expired ones."""
@@ -210,7 +309,7 @@ class BatchScheduler:
     ) -> list[RowResult]:
         """The rows' results: numpy work here on the event loop, the rest on the runtime's
         thread."""
-        if self.runtime.runs_inline(len(rows), max(row.x.shape[0] for row in rows)):
+        if self.runtime.runs_inline(len(rows), _timesteps(rows)):
             return _run_rows(self.runtime.run_inline, rows)
         return await loop.run_in_executor(self._executor, _run_rows, self.runtime.run, rows)
 
@@ -227,15 +326,20 @@ class BatchScheduler:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        self._resolve(batch, results)
+        if self._tracer is not None:  # after the requests' own wake-ups
+            traces = [item.trace for item in batch]
+            queued = [item.queued_at for item in batch]
+            self._trace_later(loop, traces, queued, wall, ended, len(rows))
+
+    @staticmethod
+    def _resolve(batch: list[_Pending], results: list[RowResult]) -> None:
+        """Give each request of a batch its own rows' results."""
         offset = 0
         for item in batch:
             if not item.future.done():
                 item.future.set_result(results[offset : offset + len(item.rows)])
             offset += len(item.rows)
-        if self._tracer is not None:  # after the requests' own wake-ups
-            traces = [item.trace for item in batch]
-            queued = [item.queued_at for item in batch]
-            self._trace_later(loop, traces, queued, wall, ended, len(rows))
 
     def _trace_later(
         self, loop: asyncio.AbstractEventLoop, traces: list[object], queued_at: list[float],
@@ -258,6 +362,10 @@ class BatchScheduler:
                 inference_seconds=time.monotonic() - started,
             )
         )
+
+
+def _timesteps(rows: Sequence[Row]) -> int:
+    return max(row.x.shape[0] for row in rows)
 
 
 RunFunction = Callable[[Array, Array, Array, Array], tuple[Array, Array, Array]]

@@ -166,6 +166,9 @@ class _Programs:
 # nothing behind (the first version of each architecture stays as the template).
 _PROGRAMS: dict[str, _Programs] = {}
 _PROGRAMS_LOCK = threading.Lock()
+# Work whose one TensorFlow call last took under this may run on the event loop when the
+# server serves nothing else (BatchScheduler's ``lone``): it holds up no other call meanwhile.
+BRIEF_SECONDS = 0.003
 
 
 def _make_programs(
@@ -280,6 +283,7 @@ class TfLstmRuntime:
         # Seconds, set by calibrate(): numpy per timestep (fixed, per row), TensorFlow per call.
         self._numpy_step = self._numpy_row_step = float("inf")
         self._tensorflow_call = 0.0
+        self._took: dict[Shape, float] = {}  # seconds the last one-call run of a shape took
         self.chunk_timesteps = _next_power_of_two(chunk_timesteps)
         self.max_rows = _next_power_of_two(max_rows)
         lstms = served_lstms(chain)
@@ -331,13 +335,21 @@ class TfLstmRuntime:
         self._last_call = time.monotonic()
         return self.fast.run(x, lengths, h0, c0)
 
+    def runs_briefly(self, rows: int, timesteps: int) -> bool:
+        """Whether the last one-call run of this shape took under ``BRIEF_SECONDS`` (a shape
+        that needed compiling did not; once compiled, its next run tells)."""
+        took = self._took.get((_next_power_of_two(rows), timesteps))
+        return took is not None and took < BRIEF_SECONDS
+
     def run(self, x: Array, lengths: Array, h0: Array, c0: Array) -> tuple[Array, Array, Array]:
         """Run B right-padded sequences x (B, T, input_width) of the given lengths from states
         (B, state_size) through TensorFlow, for any size of work."""
-        self._last_call = time.monotonic()
+        self._last_call = began = time.monotonic()
         rows, steps = x.shape[0], x.shape[1]
         if rows <= self.max_rows and steps <= self.chunk_timesteps and lengths.max() == steps:
-            return self._call(x, lengths, h0, c0)  # one call: nothing to split or carry
+            result = self._call(x, lengths, h0, c0)  # one call: nothing to split or carry
+            self._took[(_next_power_of_two(rows), steps)] = time.monotonic() - began
+            return result
         sequence = np.zeros((rows, steps, self.info.timestep_width), np.float32)
         h = np.array(h0, np.float32, copy=True)
         c = np.array(c0, np.float32, copy=True)

@@ -19,7 +19,14 @@ async def read_ahead(
 ) -> AsyncGenerator[bytes, None]:
     """``messages`` in order, read by a task of their own up to ``count`` messages ahead while
     the messages held take fewer than ``budget_bytes`` (one is always read). An error reading
-    is raised where the message would have been; closing this iterator stops the reader."""
+    is raised where the message would have been; closing this iterator stops the reader.
+
+    With ``count`` 1 (a lock-step client, which sends nothing ahead) the messages are passed
+    on as they are read, without a reader."""
+    if count <= 1:
+        async for message in messages:
+            yield message
+        return
     held: deque[bytes | BaseException | _End] = deque()
     held_bytes = 0
     changed = asyncio.Condition()
