@@ -325,3 +325,77 @@ async def test_a_cluster_write_is_acknowledged_only_once_a_replica_has_it(
         assert (await store.get("a")).revision == 1  # made, and now on the replica too
     finally:
         await store.close()
+
+
+async def test_writes_of_many_sessions_in_one_turn_each_get_their_own_outcome(
+    store: SessionStore,
+) -> None:
+    """What a turn of steps across sessions asks for at once (Redis sends it as one pipeline):
+    each write applies or not on its own revision."""
+    for i in range(8):
+        await store.create(record(f"s{i}"), max_sessions=0)
+    base = [await store.get(f"s{i}") for i in range(8)]
+    outcomes = await asyncio.gather(
+        *(
+            store.compare_and_set(
+                replace(r, revision=1, step_count=1, state=State.zeros(4)),
+                expected_revision=0 if i % 2 else 5,  # every other one on a stale revision
+            )
+            for i, r in enumerate(base)
+        )
+    )
+    assert outcomes == [bool(i % 2) for i in range(8)]
+    for i in range(8):
+        stored = await store.get(f"s{i}")
+        assert stored.revision == (1 if i % 2 else 0)
+
+
+@pytest.mark.system
+async def test_a_pipeline_of_writes_reloads_a_script_redis_has_lost(
+    redis_server: RedisServer,
+) -> None:
+    store = RedisSessionStore(redis_server.url, prefix=f"test-{uuid.uuid4().hex}:")
+    await store.open()
+    try:
+        for i in range(4):
+            await store.create(record(f"s{i}"), max_sessions=0)
+        base = [await store.get(f"s{i}") for i in range(4)]
+        await store._redis.script_flush()  # a restarted Redis, say
+        # Three writes queued behind one on its way: they go as one pipeline, whose scripts
+        # Redis no longer has.
+        store._sending = True
+        queued = [
+            asyncio.ensure_future(
+                store.compare_and_set(replace(r, revision=1), expected_revision=0)
+            )
+            for r in base[1:]
+        ]
+        await asyncio.sleep(0)
+        assert len(store._writes) == 3
+        await store._send_queued()
+        assert [await write for write in queued] == [True] * 3
+        assert [(await store.get(f"s{i}")).revision for i in range(4)] == [0, 1, 1, 1]
+        assert await store.compare_and_set(replace(base[0], revision=1), expected_revision=0)
+    finally:
+        await store.close()
+
+
+@pytest.mark.system
+async def test_a_pipeline_to_a_redis_that_is_gone_fails_every_write_as_unavailable(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    server = RedisServer(tmp_path_factory.mktemp("gone"))
+    store = RedisSessionStore(server.url, prefix="gone:", timeout=0.5)
+    await store.open()
+    try:
+        for i in range(3):
+            await store.create(record(f"s{i}"), max_sessions=0)
+        base = [await store.get(f"s{i}") for i in range(3)]
+        server.stop()
+        outcomes = await asyncio.gather(
+            *(store.compare_and_set(replace(r, revision=1), expected_revision=0) for r in base),
+            return_exceptions=True,
+        )
+        assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes)
+    finally:
+        await store.close()

@@ -12,10 +12,13 @@ Layout (``prefix`` defaults to ``lstm:``):
 
 Every write is one Lua script, so it is atomic: creation checks the cap, compare-and-set checks the
 revision, and two replicas racing on one step apply it once. No pickle: only numbers and bytes.
+Compare-and-sets asked for while one is on its way (the steps of many session streams) wait for it
+and then go to Redis together, in one pipeline: one round trip for all of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -25,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import redis.asyncio as redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from lstm_server.core.errors import SessionNotFound, StoreUnavailable
@@ -232,6 +235,9 @@ class RedisSessionStore:
         self._cas = self._redis.register_script(_COMPARE_AND_SET)
         self._delete = self._redis.register_script(_DELETE)
         self._reap = self._redis.register_script(_REAP_ALL)
+        self._sending = False  # a compare-and-set is on its way to Redis
+        self._writes: list[_Write] = []  # the ones waiting for it, to go in one pipeline
+        self._sender: asyncio.Future[None] | None = None
 
     async def open(self) -> None:
         """Nothing to restore: Redis keeps the sessions. An unreachable Redis is not an error
@@ -259,8 +265,7 @@ class RedisSessionStore:
             return await operation
         except RedisError as exc:
             # The detail (addresses, Redis' own words) is for the log, not for callers.
-            log.warning("session store operation failed: %s: %s", type(exc).__name__, exc)
-            raise StoreUnavailable("the session store is unavailable; retry later") from exc
+            raise self._failed(exc) from exc
 
     def _report(self, ended: int, reason: str) -> None:
         if self._on_end is not None:
@@ -309,19 +314,67 @@ class RedisSessionStore:
 
     async def compare_and_set(self, record: SessionRecord, *, expected_revision: int) -> bool:
         ttl_ms = max(1, int((record.expires_at - self._clock()) * 1000))
-        stored = await self._do(
-            self._cas(
-                keys=self._keys(record),
-                args=[
-                    expected_revision,
-                    record.session_id,
-                    ttl_ms,
-                    record.expires_at,
-                    *hash_fields(record),
-                ],
-            )
-        )
-        return bool(stored)
+        args = [expected_revision, record.session_id, ttl_ms, record.expires_at]
+        write = _Write(self._keys(record), [*args, *hash_fields(record)])
+        if self._sending:  # one is on its way: go with the next pipeline
+            self._writes.append(write)
+            return bool(await write.stored)
+        self._sending = True  # nothing on its way: this caller sends its own, at once
+        try:
+            await self._send([write])
+        finally:
+            if self._writes:
+                self._sender = asyncio.ensure_future(self._send_queued())
+            else:
+                self._sending = False
+        return bool(await write.stored)
+
+    async def _send_queued(self) -> None:
+        """Send what queued while a write was on its way, then what queued meanwhile, until
+        nothing has: one pipeline in flight at a time, on a task of its own (a caller that is
+        cancelled does not take the others' writes with it)."""
+        try:
+            while self._writes:
+                writes, self._writes = self._writes, []
+                await self._send(writes)
+        finally:
+            self._sending, self._sender = False, None
+
+    async def _send(self, writes: list[_Write]) -> None:
+        """One write as one script call, several in one pipeline; a write whose caller has
+        gone before it was sent is not sent. Each caller gets its own outcome."""
+        writes = [write for write in writes if not write.stored.done()]
+        try:
+            if len(writes) == 1:
+                [write] = writes
+                _settle(write, await self._do(self._cas(keys=write.keys, args=write.args)))
+                return
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for write in writes:
+                    pipe.evalsha(self._cas.sha, len(write.keys), *write.keys, *write.args)
+                outcomes = await self._do(pipe.execute(raise_on_error=False))
+            unknown = []  # Redis did not have the script: nothing ran; sent again with it
+            for write, outcome in zip(writes, outcomes, strict=True):
+                if isinstance(outcome, NoScriptError):
+                    unknown.append(write)
+                elif isinstance(outcome, Exception):
+                    _settle(write, self._failed(outcome))
+                else:
+                    _settle(write, outcome)
+            for write in unknown:
+                _settle(write, await self._do(self._cas(keys=write.keys, args=write.args)))
+        except Exception as error:  # StoreUnavailable, or a fault of this code: theirs too
+            for write in writes:
+                _settle(write, error)
+        except BaseException:  # the loop is closing: the callers are cancelled with it
+            for write in writes:
+                write.stored.cancel()
+            raise
+
+    @staticmethod
+    def _failed(error: Exception) -> StoreUnavailable:
+        log.warning("session store operation failed: %s: %s", type(error).__name__, error)
+        return StoreUnavailable("the session store is unavailable; retry later")
 
     async def delete(self, session_id: str) -> bool:
         deleted = await self._do(
@@ -363,4 +416,28 @@ class RedisSessionStore:
             return False
 
     async def close(self) -> None:
+        if self._sender is not None:  # writes already asked for get their outcome first
+            await asyncio.gather(self._sender, return_exceptions=True)
         await self._redis.aclose()
+
+
+class _Write:
+    """A compare-and-set waiting for its turn's pipeline: the script's keys and arguments, and
+    the caller's outcome (Redis' answer, or the error that stands for it)."""
+
+    __slots__ = ("args", "keys", "stored")
+
+    def __init__(self, keys: list[str], args: list[Any]) -> None:
+        self.keys = keys
+        self.args = args
+        self.stored: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+def _settle(write: _Write, outcome: object) -> None:
+    """Give a write's caller its outcome, unless the caller has gone."""
+    if write.stored.done():
+        return
+    if isinstance(outcome, BaseException):
+        write.stored.set_exception(outcome)
+    else:
+        write.stored.set_result(outcome)
