@@ -183,9 +183,9 @@ class BatchScheduler:
     def _run_gathered(self) -> None:
         """Run what this turn gathered in numpy batches, each as large as numpy still does
         faster than one TensorFlow call; if TensorFlow work started meanwhile, queue it all to
-        run with the worker's next batch."""
+        run with the worker's next batch (unless the worker is stopping)."""
         batch, self._gathered = [item for item in self._gathered if not item.future.done()], []
-        if self._busy or self._queue:
+        if (self._busy or self._queue) and not self._closed:
             self._queue.extend(batch)
             self._wakeup.set()
             return
