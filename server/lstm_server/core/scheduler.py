@@ -208,17 +208,9 @@ class BatchScheduler:
         try:
             results = _run_rows(self.runtime.run_inline, rows)
         except Exception as exc:
-            log.exception("model execution failed")
-            for item in batch:
-                item.future.set_exception(exc)
+            self._failed(batch, exc)
             return
-        ended = time.time()
-        self._observe(rows, [started - item.enqueued for item in batch], started)
-        self._resolve(batch, results)
-        if self._tracer is not None:
-            traces = [item.trace for item in batch]
-            queued = [item.queued_at for item in batch]
-            self._trace_later(asyncio.get_running_loop(), traces, queued, wall, ended, len(rows))
+        self._ran(asyncio.get_running_loop(), batch, rows, results, started, wall)
 
     async def _run_alone(self, rows: Sequence[Row], inline: bool) -> list[RowResult]:
         """Rows of a request that found the runtime idle: microseconds of numpy work, and brief
@@ -318,28 +310,36 @@ class BatchScheduler:
         started, wall = time.monotonic(), time.time()
         try:
             results = await self._compute(loop, rows)
-            ended = time.time()
-            self._observe(rows, [started - item.enqueued for item in batch], started)
         except Exception as exc:
-            log.exception("model execution failed")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            self._failed(batch, exc)
             return
-        self._resolve(batch, results)
-        if self._tracer is not None:  # after the requests' own wake-ups
-            traces = [item.trace for item in batch]
-            queued = [item.queued_at for item in batch]
-            self._trace_later(loop, traces, queued, wall, ended, len(rows))
+        self._ran(loop, batch, rows, results, started, wall)
 
     @staticmethod
-    def _resolve(batch: list[_Pending], results: list[RowResult]) -> None:
-        """Give each request of a batch its own rows' results."""
+    def _failed(batch: list[_Pending], error: Exception) -> None:
+        """A batch's model call failed (called where it was caught): each request gets it."""
+        log.exception("model execution failed")
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _ran(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], rows: list[Row],
+        results: list[RowResult], started: float, wall: float,
+    ) -> None:  # fmt: skip
+        """A batch's model call is done: observe it, give each request its own rows' results,
+        then tell the tracer (after the requests' own wake-ups)."""
+        ended = time.time()
+        self._observe(rows, [started - item.enqueued for item in batch], started)
         offset = 0
         for item in batch:
             if not item.future.done():
                 item.future.set_result(results[offset : offset + len(item.rows)])
             offset += len(item.rows)
+        if self._tracer is not None:
+            traces = [item.trace for item in batch]
+            queued = [item.queued_at for item in batch]
+            self._trace_later(loop, traces, queued, wall, ended, len(rows))
 
     def _trace_later(
         self, loop: asyncio.AbstractEventLoop, traces: list[object], queued_at: list[float],
